@@ -1,0 +1,53 @@
+// CUDA-side helpers shared by every family: error checks that throw (pybind11 turns
+// them into Python RuntimeError), dtype dispatch to the device storage types, and
+// float conversions.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "common/pfa.h"
+
+#define PFA_CUDA_CHECK(expr)                                                          \
+  do {                                                                                \
+    cudaError_t pfa_err_ = (expr);                                                    \
+    if (pfa_err_ != cudaSuccess)                                                      \
+      throw std::runtime_error(std::string("CUDA error: ") + cudaGetErrorString(pfa_err_) + \
+                               " at " __FILE__ ":" + std::to_string(__LINE__) + " (" #expr ")"); \
+  } while (0)
+
+// After every kernel launch: catches bad launch configurations at once.
+#define PFA_CHECK_LAUNCH() PFA_CUDA_CHECK(cudaGetLastError())
+
+namespace pfa {
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <class T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Calls f(T{}) with T the device storage type for `dtype` (no float64 on the GPU).
+template <class F>
+void dispatch_cuda_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::Float32: f(float{}); return;
+    case DType::Float16: f(__half{}); return;
+    case DType::BFloat16: f(__nv_bfloat16{}); return;
+    default: break;
+  }
+  throw std::invalid_argument(std::string("dtype ") + dtype_name(dtype) +
+                              " is not supported on CUDA (use float32, float16 or bfloat16)");
+}
+
+inline cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+}  // namespace pfa

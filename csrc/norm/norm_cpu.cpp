@@ -1,0 +1,170 @@
+// CPU kernels of the norm family. Written like norm_cuda.cu on purpose: one row at a
+// time, Welford statistics, then one pass that normalizes; the math is norm_math.h's.
+// OpenMP spreads rows over threads; the inner loops keep kLanes independent Welford
+// states so they vectorize.
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "norm/norm.h"
+#include "norm/norm_math.h"
+
+namespace pfa::norm {
+
+int64_t reduction_chunks(int64_t rows, int64_t cols, bool cuda) {
+  if (rows <= 0 || cols <= 0) return 0;
+  // Enough chunks to fill the machine, few enough that the partials stay small.
+  const int64_t target = cuda ? 512 : 64;
+  const int64_t by_memory = std::max<int64_t>(1, (int64_t(64) << 20) / (cols * 16));
+  return std::max<int64_t>(1, std::min({rows, target, by_memory}));
+}
+
+namespace {
+
+constexpr int kLanes = 16;
+
+template <class T>
+using Acc = typename Storage<T>::acc;
+
+template <class T>
+Acc<T> ld(const T* p, int64_t j) {
+  return Storage<T>::load(p[j]);
+}
+
+// Welford over one row with kLanes interleaved states, merged at the end.
+template <class T>
+Welford<Acc<T>> row_welford(const T* x, int64_t n) {
+  using A = Acc<T>;
+  A mean[kLanes] = {}, m2[kLanes] = {};
+  const int64_t full = n / kLanes * kLanes;
+  A count = 0;
+  for (int64_t j0 = 0; j0 < full; j0 += kLanes) {
+    count += A(1);
+    const A inv = A(1) / count;
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const A v = ld(x, j0 + l);
+      const A delta = v - mean[l];
+      mean[l] += delta * inv;
+      m2[l] += delta * (v - mean[l]);
+    }
+  }
+  Welford<A> w{A(0), A(0), A(0)};
+  if (full > 0)
+    for (int l = 0; l < kLanes; ++l) w = welford_merge(w, Welford<A>{count, mean[l], m2[l]});
+  Welford<A> tail{A(0), A(0), A(0)};
+  for (int64_t j = full; j < n; ++j) welford_push(tail, ld(x, j));
+  return welford_merge(w, tail);
+}
+
+template <class T>
+void forward_typed(const ForwardParams& p) {
+  using A = Acc<T>;
+  const int64_t n = p.cols;
+  const T* w = static_cast<const T*>(p.weight);
+  const T* b = static_cast<const T*>(p.bias);
+  const A eps = A(p.eps);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const T* xr = static_cast<const T*>(p.x) + p.x_rows.offset(r);
+    T* yr = static_cast<T*>(p.y) + r * n;
+    // add_layer_norm: s = x + residual rounded to T (as torch), stored, then normalized.
+    const T* src = xr;
+    if (p.residual) {
+      const T* rr = static_cast<const T*>(p.residual) + p.residual_rows.offset(r);
+      T* sr = static_cast<T*>(p.sum_out) + r * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) sr[j] = Storage<T>::store(ld(xr, j) + ld(rr, j));
+      src = sr;
+    }
+    A mean, rstd;
+    row_statistics(row_welford(src, n), eps, p.center, mean, rstd);
+    if (p.mean) static_cast<A*>(p.mean)[r] = mean;
+    static_cast<A*>(p.rstd)[r] = rstd;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const A wj = w ? ld(w, j) : A(1), bj = b ? ld(b, j) : A(0);
+      yr[j] = Storage<T>::store(normalize_affine(ld(src, j), mean, rstd, wj, bj));
+    }
+  }
+}
+
+template <class T>
+void backward_typed(const BackwardParams& p) {
+  using A = Acc<T>;
+  const int64_t n = p.cols;
+  const T* w = static_cast<const T*>(p.weight);
+  const A* means = static_cast<const A*>(p.mean);
+  const A* rstds = static_cast<const A*>(p.rstd);
+  const bool want_partials = p.dweight || p.dbias;
+  const int64_t chunks = want_partials ? p.partial_rows : std::max<int64_t>(1, std::min<int64_t>(p.rows, 256));
+  A* dw_part = want_partials ? static_cast<A*>(p.partials) : nullptr;
+  A* db_part = want_partials ? dw_part + chunks * n : nullptr;
+  const A inv_n = A(1) / A(n);
+
+  // Stage 1: chunk c owns rows [c*rows/chunks, (c+1)*rows/chunks) and its partial row.
+#pragma omp parallel
+  {
+    std::vector<A> g(n), xhat(n);
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < chunks; ++c) {
+      A* dwc = want_partials ? dw_part + c * n : nullptr;
+      A* dbc = want_partials ? db_part + c * n : nullptr;
+      if (want_partials) std::fill(dwc, dwc + n, A(0)), std::fill(dbc, dbc + n, A(0));
+      const int64_t r0 = p.rows * c / chunks, r1 = p.rows * (c + 1) / chunks;
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* dyr = static_cast<const T*>(p.dy) + p.dy_rows.offset(r);
+        const T* xr = static_cast<const T*>(p.x) + p.x_rows.offset(r);
+        const A mean = means ? means[r] : A(0), rstd = rstds[r];
+        // sum_g = sum(dy * w); sum_gx = sum(dy * w * xhat)
+        A sum_g = 0, sum_gx = 0;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+        for (int64_t j = 0; j < n; ++j) {
+          const A dyj = ld(dyr, j);
+          xhat[j] = (ld(xr, j) - mean) * rstd;
+          g[j] = dyj * (w ? ld(w, j) : A(1));
+          sum_g += g[j];
+          sum_gx += g[j] * xhat[j];
+          if (dwc) dwc[j] += dyj * xhat[j];
+          if (dbc) dbc[j] += dyj;
+        }
+        const A mean_g = sum_g * inv_n, mean_gx = sum_gx * inv_n;
+        T* dxr = static_cast<T*>(p.dx) + r * n;
+        const T* dsr = p.dsum ? static_cast<const T*>(p.dsum) + r * n : nullptr;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          A d = input_gradient(g[j], xhat[j], rstd, mean_g, mean_gx, p.center);
+          if (dsr) d += ld(dsr, j);
+          dxr[j] = Storage<T>::store(d);
+        }
+      }
+    }
+  }
+  if (!want_partials) return;
+  // Stage 2: dweight[j] = sum_c partial[c][j], always summed in chunk order.
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < n; ++j) {
+    A sw = 0, sb = 0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      sw += dw_part[c * n + j];
+      sb += db_part[c * n + j];
+    }
+    if (p.dweight) static_cast<T*>(p.dweight)[j] = Storage<T>::store(sw);
+    if (p.dbias) static_cast<T*>(p.dbias)[j] = Storage<T>::store(sb);
+  }
+}
+
+}  // namespace
+
+void forward_cpu(const ForwardParams& p) {
+  if (p.rows == 0 || p.cols == 0) return;
+  dispatch_cpu_dtype(p.dtype, [&](auto t) { forward_typed<decltype(t)>(p); });
+}
+
+void backward_cpu(const BackwardParams& p) {
+  if (p.rows == 0 || p.cols == 0) return;
+  dispatch_cpu_dtype(p.dtype, [&](auto t) { backward_typed<decltype(t)>(p); });
+}
+
+}  // namespace pfa::norm

@@ -1,0 +1,64 @@
+// The per-element math of the norm family, shared verbatim by the CPU and CUDA kernels.
+//
+// Statistics: Welford's running (count, mean, M2) and Chan's merge of two partial
+// states, in the accumulation type (float for 16/32-bit inputs, double for float64), so
+// an input with mean 1e4 and std 1 keeps its variance to float precision.
+// RMS norm reuses the same statistics: mean(x^2) = var + mean^2.
+#pragma once
+#include <cmath>
+
+#include "common/pfa.h"
+
+namespace pfa::norm {
+
+template <class A>
+struct Welford {
+  A count, mean, m2;
+};
+
+// count += 1; delta = x - mean; mean += delta / count; m2 += delta * (x - mean_new)
+template <class A>
+PFA_HD void welford_push(Welford<A>& w, A x) {
+  w.count += A(1);
+  const A delta = x - w.mean;
+  w.mean += delta / w.count;
+  w.m2 += delta * (x - w.mean);
+}
+
+// Chan et al.: n = na + nb; mean = mean_a + d * nb / n; m2 = m2_a + m2_b + d^2 * na * nb / n
+template <class A>
+PFA_HD Welford<A> welford_merge(const Welford<A>& a, const Welford<A>& b) {
+  const A n = a.count + b.count;
+  if (n == A(0)) return a;
+  const A wb = b.count / n;
+  const A delta = b.mean - a.mean;
+  return {n, a.mean + delta * wb, a.m2 + b.m2 + delta * delta * a.count * wb};
+}
+
+// Layer norm: mean and 1/sqrt(var + eps). RMS norm: mean 0 and 1/sqrt(mean(x^2) + eps).
+template <class A>
+PFA_HD void row_statistics(const Welford<A>& w, A eps, bool center, A& mean, A& rstd) {
+  const A var = w.count > A(0) ? w.m2 / w.count : A(0);  // biased, as torch
+  if (center) {
+    mean = w.mean;
+    rstd = A(1) / sqrt(var + eps);
+  } else {
+    mean = A(0);
+    rstd = A(1) / sqrt(var + w.mean * w.mean + eps);
+  }
+}
+
+// y = (x - mean) * rstd * w + b   (w = 1, b = 0 when absent)
+template <class A>
+PFA_HD A normalize_affine(A x, A mean, A rstd, A w, A b) {
+  return (x - mean) * rstd * w + b;
+}
+
+// Backward of one row, with g = dy * w and xhat = (x - mean) * rstd:
+//   dx = rstd * (g - mean(g) * [center] - xhat * mean(g * xhat))
+template <class A>
+PFA_HD A input_gradient(A g, A xhat, A rstd, A mean_g, A mean_gxhat, bool center) {
+  return rstd * (g - (center ? mean_g : A(0)) - xhat * mean_gxhat);
+}
+
+}  // namespace pfa::norm

@@ -1,0 +1,22 @@
+"""pyfastattn: hand-written CUDA and C++ kernels for attention, normalization and
+hexagonal convolution, called from PyTorch (autograd, torch.compile and opcheck work).
+
+The compiled module links no libtorch, so one build works with any torch >= 2.4.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._backend import BUILD_INFO, cuda_built
+from .norm import add_layer_norm, layer_norm, rms_norm
+from . import nn, testing
+
+__all__ = [
+    "BUILD_INFO",
+    "cuda_built",
+    "layer_norm",
+    "rms_norm",
+    "add_layer_norm",
+    "nn",
+    "testing",
+]

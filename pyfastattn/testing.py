@@ -1,0 +1,70 @@
+"""Parity checks as DESIGN.md's numerics section defines them (usable by users too).
+
+`assert_matches_reference(out, ref, torch_same_dtype)` judges a result against a float64
+reference:
+- float64: max abs error <= 1e-10 * max|ref| (plus a tiny absolute floor);
+- float32: ||out - ref|| / ||ref|| <= 1e-5 and max abs error <= 1e-4 * max|ref|;
+- float16 / bfloat16: max|out - ref| <= 2 * max|torch_same_dtype - ref| + 1e-5
+  (FlashAttention's criterion: no worse than twice PyTorch's own error in that dtype).
+NaN/Inf must sit exactly where the reference has them.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["assert_matches_reference", "error_report"]
+
+
+def _finite_pattern_check(out: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    out_nan, ref_nan = torch.isnan(out), torch.isnan(ref)
+    if not torch.equal(out_nan, ref_nan):
+        raise AssertionError(f"{what}: NaN pattern differs from the reference "
+                             f"({int(out_nan.sum())} NaN in output, {int(ref_nan.sum())} in reference)")
+    out_inf, ref_inf = torch.isinf(out), torch.isinf(ref)
+    if not torch.equal(out_inf, ref_inf) or not torch.equal(out[out_inf], ref[ref_inf]):
+        raise AssertionError(f"{what}: Inf pattern differs from the reference")
+
+
+def error_report(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    out64 = out.detach().to("cpu", torch.float64)
+    ref64 = ref.detach().to("cpu", torch.float64)
+    finite = torch.isfinite(ref64)
+    diff = (out64 - ref64)[finite]
+    refs = ref64[finite]
+    scale = float(refs.abs().max()) if refs.numel() else 0.0
+    max_abs = float(diff.abs().max()) if diff.numel() else 0.0
+    ref_norm = float(refs.norm()) if refs.numel() else 0.0
+    rel = float(diff.norm()) / ref_norm if ref_norm > 0 else float(diff.norm())
+    return {"max_abs": max_abs, "scale": scale, "rel_l2": rel}
+
+
+def assert_matches_reference(out: torch.Tensor, ref: torch.Tensor,
+                             torch_same_dtype: torch.Tensor | None = None,
+                             what: str = "output") -> None:
+    """Raises AssertionError with the numbers when `out` misses DESIGN.md's tolerance."""
+    if out.shape != ref.shape:
+        raise AssertionError(f"{what}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
+    out64 = out.detach().to("cpu", torch.float64)
+    ref64 = ref.detach().to("cpu", torch.float64)
+    _finite_pattern_check(out64, ref64, what)
+    if out64.numel() == 0:
+        return
+    rep = error_report(out64, ref64)
+    dt = out.dtype
+    if dt == torch.float64:
+        tol = 1e-10 * rep["scale"] + 1e-12
+        ok = rep["max_abs"] <= tol
+        rule = f"max_abs <= {tol:.3g}"
+    elif dt == torch.float32:
+        ok = rep["rel_l2"] <= 1e-5 and rep["max_abs"] <= 1e-4 * rep["scale"] + 1e-7
+        rule = f"rel_l2 <= 1e-5 and max_abs <= {1e-4 * rep['scale'] + 1e-7:.3g}"
+    else:
+        if torch_same_dtype is None:
+            raise ValueError(f"{what}: half-precision checks need torch_same_dtype")
+        base = error_report(torch_same_dtype, ref64)["max_abs"]
+        tol = 2.0 * base + 1e-5
+        ok = rep["max_abs"] <= tol
+        rule = f"max_abs <= 2 * {base:.3g} + 1e-5"
+    if not ok:
+        raise AssertionError(f"{what} ({str(dt).replace('torch.', '')}): max_abs={rep['max_abs']:.3g}, "
+                             f"rel_l2={rep['rel_l2']:.3g}, scale={rep['scale']:.3g}; needs {rule}")
