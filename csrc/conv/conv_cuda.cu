@@ -1,0 +1,966 @@
+// CUDA kernels of the convolution family (see conv.h for the maths and layouts).
+//
+// Tap convolution, forward and backward-input, are one "tap correlation" from a source
+// tensor to a destination tensor (TapProblem):
+//   dst[n, g*dcg + d, y, x] = bias[d] + sum_{s < scg, t} W(g, d, s, t) * src_up[n, g*scg + s, u, v]
+//   u = y*s_out_h - pad_h + sign*dr_t,  v = x*s_out_w - pad_w + sign*dc_t,
+// where src_up is the source upsampled by s_in (zero unless u, v are multiples of s_in).
+//   forward:        src = x,  dst = y,  s_out = stride, s_in = 1,      pad = pad,  sign = +1
+//   backward-input: src = dy, dst = dx, s_out = 1,      s_in = stride, pad = -pad, sign = -1
+// (dx[ih] sums dy[oh] over oh*stride = ih + pad - dr_t: a transposed convolution.) W reads
+// the (Cout, Cin/g, T) weight through strides, so the transposition costs nothing.
+// Two kernels compute it:
+//   - tap_direct_kernel: any dtype; stages an input patch per output tile and the weights of
+//     an output-channel tile in shared memory, float accumulate. Small channel counts.
+//   - tap_gemm_kernel: float16/bfloat16 with >= 32 channels on both sides; implicit GEMM
+//     (M = positions, N = dst channels, K = taps x src channels) on mma.sync tensor cores.
+// backward-weight: tap/indexed columns are gathered per tile into shared memory and reduced
+// over the positions of each batch chunk into `partials` (one slot per chunk, never shared),
+// then reduce_partials_kernel adds the chunks in order: deterministic, no atomics.
+// Pooling and the indexed-convolution backward-input are gathers, also atomic-free.
+#include <algorithm>
+#include <string>
+#include <type_traits>
+
+#include "common/cuda_utils.cuh"
+#include "conv/conv.h"
+#include "conv/conv_math.h"
+#include "conv/conv_mma.cuh"
+
+namespace pfa::conv {
+namespace {
+
+constexpr int kThreads = 128;          // every kernel here runs 128-thread blocks
+constexpr size_t kDefaultSmem = 48 * 1024;
+constexpr int64_t kMaxGridYZ = 65535;
+
+PFA_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Allows `bytes` of dynamic shared memory for `kernel` (on top of `static_bytes`), opting in
+// past 48 KB when the device allows it; otherwise a clear error instead of a failed launch.
+template <class K>
+void allow_smem(K kernel, size_t bytes, size_t static_bytes, const char* what) {
+  if (bytes + static_bytes <= kDefaultSmem) return;
+  int dev = 0, optin = 0;
+  PFA_CUDA_CHECK(cudaGetDevice(&dev));
+  PFA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  check(bytes + static_bytes <= size_t(optin),
+        std::string(what) + ": the kernel footprint needs " +
+            std::to_string(bytes + static_bytes) + " bytes of shared memory, more than the " +
+            std::to_string(optin) + " this GPU allows (reduce the kernel size or dilation)");
+  PFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      int(bytes)));
+}
+
+void check_grid(int64_t x, int64_t y, int64_t z, const char* what) {
+  check(x <= INT32_MAX && y <= kMaxGridYZ && z <= kMaxGridYZ,
+        std::string(what) + ": the problem is too large for one CUDA launch grid");
+}
+
+// ---------------------------------------------------------------------------------------
+// The tap correlation (forward and backward-input).
+
+struct TapProblem {
+  const void* src = nullptr;
+  int64_t src_sn = 0, src_sc = 0, src_sh = 0, src_h = 0, src_w = 0;
+  void* dst = nullptr;                     // contiguous (n, dst_c, dst_h, dst_w)
+  int64_t dst_c = 0, dst_h = 0, dst_w = 0;
+  const void* w = nullptr;                 // W(g, d, s, t) = w[g*w_group + d*w_dst + s*w_src + t]
+  int64_t w_group = 0, w_dst = 0, w_src = 0;
+  const void* bias = nullptr;              // (dst_c,) or null
+  int64_t n = 0;
+  int groups = 1, scg = 0, dcg = 0, taps = 0;
+  int s_out_h = 1, s_out_w = 1, s_in_h = 1, s_in_w = 1, pad_h = 0, pad_w = 0, sign = 1;
+  TapSet tapset;
+  int rmin = 0, rmax = 0, cmin = 0, cmax = 0;  // bounding box of sign * offsets
+};
+
+TapProblem forward_problem(const TapConvParams& p) {
+  TapProblem q;
+  const int64_t T = p.taps.count(), cig = p.Cin / p.groups, cog = p.Cout / p.groups;
+  q.src = p.x;
+  q.src_sn = p.x_strides.n, q.src_sc = p.x_strides.c, q.src_sh = p.x_strides.h;
+  q.src_h = p.H, q.src_w = p.W;
+  q.dst = p.y, q.dst_c = p.Cout, q.dst_h = p.Ho, q.dst_w = p.Wo;
+  q.w = p.w, q.w_group = cog * cig * T, q.w_dst = cig * T, q.w_src = T;
+  q.bias = p.bias;
+  q.n = p.N, q.groups = int(p.groups), q.scg = int(cig), q.dcg = int(cog), q.taps = int(T);
+  q.s_out_h = p.stride_h, q.s_out_w = p.stride_w, q.pad_h = p.pad_h, q.pad_w = p.pad_w;
+  q.sign = 1;
+  q.tapset = p.taps;
+  q.rmin = p.taps.min_dr(), q.rmax = p.taps.max_dr();
+  q.cmin = p.taps.min_dc(), q.cmax = p.taps.max_dc();
+  return q;
+}
+
+TapProblem backward_input_problem(const TapConvParams& p) {
+  TapProblem q;
+  const int64_t T = p.taps.count(), cig = p.Cin / p.groups, cog = p.Cout / p.groups;
+  q.src = p.dy;
+  q.src_sn = p.dy_strides.n, q.src_sc = p.dy_strides.c, q.src_sh = p.dy_strides.h;
+  q.src_h = p.Ho, q.src_w = p.Wo;
+  q.dst = p.dx, q.dst_c = p.Cin, q.dst_h = p.H, q.dst_w = p.W;
+  q.w = p.w, q.w_group = cog * cig * T, q.w_dst = T, q.w_src = cig * T;
+  q.bias = nullptr;
+  q.n = p.N, q.groups = int(p.groups), q.scg = int(cog), q.dcg = int(cig), q.taps = int(T);
+  q.s_in_h = p.stride_h, q.s_in_w = p.stride_w, q.pad_h = -p.pad_h, q.pad_w = -p.pad_w;
+  q.sign = -1;
+  q.tapset = p.taps;
+  q.rmin = -p.taps.max_dr(), q.rmax = -p.taps.min_dr();
+  q.cmin = -p.taps.max_dc(), q.cmax = -p.taps.min_dc();
+  return q;
+}
+
+// Source value at upsampled coordinates (u, v) of one (n, channel) plane; zero outside.
+template <class T>
+__device__ __forceinline__ float src_at(const TapProblem& q, const T* plane, int64_t u, int64_t v) {
+  if (u < 0 || v < 0) return 0.f;
+  if (q.s_in_h != 1) {
+    if (u % q.s_in_h != 0) return 0.f;
+    u /= q.s_in_h;
+  }
+  if (q.s_in_w != 1) {
+    if (v % q.s_in_w != 0) return 0.f;
+    v /= q.s_in_w;
+  }
+  if (u >= q.src_h || v >= q.src_w) return 0.f;
+  return to_f32(plane[u * q.src_sh + v]);
+}
+
+// ---- direct kernel -------------------------------------------------------------------
+// A block computes a TH x TW tile of destination cells for OC_TILE destination channels of
+// one sample; each thread owns PPT cells x OCPT channels. Per source-channel chunk it
+// stages the (upsampled) source patch under the tile and the chunk's weights:
+//   acc[o][i] += sum_{s, t} wts[s][t][o] * patch[s][cell_i * s_out + tap_t - bbox_min]
+template <int OCPT> struct DirectTile;
+template <> struct DirectTile<8> { static constexpr int oc_tile = 16, th = 8, tw = 16; };
+template <> struct DirectTile<1> { static constexpr int oc_tile = 1, th = 16, tw = 16; };
+
+template <int OCPT>
+struct DirectGeom {
+  using Tile = DirectTile<OCPT>;
+  static constexpr int oc_groups = Tile::oc_tile / OCPT;
+  static constexpr int pos_threads = kThreads / oc_groups;
+  static constexpr int ppt = Tile::th * Tile::tw / pos_threads;
+  static_assert(ppt * pos_threads == Tile::th * Tile::tw, "tile must split evenly");
+};
+
+struct DirectLayout {
+  int ph = 0, pw = 0, ci_chunk = 0;
+  int64_t tap_words = 0, wts_floats = 0, patch_floats = 0;
+  size_t bytes() const { return size_t(tap_words + wts_floats + patch_floats) * 4; }
+};
+
+template <int OCPT>
+DirectLayout direct_layout(const TapProblem& q, int ci_chunk) {
+  using Tile = DirectTile<OCPT>;
+  DirectLayout l;
+  l.ph = (Tile::th - 1) * q.s_out_h + (q.rmax - q.rmin + 1);
+  l.pw = (Tile::tw - 1) * q.s_out_w + (q.cmax - q.cmin + 1);
+  l.ci_chunk = ci_chunk;
+  l.tap_words = ceil_div(q.taps, 4) * 4;  // keeps the weights 16-byte aligned
+  l.wts_floats = int64_t(ci_chunk) * q.taps * Tile::oc_tile;
+  l.patch_floats = int64_t(ci_chunk) * l.ph * l.pw;
+  return l;
+}
+
+template <class T, int OCPT>
+__global__ void __launch_bounds__(kThreads)
+tap_direct_kernel(TapProblem q, DirectLayout l) {
+  using Tile = DirectTile<OCPT>;
+  using G = DirectGeom<OCPT>;
+  constexpr int TH = Tile::th, TW = Tile::tw, OCT = Tile::oc_tile, PPT = G::ppt;
+  extern __shared__ __align__(16) float smem[];
+  int* tapoff = reinterpret_cast<int*>(smem);
+  float* wts = smem + l.tap_words;
+  float* patch = wts + l.wts_floats;
+
+  const int64_t tiles_w = ceil_div(q.dst_w, TW), tiles_h = ceil_div(q.dst_h, TH);
+  const int64_t n = blockIdx.x / (tiles_h * tiles_w);
+  const int64_t tile = blockIdx.x % (tiles_h * tiles_w);
+  const int64_t y0 = (tile / tiles_w) * TH, x0 = (tile % tiles_w) * TW;
+  const int oc_tiles = (q.dcg + OCT - 1) / OCT;
+  const int g = blockIdx.y / oc_tiles, oc0 = (blockIdx.y % oc_tiles) * OCT;
+  const int64_t u0 = y0 * q.s_out_h - q.pad_h + q.rmin, v0 = x0 * q.s_out_w - q.pad_w + q.cmin;
+  const int PHW = l.ph * l.pw;
+
+  // Offset of tap t inside the patch: (sign*dr - rmin) rows, (sign*dc - cmin) columns.
+  for (int t = threadIdx.x; t < q.taps; t += kThreads) {
+    int dr, dc;
+    q.tapset.offset(t, dr, dc);
+    tapoff[t] = (q.sign * dr - q.rmin) * l.pw + (q.sign * dc - q.cmin);
+  }
+
+  const int og = threadIdx.x / G::pos_threads, pt = threadIdx.x % G::pos_threads;
+  int pbase[PPT];
+#pragma unroll
+  for (int i = 0; i < PPT; ++i) {
+    const int p = pt + i * G::pos_threads;
+    pbase[i] = (p / TW) * q.s_out_h * l.pw + (p % TW) * q.s_out_w;
+  }
+  float acc[OCPT][PPT];
+#pragma unroll
+  for (int o = 0; o < OCPT; ++o)
+#pragma unroll
+    for (int i = 0; i < PPT; ++i) acc[o][i] = 0.f;
+
+  const T* src = static_cast<const T*>(q.src) + n * q.src_sn;
+  const T* w = static_cast<const T*>(q.w) + g * q.w_group;
+  for (int c0 = 0; c0 < q.scg; c0 += l.ci_chunk) {
+    const int nc = min(l.ci_chunk, q.scg - c0);
+    __syncthreads();  // the previous chunk's patch and weights are no longer read
+    for (int64_t e = threadIdx.x; e < int64_t(nc) * PHW; e += kThreads) {
+      const int s = int(e / PHW), r = int(e % PHW);
+      const T* plane = src + (int64_t(g) * q.scg + c0 + s) * q.src_sc;
+      patch[e] = src_at(q, plane, u0 + r / l.pw, v0 + r % l.pw);
+    }
+    for (int64_t e = threadIdx.x; e < int64_t(nc) * q.taps * OCT; e += kThreads) {
+      const int o = int(e % OCT);
+      const int64_t st = e / OCT;  // s * taps + t
+      const int s = int(st / q.taps), t = int(st % q.taps);
+      const int d = oc0 + o;
+      wts[e] = d < q.dcg ? to_f32(w[d * q.w_dst + (c0 + s) * q.w_src + t]) : 0.f;
+    }
+    __syncthreads();
+    for (int s = 0; s < nc; ++s) {
+      const float* ps = patch + s * PHW;
+      const float* ws = wts + int64_t(s) * q.taps * OCT + og * OCPT;
+      for (int t = 0; t < q.taps; ++t) {
+        const int off = tapoff[t];
+        float v[PPT], wv[OCPT];
+#pragma unroll
+        for (int i = 0; i < PPT; ++i) v[i] = ps[pbase[i] + off];
+        if constexpr (OCPT % 4 == 0) {
+#pragma unroll
+          for (int o = 0; o < OCPT; o += 4) {
+            const float4 w4 = *reinterpret_cast<const float4*>(ws + t * OCT + o);
+            wv[o] = w4.x, wv[o + 1] = w4.y, wv[o + 2] = w4.z, wv[o + 3] = w4.w;
+          }
+        } else {
+#pragma unroll
+          for (int o = 0; o < OCPT; ++o) wv[o] = ws[t * OCT + o];
+        }
+#pragma unroll
+        for (int o = 0; o < OCPT; ++o)
+#pragma unroll
+          for (int i = 0; i < PPT; ++i) acc[o][i] = fmaf(wv[o], v[i], acc[o][i]);
+      }
+    }
+  }
+
+  T* dst = static_cast<T*>(q.dst);
+  const T* bias = static_cast<const T*>(q.bias);
+#pragma unroll
+  for (int o = 0; o < OCPT; ++o) {
+    const int d = oc0 + og * OCPT + o;
+    if (d >= q.dcg) continue;
+    const int64_t ch = int64_t(g) * q.dcg + d;
+    const float b = bias ? to_f32(bias[ch]) : 0.f;
+#pragma unroll
+    for (int i = 0; i < PPT; ++i) {
+      const int p = pt + i * G::pos_threads;
+      const int64_t y = y0 + p / TW, x = x0 + p % TW;
+      if (y < q.dst_h && x < q.dst_w)
+        dst[((n * q.dst_c + ch) * q.dst_h + y) * q.dst_w + x] = from_f32<T>(acc[o][i] + b);
+    }
+  }
+}
+
+template <class T, int OCPT>
+void launch_direct(const TapProblem& q, cudaStream_t stream) {
+  using Tile = DirectTile<OCPT>;
+  // Largest source-channel chunk whose patch + weights fit the default 48 KB; a chunk of
+  // one channel may opt in to more (large dilations).
+  const DirectLayout one = direct_layout<OCPT>(q, 1);
+  const int64_t per_ci = (one.wts_floats + one.patch_floats) * 4;
+  const int64_t fit = (int64_t(kDefaultSmem) - one.tap_words * 4) / per_ci;
+  const int ci_chunk = int(std::max<int64_t>(1, std::min<int64_t>(q.scg, fit)));
+  const DirectLayout l = direct_layout<OCPT>(q, ci_chunk);
+  auto kernel = tap_direct_kernel<T, OCPT>;
+  allow_smem(kernel, l.bytes(), 0, "conv (direct CUDA kernel)");
+  const int64_t gx = q.n * ceil_div(q.dst_h, Tile::th) * ceil_div(q.dst_w, Tile::tw);
+  const int64_t gy = int64_t(q.groups) * ceil_div(q.dcg, Tile::oc_tile);
+  check_grid(gx, gy, 1, "conv");
+  kernel<<<dim3(unsigned(gx), unsigned(gy)), kThreads, l.bytes(), stream>>>(q, l);
+  PFA_CHECK_LAUNCH();
+}
+
+// ---- implicit GEMM on tensor cores --------------------------------------------------------
+// C[m, d] = sum_k A[m, k] * B[k, d] with m = (n, y, x) over dst cells, d the dst channel in
+// the group and k = t * scg + s (tap-major, so a K tile mostly shares one tap's offset):
+//   A[m, k] = src_up[n, g*scg + s, y*s_out - pad + sign*dr_t, ...],  B[k, d] = W(g, d, s, t).
+// 64x64 block tile, K tiles of 32, four warps of 32x32 (2x4 m16n8k16 MMAs per k16 step).
+// Global loads of K tile k+1 go to registers while the MMAs consume tile k from the other
+// shared buffer.
+constexpr int kBM = 64, kBN = 64, kBK = 32, kPadK = kBK + 8;  // +8 halves: no bank conflicts
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+tap_gemm_kernel(TapProblem q) {
+  __shared__ __align__(16) T As[2][kBM][kPadK];
+  __shared__ __align__(16) T Bs[2][kBN][kPadK];
+  extern __shared__ int2 taps_s[];  // (sign*dr, sign*dc) per tap
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t cells = q.dst_h * q.dst_w, M = q.n * cells;
+  const int64_t K = int64_t(q.taps) * q.scg;
+  const int nkt = int((K + kBK - 1) / kBK);
+  const int oc_tiles = (q.dcg + kBN - 1) / kBN;
+  const int g = blockIdx.y / oc_tiles, d0 = (blockIdx.y % oc_tiles) * kBN;
+  const int64_t m0 = int64_t(blockIdx.x) * kBM;
+
+  for (int t = tid; t < q.taps; t += kThreads) {
+    int dr, dc;
+    q.tapset.offset(t, dr, dc);
+    taps_s[t] = make_int2(q.sign * dr, q.sign * dc);
+  }
+  __syncthreads();
+
+  // Loader role: row (A: cell m0+row, B: channel d0+row) and a 16-wide half of the K tile.
+  const int row = tid & 63, khalf = tid >> 6;
+  const int64_t m = m0 + row;
+  const bool m_ok = m < M;
+  int64_t u0 = 0, v0 = 0;
+  const T* src = static_cast<const T*>(q.src);
+  if (m_ok) {
+    const int64_t n = m / cells, yx = m % cells;
+    u0 = (yx / q.dst_w) * q.s_out_h - q.pad_h;
+    v0 = (yx % q.dst_w) * q.s_out_w - q.pad_w;
+    src += n * q.src_sn + int64_t(g) * q.scg * q.src_sc;
+  }
+  const int d_load = d0 + row;
+  const T* w = static_cast<const T*>(q.w) + g * q.w_group + int64_t(d_load) * q.w_dst;
+  const bool d_ok = d_load < q.dcg;
+
+  uint32_t a_reg[8], b_reg[8];
+  auto load_tile = [&](int kt) {
+    int64_t k = int64_t(kt) * kBK + khalf * 16;
+    int t = int(k / q.scg), s = int(k % q.scg);
+    uint16_t av[16], bv[16];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      T a = from_f32<T>(0.f), b = from_f32<T>(0.f);
+      if (k + j < K) {
+        if (m_ok) {
+          const int2 off = taps_s[t];
+          const int64_t u = u0 + off.x, v = v0 + off.y;
+          bool in = u >= 0 && v >= 0;
+          int64_t uu = u, vv = v;
+          if (in && q.s_in_h != 1) { in = u % q.s_in_h == 0; uu = u / q.s_in_h; }
+          if (in && q.s_in_w != 1) { in = v % q.s_in_w == 0; vv = v / q.s_in_w; }
+          if (in && uu < q.src_h && vv < q.src_w) a = src[s * q.src_sc + uu * q.src_sh + vv];
+        }
+        if (d_ok) b = w[int64_t(s) * q.w_src + t];
+      }
+      av[j] = dev::bits16(a);
+      bv[j] = dev::bits16(b);
+      if (++s == q.scg) s = 0, ++t;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      a_reg[j] = dev::pack2(av[2 * j], av[2 * j + 1]);
+      b_reg[j] = dev::pack2(bv[2 * j], bv[2 * j + 1]);
+    }
+  };
+  auto store_tile = [&](int buf) {
+    uint4* ad = reinterpret_cast<uint4*>(&As[buf][row][khalf * 16]);
+    uint4* bd = reinterpret_cast<uint4*>(&Bs[buf][row][khalf * 16]);
+    ad[0] = make_uint4(a_reg[0], a_reg[1], a_reg[2], a_reg[3]);
+    ad[1] = make_uint4(a_reg[4], a_reg[5], a_reg[6], a_reg[7]);
+    bd[0] = make_uint4(b_reg[0], b_reg[1], b_reg[2], b_reg[3]);
+    bd[1] = make_uint4(b_reg[4], b_reg[5], b_reg[6], b_reg[7]);
+  };
+
+  float acc[2][4][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+
+  const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32, gr = lane >> 2, q2 = (lane & 3) * 2;
+  load_tile(0);
+  store_tile(0);
+  __syncthreads();
+  for (int kt = 0; kt < nkt; ++kt) {
+    const int buf = kt & 1;
+    if (kt + 1 < nkt) load_tile(kt + 1);
+#pragma unroll
+    for (int ks = 0; ks < kBK; ks += 16) {
+      uint32_t af[2][4], bf[4][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const T* a = &As[buf][wm + i * 16 + gr][ks + q2];
+        af[i][0] = dev::lds32(a);
+        af[i][1] = dev::lds32(a + 8 * kPadK);
+        af[i][2] = dev::lds32(a + 8);
+        af[i][3] = dev::lds32(a + 8 * kPadK + 8);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const T* b = &Bs[buf][wn + j * 8 + gr][ks + q2];
+        bf[j][0] = dev::lds32(b);
+        bf[j][1] = dev::lds32(b + 8);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) dev::Mma<T>::run(acc[i][j], af[i], bf[j]);
+    }
+    if (kt + 1 < nkt) store_tile(buf ^ 1);
+    __syncthreads();
+  }
+
+  // Epilogue: C fragment rows are cells, columns are channels.
+  T* dst = static_cast<T*>(q.dst);
+  const T* bias = static_cast<const T*>(q.bias);
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t mm = m0 + wm + i * 16 + gr + h * 8;
+      if (mm >= M) continue;
+      const int64_t n = mm / cells, yx = mm % cells;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int d = d0 + wn + j * 8 + q2 + c;
+          if (d >= q.dcg) continue;
+          const int64_t ch = int64_t(g) * q.dcg + d;
+          const float b = bias ? to_f32(bias[ch]) : 0.f;
+          dst[(n * q.dst_c + ch) * cells + yx] = from_f32<T>(acc[i][j][h * 2 + c] + b);
+        }
+    }
+}
+
+template <class T>
+void launch_gemm(const TapProblem& q, cudaStream_t stream) {
+  auto kernel = tap_gemm_kernel<T>;
+  const size_t table = size_t(q.taps) * sizeof(int2);
+  allow_smem(kernel, table, 2 * 2 * kBM * kPadK * sizeof(T), "conv (tensor-core CUDA kernel)");
+  const int64_t gx = ceil_div(q.n * q.dst_h * q.dst_w, kBM);
+  const int64_t gy = int64_t(q.groups) * ceil_div(q.dcg, kBN);
+  check_grid(gx, gy, 1, "conv");
+  kernel<<<dim3(unsigned(gx), unsigned(gy)), kThreads, table, stream>>>(q);
+  PFA_CHECK_LAUNCH();
+}
+
+// Tensor cores for 16-bit data once both channel counts fill an MMA tile reasonably;
+// the direct kernel otherwise (float32, small channel counts, depthwise).
+template <class T>
+void run_tap_problem(const TapProblem& q, cudaStream_t stream) {
+  if (q.n == 0 || q.dst_h == 0 || q.dst_w == 0 || q.dcg == 0) return;
+  if constexpr (!std::is_same_v<T, float>) {
+    if (q.scg >= 32 && q.dcg >= 32) return launch_gemm<T>(q, stream);
+  }
+  if (q.dcg >= 8) return launch_direct<T, 8>(q, stream);
+  launch_direct<T, 1>(q, stream);
+}
+
+// ---------------------------------------------------------------------------------------
+// Weight gradients: dw[g, d, j] with j = s*T + t (the weight's own layout) is
+//   sum over the positions of a batch chunk of dy[n, g*dcg + d, cell] * col[n, j, cell]
+// where col is the input column read by tap t of channel s (tap conv: x at the tap's cell;
+// indexed conv: x at the neighbour). A block owns a 32 x 64 (d, j) tile of one chunk and
+// walks the chunk's samples and 64-cell tiles, staging dy and the gathered columns in
+// shared memory; each thread keeps a 4 x 4 register tile. The sums go to the chunk's own
+// slot of `partials` (dw then db); reduce_partials_kernel adds the chunks in order.
+constexpr int kWD = 32, kWJ = 64, kWP = 64;
+
+struct TapColumns {
+  // Cells are (y, x) in an 8 x 8 output tile; columns read x at y*stride - pad + dr_t.
+  const void* x;
+  int64_t sn, sc, sh, H, W, Ho, Wo;
+  int stride_h, stride_w, pad_h, pad_w;
+  TapSet tapset;
+  static constexpr int th = 8, tw = 8;
+  __device__ int64_t tiles() const { return ((Ho + th - 1) / th) * ((Wo + tw - 1) / tw); }
+  // Output cell index (into dy's plane, -1 if outside) of tile cell p.
+  __device__ int64_t cell(int64_t tile, int p) const {
+    const int64_t tiles_w = (Wo + tw - 1) / tw;
+    const int64_t y = (tile / tiles_w) * th + p / tw, xx = (tile % tiles_w) * tw + p % tw;
+    return (y < Ho && xx < Wo) ? y * Wo + xx : -1;
+  }
+  // Per-column info: the channel plane offset and the tap offset.
+  struct Col { int64_t plane; int dr, dc; };
+  __device__ Col column(int64_t s, int t) const {
+    Col c;
+    c.plane = s * sc;
+    tapset.offset(t, c.dr, c.dc);
+    return c;
+  }
+  template <class T>
+  __device__ float value(const T* xn, const Col& c, int64_t cell) const {
+    const int64_t y = cell / Wo, xx = cell % Wo;
+    const int64_t ih = in_coord(y, stride_h, pad_h, c.dr), iw = in_coord(xx, stride_w, pad_w, c.dc);
+    if (ih < 0 || iw < 0 || ih >= H || iw >= W) return 0.f;
+    return to_f32(xn[c.plane + ih * sh + iw]);
+  }
+};
+
+struct IndexedColumns {
+  const void* x;
+  int64_t sn, sc, P, P_out, taps;
+  const int32_t* nb;
+  __device__ int64_t tiles() const { return (P_out + kWP - 1) / kWP; }
+  __device__ int64_t cell(int64_t tile, int p) const {
+    const int64_t o = tile * kWP + p;
+    return o < P_out ? o : -1;
+  }
+  struct Col { int64_t plane; int t; };
+  __device__ Col column(int64_t s, int t) const { return {s * sc, t}; }
+  template <class T>
+  __device__ float value(const T* xn, const Col& c, int64_t o) const {
+    const int32_t idx = nb[o * taps + c.t];
+    return idx >= 0 ? to_f32(xn[c.plane + idx]) : 0.f;
+  }
+};
+
+struct WeightGradProblem {
+  const void* dy;
+  int64_t dy_sn, dy_sc;       // dy plane rows: contiguous cells for indexed; see dy_sh
+  int64_t dy_sh;              // tap conv: row stride of dy (cells are y*Wo + x)
+  int64_t dy_w;               // tap conv: Wo (to split a cell into y, x); indexed: 0
+  int64_t n, cout, groups, dcg, scg, taps;
+  float* partials;
+  int64_t chunks;
+  bool want_bias;
+};
+
+template <class T, class Cols>
+__global__ void __launch_bounds__(kThreads)
+weight_grad_kernel(WeightGradProblem q, Cols cols) {
+  __shared__ __align__(16) float dys[kWD][kWP];
+  __shared__ __align__(16) float xs[kWJ][kWP + 1];
+  __shared__ typename Cols::Col colinfo[kWJ];
+  __shared__ int64_t cells_s[kWP];
+
+  const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+  const int64_t J = q.scg * q.taps;
+  const int64_t j0 = int64_t(blockIdx.x) * kWJ;
+  const int d_tiles = int((q.dcg + kWD - 1) / kWD);
+  const int64_t g = blockIdx.y / d_tiles;
+  const int64_t d0 = int64_t(blockIdx.y % d_tiles) * kWD;
+  const int64_t chunk = blockIdx.z;
+  const int64_t nb = chunk_begin(chunk, q.chunks, q.n), ne = chunk_begin(chunk + 1, q.chunks, q.n);
+
+  if (tid < kWJ) {
+    const int64_t j = min(j0 + tid, J - 1);
+    colinfo[tid] = cols.column(g * q.scg + j / q.taps, int(j % q.taps));
+  }
+  float acc[4][4] = {};
+  float bacc = 0.f;
+  const bool bias_block = q.want_bias && blockIdx.x == 0;
+  const T* dy = static_cast<const T*>(q.dy);
+  const T* x = static_cast<const T*>(cols.x);
+  const int64_t tiles = cols.tiles();
+
+  for (int64_t n = nb; n < ne; ++n) {
+    const T* dyn = dy + n * q.dy_sn + (g * q.dcg + d0) * q.dy_sc;
+    const T* xn = x + n * cols.sn;
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      __syncthreads();  // previous tile fully consumed (and colinfo written on entry)
+      if (tid < kWP) cells_s[tid] = cols.cell(tile, tid);
+      __syncthreads();
+      // dys[d][p] = dy at cell p of channel d0+d (zero outside): cells along threads.
+      for (int e = tid; e < kWD * kWP; e += kThreads) {
+        const int d = e / kWP, p = e % kWP;
+        const int64_t c = cells_s[p];
+        float v = 0.f;
+        if (c >= 0 && d0 + d < q.dcg) {
+          const int64_t off = q.dy_w ? (c / q.dy_w) * q.dy_sh + c % q.dy_w : c;
+          v = to_f32(dyn[d * q.dy_sc + off]);
+        }
+        dys[d][p] = v;
+      }
+      // xs[j][p] = column j0+j at cell p (the tap's input value, or the neighbour's).
+      for (int e = tid; e < kWJ * kWP; e += kThreads) {
+        const int j = e / kWP, p = e % kWP;
+        const int64_t c = cells_s[p];
+        xs[j][p] = (c >= 0 && j0 + j < J) ? cols.value(xn, colinfo[j], c) : 0.f;
+      }
+      __syncthreads();
+      // acc[a][b] += sum_p dy[d = ty + 8a][p] * col[j = tx + 16b][p]
+#pragma unroll 4
+      for (int p = 0; p < kWP; ++p) {
+        float dv[4], xv[4];
+#pragma unroll
+        for (int a = 0; a < 4; ++a) dv[a] = dys[ty + 8 * a][p];
+#pragma unroll
+        for (int b = 0; b < 4; ++b) xv[b] = xs[tx + 16 * b][p];
+#pragma unroll
+        for (int a = 0; a < 4; ++a)
+#pragma unroll
+          for (int b = 0; b < 4; ++b) acc[a][b] = fmaf(dv[a], xv[b], acc[a][b]);
+      }
+      if (bias_block && tid < kWD)
+        for (int p = 0; p < kWP; ++p) bacc += dys[tid][p];
+    }
+  }
+
+  float* part = q.partials + chunk * (q.cout * J + q.cout);
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    const int64_t d = d0 + ty + 8 * a;
+    if (d >= q.dcg) continue;
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      const int64_t j = j0 + tx + 16 * b;
+      if (j < J) part[(g * q.dcg + d) * J + j] = acc[a][b];
+    }
+  }
+  if (bias_block && tid < kWD && d0 + tid < q.dcg) part[q.cout * J + g * q.dcg + d0 + tid] = bacc;
+}
+
+// dw[e] (then db) = sum over chunks, in chunk order, of partials[chunk][e].
+template <class T>
+__global__ void __launch_bounds__(256)
+reduce_partials_kernel(const float* partials, int64_t chunks, int64_t wsize, int64_t bsize,
+                       T* dw, T* db) {
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = wsize + bsize;
+  if (e >= stride) return;
+  if (e < wsize ? dw == nullptr : db == nullptr) return;
+  float s = 0.f;
+  for (int64_t c = 0; c < chunks; ++c) s += partials[c * stride + e];
+  if (e < wsize) dw[e] = from_f32<T>(s);
+  else db[e - wsize] = from_f32<T>(s);
+}
+
+template <class T, class Cols>
+void run_weight_grad(const WeightGradProblem& q, const Cols& cols, void* dw, void* db,
+                     cudaStream_t stream) {
+  const int64_t J = q.scg * q.taps;
+  const int64_t wsize = q.cout * J, bsize = q.cout;
+  check(q.partials != nullptr && q.chunks >= 1, "conv backward: missing weight-gradient workspace");
+  const int64_t gx = dw ? ceil_div(J, kWJ) : 1;
+  const int64_t gy = q.groups * ceil_div(q.dcg, kWD);
+  check_grid(gx, gy, q.chunks, "conv backward (weight)");
+  weight_grad_kernel<T, Cols><<<dim3(unsigned(gx), unsigned(gy), unsigned(q.chunks)), kThreads, 0,
+                                stream>>>(q, cols);
+  PFA_CHECK_LAUNCH();
+  const int64_t total = wsize + bsize;
+  reduce_partials_kernel<T><<<unsigned(ceil_div(total, 256)), 256, 0, stream>>>(
+      q.partials, q.chunks, wsize, bsize, static_cast<T*>(dw), static_cast<T*>(db));
+  PFA_CHECK_LAUNCH();
+}
+
+// ---------------------------------------------------------------------------------------
+// Pooling over a tap set (no weights). Forward, one thread per output cell:
+//   max: y = max over in-bounds taps (first wins ties, NaN wins), argmax = winning tap
+//   avg: y = sum over in-bounds taps / their count
+// Backward, one thread per input cell, gathering the outputs whose window holds it:
+//   max: dx = sum over taps t reading it with argmax[o] == t of dy[o]
+//   avg: dx = sum over taps t reading it of dy[o] / count(o)
+__device__ __forceinline__ void fill_tap_table(const TapSet& ts, int taps, int2* tab) {
+  for (int t = threadIdx.x; t < taps; t += blockDim.x) {
+    int dr, dc;
+    ts.offset(t, dr, dc);
+    tab[t] = make_int2(dr, dc);
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ int window_count(const TapPoolParams& p, const int2* tab, int taps,
+                                            int64_t oh, int64_t ow) {
+  int cnt = 0;
+  for (int t = 0; t < taps; ++t) {
+    const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, tab[t].x);
+    const int64_t iw = in_coord(ow, p.stride_w, p.pad_w, tab[t].y);
+    cnt += (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W);
+  }
+  return cnt;
+}
+
+template <class T>
+__global__ void __launch_bounds__(256) pool_forward_kernel(TapPoolParams p) {
+  extern __shared__ int2 tab[];
+  const int taps = p.taps.count();
+  fill_tap_table(p.taps, taps, tab);
+  const int64_t total = p.N * p.C * p.Ho * p.Wo;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t ow = e % p.Wo, oh = (e / p.Wo) % p.Ho, c = (e / (p.Wo * p.Ho)) % p.C,
+                  n = e / (p.Wo * p.Ho * p.C);
+    const T* plane = static_cast<const T*>(p.x) + n * p.x_strides.n + c * p.x_strides.c;
+    float best = 0.f, sum = 0.f;
+    int arg = -1, cnt = 0;
+    for (int t = 0; t < taps; ++t) {
+      const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, tab[t].x);
+      const int64_t iw = in_coord(ow, p.stride_w, p.pad_w, tab[t].y);
+      if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) continue;
+      const float v = to_f32(plane[ih * p.x_strides.h + iw]);
+      if (p.mode == PoolMode::Max) {
+        if (pool_max_takes(v, best, arg >= 0)) best = v, arg = t;
+      } else {
+        sum += v;
+        ++cnt;
+      }
+    }
+    const float out = p.mode == PoolMode::Max ? best : (cnt ? sum / float(cnt) : 0.f);
+    static_cast<T*>(p.y)[e] = from_f32<T>(out);
+    if (p.mode == PoolMode::Max && p.argmax) p.argmax[e] = arg;
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(256) pool_backward_kernel(TapPoolParams p) {
+  extern __shared__ int2 tab[];
+  const int taps = p.taps.count();
+  fill_tap_table(p.taps, taps, tab);
+  const int64_t total = p.N * p.C * p.H * p.W;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t iw = e % p.W, ih = (e / p.W) % p.H, c = (e / (p.W * p.H)) % p.C,
+                  n = e / (p.W * p.H * p.C);
+    const T* dyp = static_cast<const T*>(p.dy) + n * p.dy_strides.n + c * p.dy_strides.c;
+    const int64_t obase = (n * p.C + c) * p.Ho * p.Wo;
+    float acc = 0.f;
+    for (int t = 0; t < taps; ++t) {
+      int64_t oh, ow;
+      if (!out_coord(ih, p.stride_h, p.pad_h, tab[t].x, p.Ho, oh) ||
+          !out_coord(iw, p.stride_w, p.pad_w, tab[t].y, p.Wo, ow))
+        continue;
+      const float g = to_f32(dyp[oh * p.dy_strides.h + ow]);
+      if (p.mode == PoolMode::Max) {
+        if (p.argmax_in[obase + oh * p.Wo + ow] == t) acc += g;
+      } else {
+        acc += g / float(window_count(p, tab, taps, oh, ow));
+      }
+    }
+    static_cast<T*>(p.dx)[e] = from_f32<T>(acc);
+  }
+}
+
+unsigned elementwise_blocks(int64_t total) {
+  return unsigned(std::min<int64_t>(std::max<int64_t>(ceil_div(total, 256), 1), 65535 * 8));
+}
+
+// ---------------------------------------------------------------------------------------
+// Indexed convolution forward: y[n, co, o] = bias[co] + sum_k w[co, k] * col[n, k, o] with
+// k = ci*T + t and col[n, k, o] = x[n, ci, nb[o, t]] (zero for -1). A block owns 128
+// outputs x 16 channels of one sample and walks K in chunks of 32, staging the gathered
+// columns and the weights; each thread keeps 2 outputs x 8 channels.
+constexpr int kIP = 128, kIC = 16, kIK = 32;
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) indexed_forward_kernel(IndexedConvParams p) {
+  __shared__ __align__(16) float cols[kIK][kIP];
+  __shared__ __align__(16) float wts[kIK][kIC];
+  const int64_t ptiles = ceil_div(p.P_out, kIP);
+  const int64_t n = blockIdx.x / ptiles, o0 = (blockIdx.x % ptiles) * kIP;
+  const int64_t c0 = int64_t(blockIdx.y) * kIC;
+  const int og = threadIdx.x / 64, pt = threadIdx.x % 64;
+  const int64_t K = p.Cin * p.T;
+  const T* x = static_cast<const T*>(p.x) + n * p.x_stride_n;
+  const T* w = static_cast<const T*>(p.w);
+  float acc[8][2] = {};
+  for (int64_t k0 = 0; k0 < K; k0 += kIK) {
+    __syncthreads();
+    for (int e = threadIdx.x; e < kIK * kIP; e += kThreads) {
+      const int kk = e / kIP, pp = e % kIP;
+      const int64_t k = k0 + kk, o = o0 + pp;
+      float v = 0.f;
+      if (k < K && o < p.P_out) {
+        const int32_t idx = p.neighbors[o * p.T + k % p.T];
+        if (idx >= 0) v = to_f32(x[(k / p.T) * p.x_stride_c + idx]);
+      }
+      cols[kk][pp] = v;
+    }
+    for (int e = threadIdx.x; e < kIK * kIC; e += kThreads) {
+      const int kk = e / kIC, cc = e % kIC;
+      const int64_t k = k0 + kk, co = c0 + cc;
+      wts[kk][cc] = (k < K && co < p.Cout) ? to_f32(w[co * K + k]) : 0.f;
+    }
+    __syncthreads();
+    for (int kk = 0; kk < kIK; ++kk) {
+      const float v0 = cols[kk][pt], v1 = cols[kk][pt + 64];
+      const float4 wa = *reinterpret_cast<const float4*>(&wts[kk][og * 8]);
+      const float4 wb = *reinterpret_cast<const float4*>(&wts[kk][og * 8 + 4]);
+      const float wv[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
+#pragma unroll
+      for (int o = 0; o < 8; ++o) {
+        acc[o][0] = fmaf(wv[o], v0, acc[o][0]);
+        acc[o][1] = fmaf(wv[o], v1, acc[o][1]);
+      }
+    }
+  }
+  T* y = static_cast<T*>(p.y);
+  const T* bias = static_cast<const T*>(p.bias);
+#pragma unroll
+  for (int o = 0; o < 8; ++o) {
+    const int64_t co = c0 + og * 8 + o;
+    if (co >= p.Cout) continue;
+    const float b = bias ? to_f32(bias[co]) : 0.f;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int64_t oo = o0 + pt + i * 64;
+      if (oo < p.P_out) y[(n * p.Cout + co) * p.P_out + oo] = from_f32<T>(acc[o][i] + b);
+    }
+  }
+}
+
+// Indexed convolution backward-input, a gather through the inverse table:
+//   dx[n, ci, q] = sum_{e in inv[q]} sum_co w[co, ci, t_e] * dy[n, co, o_e]
+// A block owns 64 inputs x 16 input channels of one sample; output channels come in chunks
+// whose weights, wts[co][t][ci], are staged in shared memory. Each thread: 1 input x 8 ci.
+template <class T>
+__global__ void __launch_bounds__(kThreads) indexed_backward_input_kernel(IndexedConvParams p,
+                                                                          int co_chunk) {
+  extern __shared__ __align__(16) float wts[];  // [co_chunk][T][kIC]
+  const int64_t qtiles = ceil_div(p.P, 64);
+  const int64_t n = blockIdx.x / qtiles, q = (blockIdx.x % qtiles) * 64 + threadIdx.x % 64;
+  const int64_t c0 = int64_t(blockIdx.y) * kIC;
+  const int cg = threadIdx.x / 64;
+  const T* w = static_cast<const T*>(p.w);
+  const T* dy = static_cast<const T*>(p.dy) + n * p.dy_stride_n;
+  const int32_t e0 = q < p.P ? p.inv_offsets[q] : 0, e1 = q < p.P ? p.inv_offsets[q + 1] : 0;
+  float acc[8] = {};
+  for (int64_t co0 = 0; co0 < p.Cout; co0 += co_chunk) {
+    const int nco = int(p.Cout - co0 < co_chunk ? p.Cout - co0 : co_chunk);
+    __syncthreads();
+    for (int64_t e = threadIdx.x; e < int64_t(nco) * p.T * kIC; e += kThreads) {
+      const int cc = int(e % kIC);
+      const int64_t ct = e / kIC, t = ct % p.T, co = co0 + ct / p.T, ci = c0 + cc;
+      wts[e] = ci < p.Cin ? to_f32(w[(co * p.Cin + ci) * p.T + t]) : 0.f;
+    }
+    __syncthreads();
+    for (int32_t e = e0; e < e1; ++e) {
+      const int32_t ent = p.inv_entries[e];
+      const int64_t o = ent / p.T, t = ent % p.T;
+      for (int c = 0; c < nco; ++c) {
+        const float g = to_f32(dy[(co0 + c) * p.dy_stride_c + o]);
+        const float* ws = wts + (int64_t(c) * p.T + t) * kIC + cg * 8;
+        const float4 wa = *reinterpret_cast<const float4*>(ws);
+        const float4 wb = *reinterpret_cast<const float4*>(ws + 4);
+        acc[0] = fmaf(wa.x, g, acc[0]), acc[1] = fmaf(wa.y, g, acc[1]);
+        acc[2] = fmaf(wa.z, g, acc[2]), acc[3] = fmaf(wa.w, g, acc[3]);
+        acc[4] = fmaf(wb.x, g, acc[4]), acc[5] = fmaf(wb.y, g, acc[5]);
+        acc[6] = fmaf(wb.z, g, acc[6]), acc[7] = fmaf(wb.w, g, acc[7]);
+      }
+    }
+  }
+  if (q >= p.P) return;
+  T* dx = static_cast<T*>(p.dx);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int64_t ci = c0 + cg * 8 + i;
+    if (ci < p.Cin) dx[(n * p.Cin + ci) * p.P + q] = from_f32<T>(acc[i]);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Entry points.
+
+void tap_conv_forward_cuda(const TapConvParams& p, uintptr_t stream) {
+  check(p.groups >= 1 && p.Cin % p.groups == 0 && p.Cout % p.groups == 0,
+        "conv: channels must divide by groups");
+  const TapProblem q = forward_problem(p);
+  dispatch_cuda_dtype(p.dtype, [&](auto t) { run_tap_problem<decltype(t)>(q, as_stream(stream)); });
+}
+
+void tap_conv_backward_input_cuda(const TapConvParams& p, uintptr_t stream) {
+  check(p.groups >= 1 && p.Cin % p.groups == 0 && p.Cout % p.groups == 0,
+        "conv: channels must divide by groups");
+  if (p.dx == nullptr) return;
+  const TapProblem q = backward_input_problem(p);
+  dispatch_cuda_dtype(p.dtype, [&](auto t) { run_tap_problem<decltype(t)>(q, as_stream(stream)); });
+}
+
+void tap_conv_backward_weight_cuda(const TapConvParams& p, uintptr_t stream) {
+  check(p.groups >= 1 && p.Cin % p.groups == 0 && p.Cout % p.groups == 0,
+        "conv: channels must divide by groups");
+  if (p.dw == nullptr && p.db == nullptr) return;
+  WeightGradProblem q;
+  q.dy = p.dy;
+  q.dy_sn = p.dy_strides.n, q.dy_sc = p.dy_strides.c, q.dy_sh = p.dy_strides.h, q.dy_w = p.Wo;
+  q.n = p.N, q.cout = p.Cout, q.groups = p.groups, q.dcg = p.Cout / p.groups;
+  q.scg = p.Cin / p.groups, q.taps = p.taps.count();
+  q.partials = static_cast<float*>(p.partials), q.chunks = p.partial_chunks;
+  q.want_bias = p.db != nullptr;
+  // An empty output plane: dw and db are sums over nothing.
+  const bool empty = p.Ho == 0 || p.Wo == 0;
+  TapColumns cols{p.x, p.x_strides.n, p.x_strides.c, p.x_strides.h, p.H, p.W,
+                  empty ? 1 : p.Ho, empty ? 1 : p.Wo, p.stride_h, p.stride_w, p.pad_h, p.pad_w,
+                  p.taps};
+  if (empty) q.n = 0;
+  q.dy_w = cols.Wo;
+  dispatch_cuda_dtype(p.dtype, [&](auto t) {
+    run_weight_grad<decltype(t)>(q, cols, p.dw, p.db, as_stream(stream));
+  });
+}
+
+void tap_pool_forward_cuda(const TapPoolParams& p, uintptr_t stream) {
+  const int64_t total = p.N * p.C * p.Ho * p.Wo;
+  if (total == 0) return;
+  const size_t table = size_t(p.taps.count()) * sizeof(int2);
+  dispatch_cuda_dtype(p.dtype, [&](auto t) {
+    auto kernel = pool_forward_kernel<decltype(t)>;
+    allow_smem(kernel, table, 0, "hex pooling");
+    kernel<<<elementwise_blocks(total), 256, table, as_stream(stream)>>>(p);
+    PFA_CHECK_LAUNCH();
+  });
+}
+
+void tap_pool_backward_cuda(const TapPoolParams& p, uintptr_t stream) {
+  const int64_t total = p.N * p.C * p.H * p.W;
+  if (total == 0) return;
+  check(p.mode != PoolMode::Max || p.argmax_in != nullptr, "max pool backward: missing argmax");
+  const size_t table = size_t(p.taps.count()) * sizeof(int2);
+  dispatch_cuda_dtype(p.dtype, [&](auto t) {
+    auto kernel = pool_backward_kernel<decltype(t)>;
+    allow_smem(kernel, table, 0, "hex pooling");
+    kernel<<<elementwise_blocks(total), 256, table, as_stream(stream)>>>(p);
+    PFA_CHECK_LAUNCH();
+  });
+}
+
+void indexed_conv_forward_cuda(const IndexedConvParams& p, uintptr_t stream) {
+  if (p.N == 0 || p.Cout == 0 || p.P_out == 0) return;
+  const int64_t gx = p.N * ceil_div(p.P_out, kIP), gy = ceil_div(p.Cout, kIC);
+  check_grid(gx, gy, 1, "indexed_conv");
+  dispatch_cuda_dtype(p.dtype, [&](auto t) {
+    indexed_forward_kernel<decltype(t)><<<dim3(unsigned(gx), unsigned(gy)), kThreads, 0,
+                                          as_stream(stream)>>>(p);
+    PFA_CHECK_LAUNCH();
+  });
+}
+
+void indexed_conv_backward_input_cuda(const IndexedConvParams& p, uintptr_t stream) {
+  if (p.dx == nullptr || p.N == 0 || p.Cin == 0 || p.P == 0) return;
+  check(p.inv_offsets != nullptr && p.inv_entries != nullptr,
+        "indexed_conv backward: missing inverse neighbour table");
+  // Output channels per staged weight chunk: as many as fit 48 KB (one may opt in to more).
+  const int64_t per_co = p.T * kIC * int64_t(sizeof(float));
+  const int co_chunk = int(std::max<int64_t>(1, std::min<int64_t>(p.Cout, int64_t(kDefaultSmem) / per_co)));
+  const size_t bytes = size_t(co_chunk * per_co);
+  const int64_t gx = p.N * ceil_div(p.P, 64), gy = ceil_div(p.Cin, kIC);
+  check_grid(gx, gy, 1, "indexed_conv backward");
+  dispatch_cuda_dtype(p.dtype, [&](auto t) {
+    auto kernel = indexed_backward_input_kernel<decltype(t)>;
+    allow_smem(kernel, bytes, 0, "indexed_conv backward");
+    kernel<<<dim3(unsigned(gx), unsigned(gy)), kThreads, bytes, as_stream(stream)>>>(p, co_chunk);
+    PFA_CHECK_LAUNCH();
+  });
+}
+
+void indexed_conv_backward_weight_cuda(const IndexedConvParams& p, uintptr_t stream) {
+  if (p.dw == nullptr && p.db == nullptr) return;
+  WeightGradProblem q;
+  q.dy = p.dy;
+  q.dy_sn = p.dy_stride_n, q.dy_sc = p.dy_stride_c, q.dy_sh = 0, q.dy_w = 0;
+  q.n = p.P_out == 0 ? 0 : p.N, q.cout = p.Cout, q.groups = 1, q.dcg = p.Cout;
+  q.scg = p.Cin, q.taps = p.T;
+  q.partials = static_cast<float*>(p.partials), q.chunks = p.partial_chunks;
+  q.want_bias = p.db != nullptr;
+  IndexedColumns cols{p.x, p.x_stride_n, p.x_stride_c, p.P, p.P_out, p.T, p.neighbors};
+  dispatch_cuda_dtype(p.dtype, [&](auto t) {
+    run_weight_grad<decltype(t)>(q, cols, p.dw, p.db, as_stream(stream));
+  });
+}
+
+}  // namespace pfa::conv
