@@ -469,21 +469,25 @@ void run_tap_problem(const TapProblem& q, cudaStream_t stream) {
 // slot of `partials` (dw then db); reduce_partials_kernel adds the chunks in order.
 constexpr int kWD = 32, kWJ = 64, kWP = 64;
 
+// A "column source" says which cells a 64-cell tile holds (as a key, -1 outside), where a
+// cell lies in dy's plane, and what column (s, t) holds at a cell.
 struct TapColumns {
-  // Cells are (y, x) in an 8 x 8 output tile; columns read x at y*stride - pad + dr_t.
+  // Tiles are 8 x 8 output cells; the key packs (y << 32) | x. Column (s, t) at (y, x) is
+  // x[s, y*stride - pad + dr_t, x*stride - pad + dc_t].
   const void* x;
   int64_t sn, sc, sh, H, W, Ho, Wo;
   int stride_h, stride_w, pad_h, pad_w;
   TapSet tapset;
   static constexpr int th = 8, tw = 8;
   __device__ int64_t tiles() const { return ((Ho + th - 1) / th) * ((Wo + tw - 1) / tw); }
-  // Output cell index (into dy's plane, -1 if outside) of tile cell p.
   __device__ int64_t cell(int64_t tile, int p) const {
     const int64_t tiles_w = (Wo + tw - 1) / tw;
     const int64_t y = (tile / tiles_w) * th + p / tw, xx = (tile % tiles_w) * tw + p % tw;
-    return (y < Ho && xx < Wo) ? y * Wo + xx : -1;
+    return (y < Ho && xx < Wo) ? (y << 32) | xx : -1;
   }
-  // Per-column info: the channel plane offset and the tap offset.
+  __device__ int64_t dy_offset(int64_t key, int64_t dy_sh) const {
+    return (key >> 32) * dy_sh + (key & 0xffffffff);
+  }
   struct Col { int64_t plane; int dr, dc; };
   __device__ Col column(int64_t s, int t) const {
     Col c;
@@ -492,15 +496,16 @@ struct TapColumns {
     return c;
   }
   template <class T>
-  __device__ float value(const T* xn, const Col& c, int64_t cell) const {
-    const int64_t y = cell / Wo, xx = cell % Wo;
-    const int64_t ih = in_coord(y, stride_h, pad_h, c.dr), iw = in_coord(xx, stride_w, pad_w, c.dc);
+  __device__ float value(const T* xn, const Col& c, int64_t key) const {
+    const int64_t ih = in_coord(key >> 32, stride_h, pad_h, c.dr);
+    const int64_t iw = in_coord(key & 0xffffffff, stride_w, pad_w, c.dc);
     if (ih < 0 || iw < 0 || ih >= H || iw >= W) return 0.f;
     return to_f32(xn[c.plane + ih * sh + iw]);
   }
 };
 
 struct IndexedColumns {
+  // Tiles are 64 consecutive outputs o; column (s, t) at o is x[s, nb[o, t]].
   const void* x;
   int64_t sn, sc, P, P_out, taps;
   const int32_t* nb;
@@ -509,6 +514,7 @@ struct IndexedColumns {
     const int64_t o = tile * kWP + p;
     return o < P_out ? o : -1;
   }
+  __device__ int64_t dy_offset(int64_t o, int64_t) const { return o; }
   struct Col { int64_t plane; int t; };
   __device__ Col column(int64_t s, int t) const { return {s * sc, t}; }
   template <class T>
@@ -520,9 +526,7 @@ struct IndexedColumns {
 
 struct WeightGradProblem {
   const void* dy;
-  int64_t dy_sn, dy_sc;       // dy plane rows: contiguous cells for indexed; see dy_sh
-  int64_t dy_sh;              // tap conv: row stride of dy (cells are y*Wo + x)
-  int64_t dy_w;               // tap conv: Wo (to split a cell into y, x); indexed: 0
+  int64_t dy_sn, dy_sc, dy_sh;  // dy_sh: row stride (tap conv); indexed dy rows are contiguous
   int64_t n, cout, groups, dcg, scg, taps;
   float* partials;
   int64_t chunks;
@@ -570,8 +574,7 @@ weight_grad_kernel(WeightGradProblem q, Cols cols) {
         const int64_t c = cells_s[p];
         float v = 0.f;
         if (c >= 0 && d0 + d < q.dcg) {
-          const int64_t off = q.dy_w ? (c / q.dy_w) * q.dy_sh + c % q.dy_w : c;
-          v = to_f32(dyn[d * q.dy_sc + off]);
+          v = to_f32(dyn[d * q.dy_sc + cols.dy_offset(c, q.dy_sh)]);
         }
         dys[d][p] = v;
       }
@@ -877,7 +880,7 @@ void tap_conv_backward_weight_cuda(const TapConvParams& p, uintptr_t stream) {
   if (p.dw == nullptr && p.db == nullptr) return;
   WeightGradProblem q;
   q.dy = p.dy;
-  q.dy_sn = p.dy_strides.n, q.dy_sc = p.dy_strides.c, q.dy_sh = p.dy_strides.h, q.dy_w = p.Wo;
+  q.dy_sn = p.dy_strides.n, q.dy_sc = p.dy_strides.c, q.dy_sh = p.dy_strides.h;
   q.n = p.N, q.cout = p.Cout, q.groups = p.groups, q.dcg = p.Cout / p.groups;
   q.scg = p.Cin / p.groups, q.taps = p.taps.count();
   q.partials = static_cast<float*>(p.partials), q.chunks = p.partial_chunks;
@@ -888,7 +891,6 @@ void tap_conv_backward_weight_cuda(const TapConvParams& p, uintptr_t stream) {
                   empty ? 1 : p.Ho, empty ? 1 : p.Wo, p.stride_h, p.stride_w, p.pad_h, p.pad_w,
                   p.taps};
   if (empty) q.n = 0;
-  q.dy_w = cols.Wo;
   dispatch_cuda_dtype(p.dtype, [&](auto t) {
     run_weight_grad<decltype(t)>(q, cols, p.dw, p.db, as_stream(stream));
   });
@@ -952,7 +954,7 @@ void indexed_conv_backward_weight_cuda(const IndexedConvParams& p, uintptr_t str
   if (p.dw == nullptr && p.db == nullptr) return;
   WeightGradProblem q;
   q.dy = p.dy;
-  q.dy_sn = p.dy_stride_n, q.dy_sc = p.dy_stride_c, q.dy_sh = 0, q.dy_w = 0;
+  q.dy_sn = p.dy_stride_n, q.dy_sc = p.dy_stride_c, q.dy_sh = 0;
   q.n = p.P_out == 0 ? 0 : p.N, q.cout = p.Cout, q.groups = 1, q.dcg = p.Cout;
   q.scg = p.Cin, q.taps = p.T;
   q.partials = static_cast<float*>(p.partials), q.chunks = p.partial_chunks;
