@@ -209,15 +209,15 @@ tap_direct_kernel(TapProblem q, DirectLayout l) {
   for (int c0 = 0; c0 < q.scg; c0 += l.ci_chunk) {
     const int nc = min(l.ci_chunk, q.scg - c0);
     __syncthreads();  // the previous chunk's patch and weights are no longer read
-    for (int64_t e = threadIdx.x; e < int64_t(nc) * PHW; e += kThreads) {
-      const int s = int(e / PHW), r = int(e % PHW);
+    // Staged sizes fit shared memory, so 32-bit indices suffice here.
+    for (int e = threadIdx.x; e < nc * PHW; e += kThreads) {
+      const int s = e / PHW, r = e % PHW;
       const T* plane = src + (int64_t(g) * q.scg + c0 + s) * q.src_sc;
       patch[e] = src_at(q, plane, u0 + r / l.pw, v0 + r % l.pw);
     }
-    for (int64_t e = threadIdx.x; e < int64_t(nc) * q.taps * OCT; e += kThreads) {
-      const int o = int(e % OCT);
-      const int64_t st = e / OCT;  // s * taps + t
-      const int s = int(st / q.taps), t = int(st % q.taps);
+    for (int e = threadIdx.x; e < nc * q.taps * OCT; e += kThreads) {
+      const int o = e % OCT, st = e / OCT;  // st = s * taps + t
+      const int s = st / q.taps, t = st % q.taps;
       const int d = oc0 + o;
       wts[e] = d < q.dcg ? to_f32(w[d * q.w_dst + (c0 + s) * q.w_src + t]) : 0.f;
     }
@@ -534,7 +534,7 @@ struct WeightGradProblem {
 };
 
 template <class T, class Cols>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 4)
 weight_grad_kernel(WeightGradProblem q, Cols cols) {
   __shared__ __align__(16) float dys[kWD][kWP];
   __shared__ __align__(16) float xs[kWJ][kWP + 1];
@@ -637,16 +637,20 @@ void run_weight_grad(const WeightGradProblem& q, const Cols& cols, void* dw, voi
                      cudaStream_t stream) {
   const int64_t J = q.scg * q.taps;
   const int64_t wsize = q.cout * J, bsize = q.cout;
-  check(q.partials != nullptr && q.chunks >= 1, "conv backward: missing weight-gradient workspace");
-  const int64_t gx = dw ? ceil_div(J, kWJ) : 1;
-  const int64_t gy = q.groups * ceil_div(q.dcg, kWD);
-  check_grid(gx, gy, q.chunks, "conv backward (weight)");
-  weight_grad_kernel<T, Cols><<<dim3(unsigned(gx), unsigned(gy), unsigned(q.chunks)), kThreads, 0,
-                                stream>>>(q, cols);
-  PFA_CHECK_LAUNCH();
-  const int64_t total = wsize + bsize;
-  reduce_partials_kernel<T><<<unsigned(ceil_div(total, 256)), 256, 0, stream>>>(
-      q.partials, q.chunks, wsize, bsize, static_cast<T*>(dw), static_cast<T*>(db));
+  if (wsize + bsize == 0) return;
+  // No samples means no chunks (and maybe no workspace): the reduction alone writes zeros.
+  check(q.n == 0 || (q.partials != nullptr && q.chunks >= 1),
+        "conv backward: missing weight-gradient workspace");
+  if (q.n > 0) {
+    const int64_t gx = dw ? std::max<int64_t>(1, ceil_div(J, kWJ)) : 1;
+    const int64_t gy = q.groups * ceil_div(q.dcg, kWD);
+    check_grid(gx, gy, q.chunks, "conv backward (weight)");
+    weight_grad_kernel<T, Cols><<<dim3(unsigned(gx), unsigned(gy), unsigned(q.chunks)), kThreads,
+                                  0, stream>>>(q, cols);
+    PFA_CHECK_LAUNCH();
+  }
+  reduce_partials_kernel<T><<<unsigned(ceil_div(wsize + bsize, 256)), 256, 0, stream>>>(
+      q.partials, q.n > 0 ? q.chunks : 0, wsize, bsize, static_cast<T*>(dw), static_cast<T*>(db));
   PFA_CHECK_LAUNCH();
 }
 
@@ -885,12 +889,9 @@ void tap_conv_backward_weight_cuda(const TapConvParams& p, uintptr_t stream) {
   q.scg = p.Cin / p.groups, q.taps = p.taps.count();
   q.partials = static_cast<float*>(p.partials), q.chunks = p.partial_chunks;
   q.want_bias = p.db != nullptr;
-  // An empty output plane: dw and db are sums over nothing.
-  const bool empty = p.Ho == 0 || p.Wo == 0;
-  TapColumns cols{p.x, p.x_strides.n, p.x_strides.c, p.x_strides.h, p.H, p.W,
-                  empty ? 1 : p.Ho, empty ? 1 : p.Wo, p.stride_h, p.stride_w, p.pad_h, p.pad_w,
-                  p.taps};
-  if (empty) q.n = 0;
+  if (p.Ho == 0 || p.Wo == 0) q.n = 0;  // dw and db are sums over nothing
+  const TapColumns cols{p.x, p.x_strides.n, p.x_strides.c, p.x_strides.h, p.H, p.W, p.Ho, p.Wo,
+                        p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.taps};
   dispatch_cuda_dtype(p.dtype, [&](auto t) {
     run_weight_grad<decltype(t)>(q, cols, p.dw, p.db, as_stream(stream));
   });
