@@ -133,7 +133,7 @@ __device__ __forceinline__ float src_at(const TapProblem& q, const T* plane, int
 // stages the (upsampled) source patch under the tile and the chunk's weights:
 //   acc[o][i] += sum_{s, t} wts[s][t][o] * patch[s][cell_i * s_out + tap_t - bbox_min]
 template <int OCPT> struct DirectTile;
-template <> struct DirectTile<8> { static constexpr int oc_tile = 16, th = 8, tw = 16; };
+template <> struct DirectTile<8> { static constexpr int oc_tile = 16, th = 16, tw = 16; };
 template <> struct DirectTile<1> { static constexpr int oc_tile = 1, th = 16, tw = 16; };
 
 template <int OCPT>
@@ -165,7 +165,7 @@ DirectLayout direct_layout(const TapProblem& q, int ci_chunk) {
 }
 
 template <class T, int OCPT>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 4)
 tap_direct_kernel(TapProblem q, DirectLayout l) {
   using Tile = DirectTile<OCPT>;
   using G = DirectGeom<OCPT>;
@@ -337,24 +337,42 @@ tap_gemm_kernel(TapProblem q) {
     int64_t k = int64_t(kt) * kBK + khalf * 16;
     int t = int(k / q.scg), s = int(k % q.scg);
     uint16_t av[16], bv[16];
+    if (q.scg % 16 == 0 && k < K) {
+      // The 16 k's share tap t: one bounds test, then 16 channel-strided loads.
+      const int2 off = taps_s[t];
+      int64_t u = u0 + off.x, v = v0 + off.y;
+      bool in = m_ok && u >= 0 && v >= 0;
+      if (in && q.s_in_h != 1) { in = u % q.s_in_h == 0; u /= q.s_in_h; }
+      if (in && q.s_in_w != 1) { in = v % q.s_in_w == 0; v /= q.s_in_w; }
+      in = in && u < q.src_h && v < q.src_w;
+      const T* a = in ? src + int64_t(s) * q.src_sc + u * q.src_sh + v : src;
+      const T* b = w + int64_t(s) * q.w_src + t;
+      const T zero = from_f32<T>(0.f);
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      T a = from_f32<T>(0.f), b = from_f32<T>(0.f);
-      if (k + j < K) {
-        if (m_ok) {
-          const int2 off = taps_s[t];
-          const int64_t u = u0 + off.x, v = v0 + off.y;
-          bool in = u >= 0 && v >= 0;
-          int64_t uu = u, vv = v;
-          if (in && q.s_in_h != 1) { in = u % q.s_in_h == 0; uu = u / q.s_in_h; }
-          if (in && q.s_in_w != 1) { in = v % q.s_in_w == 0; vv = v / q.s_in_w; }
-          if (in && uu < q.src_h && vv < q.src_w) a = src[s * q.src_sc + uu * q.src_sh + vv];
-        }
-        if (d_ok) b = w[int64_t(s) * q.w_src + t];
+      for (int j = 0; j < 16; ++j) {
+        av[j] = dev::bits16(in ? a[j * q.src_sc] : zero);
+        bv[j] = dev::bits16(d_ok ? b[j * q.w_src] : zero);
       }
-      av[j] = dev::bits16(a);
-      bv[j] = dev::bits16(b);
-      if (++s == q.scg) s = 0, ++t;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        T a = from_f32<T>(0.f), b = from_f32<T>(0.f);
+        if (k + j < K) {
+          if (m_ok) {
+            const int2 off = taps_s[t];
+            const int64_t u = u0 + off.x, v = v0 + off.y;
+            bool in = u >= 0 && v >= 0;
+            int64_t uu = u, vv = v;
+            if (in && q.s_in_h != 1) { in = u % q.s_in_h == 0; uu = u / q.s_in_h; }
+            if (in && q.s_in_w != 1) { in = v % q.s_in_w == 0; vv = v / q.s_in_w; }
+            if (in && uu < q.src_h && vv < q.src_w) a = src[s * q.src_sc + uu * q.src_sh + vv];
+          }
+          if (d_ok) b = w[int64_t(s) * q.w_src + t];
+        }
+        av[j] = dev::bits16(a);
+        bv[j] = dev::bits16(b);
+        if (++s == q.scg) s = 0, ++t;
+      }
     }
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
