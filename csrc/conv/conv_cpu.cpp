@@ -1,0 +1,810 @@
+// CPU kernels of the convolution family.
+//
+// Every convolution here is reduced to one register-blocked micro-GEMM over packed,
+// channel-last tiles (no im2col for the tap convolutions):
+//   C[m][n] (+)= sum_{tap s} sum_k A_s[m*am + k*ak] * B_s[k*bk + n]
+// - forward:        m = output position, n = output channel, k = (tap, input channel);
+//                   A_s is the packed input shifted by tap s, B_s the tap's weight slice.
+// - backward-input: the same with dy as input and the transposed weight, once per stride
+//                   phase of dx (only the taps that land on that phase take part).
+// - backward-weight: per tap, m = input channel, n = output channel, k = position.
+// Positions are flattened over a padded plane with row pitch Wq, so every tap becomes one
+// constant shift (conv_math.h's coordinate map); the few columns past the real width are
+// computed and dropped. A stride s splits the input into s*s phase planes so that a tap
+// stays a constant shift inside one plane. Output channels are padded to the vector width.
+//
+// OpenMP runs over samples (and groups); dw/db use weight_chunks() fixed batch slices,
+// each summed by one thread in sample order, then the chunks in chunk order, so results do
+// not depend on the thread count. float16/bfloat16 are packed to float and computed in
+// float, float64 in double. The micro-GEMM is compiled for AVX-512, AVX2 and baseline
+// x86-64 and picked at run time.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "conv/conv.h"
+#include "conv/conv_math.h"
+
+namespace pfa::conv {
+
+int64_t weight_chunks(int64_t N, int64_t work_per_sample, bool cuda) {
+  if (N <= 0) return 0;
+  // Enough slices to keep every core (or SM) busy; slices big enough that the partials
+  // stay small next to the work.
+  const int64_t target = cuda ? 128 : 32;
+  const int64_t min_work = cuda ? (int64_t(1) << 16) : (int64_t(1) << 14);
+  const int64_t by_work = std::max<int64_t>(1, N * std::max<int64_t>(work_per_sample, 1) / min_work);
+  return std::max<int64_t>(1, std::min({N, target, by_work}));
+}
+
+namespace {
+
+template <class T>
+using Acc = typename Storage<T>::acc;
+
+// ---------------------------------------------------------------------------------------
+// Micro-GEMM
+
+template <class A> struct Vec;
+template <> struct Vec<float> {
+  typedef float type __attribute__((vector_size(64)));
+  static constexpr int L = 16;
+};
+template <> struct Vec<double> {
+  typedef double type __attribute__((vector_size(64)));
+  static constexpr int L = 8;
+};
+template <class A> constexpr int kLanes = Vec<A>::L;
+
+constexpr int kMaxMR = 24;  // rows a kernel may read past M: packs keep this much slack
+
+template <class A>
+struct Gemm {
+  int64_t M = 0, NP = 0, K = 0;  // NP: a multiple of kLanes<A>
+  int ntaps = 1;
+  const A* const* a = nullptr;   // per tap
+  const A* const* b = nullptr;
+  int64_t am = 0, ak = 0, bk = 0;
+  A* c = nullptr;
+  int64_t cm = 0;
+  bool accumulate = false;
+};
+
+// One MR x (NV vectors) tile of C: acc = sum_s sum_k a_s[m*am + k*ak] * b_s[k*bk + n],
+// kept in registers; rows >= mr are computed on slack and not stored.
+template <class A, int MR, int NV>
+__attribute__((always_inline)) inline void micro_tile(const Gemm<A>& g, int64_t m0, int64_t n0,
+                                                      int mr) {
+  using V = typename Vec<A>::type;
+  constexpr int L = kLanes<A>;
+  V acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = V{};
+  for (int s = 0; s < g.ntaps; ++s) {
+    const A* ap = g.a[s] + m0 * g.am;
+    const A* bp = g.b[s] + n0;
+    for (int64_t k = 0; k < g.K; ++k) {
+      V bv[NV];
+      for (int j = 0; j < NV; ++j) std::memcpy(&bv[j], bp + k * g.bk + j * L, sizeof(V));
+      const A* ak = ap + k * g.ak;
+      for (int i = 0; i < MR; ++i) {
+        const V av = V{} + ak[i * g.am];
+        for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
+      }
+    }
+  }
+  for (int i = 0; i < mr; ++i) {
+    A* cp = g.c + (m0 + i) * g.cm + n0;
+    for (int j = 0; j < NV; ++j) {
+      V v = acc[i][j];
+      if (g.accumulate) {
+        V old;
+        std::memcpy(&old, cp + j * L, sizeof(V));
+        v += old;
+      }
+      std::memcpy(cp + j * L, &v, sizeof(V));
+    }
+  }
+}
+
+template <class A, int MR, int NV>
+__attribute__((always_inline)) inline void micro_column(const Gemm<A>& g, int64_t n0) {
+  for (int64_t m0 = 0; m0 < g.M; m0 += MR)
+    micro_tile<A, MR, NV>(g, m0, n0, int(std::min<int64_t>(MR, g.M - m0)));
+}
+
+// Column blocks of 4 vectors (6 rows), the rest with 3/2/1 vectors (8/12/24 rows): at
+// most 24 accumulators plus the B vectors, within the 32 AVX-512 registers.
+template <class A>
+__attribute__((always_inline)) inline void gemm_body(const Gemm<A>& g) {
+  constexpr int L = kLanes<A>;
+  int64_t n0 = 0;
+  for (; n0 + 4 * L <= g.NP; n0 += 4 * L) micro_column<A, 6, 4>(g, n0);
+  switch ((g.NP - n0) / L) {
+    case 3: micro_column<A, 8, 3>(g, n0); break;
+    case 2: micro_column<A, 12, 2>(g, n0); break;
+    case 1: micro_column<A, 24, 1>(g, n0); break;
+    default: break;
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(PFA_SANITIZE)
+#define PFA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PFA_CPU_CLONES
+#endif
+
+PFA_CPU_CLONES void gemm_run(const Gemm<float>& g) { gemm_body(g); }
+PFA_CPU_CLONES void gemm_run(const Gemm<double>& g) { gemm_body(g); }
+
+template <class A>
+int64_t padded_lanes(int64_t n) {
+  return (n + kLanes<A> - 1) / kLanes<A> * kLanes<A>;
+}
+
+// floor division / modulo for possibly negative offsets
+inline int64_t fdiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// ---------------------------------------------------------------------------------------
+// Packing: a channel-last, zero-padded plane in the accumulation type.
+//   dst[(ii*cols + jj)*cpitch + c] = src[c, s_h*(i0+ii) + ph, s_w*(j0+jj) + pw]
+// (zero outside the source or for c >= C).
+struct PlaneSpec {
+  int64_t C = 0, H = 0, W = 0;  // source
+  int64_t sC = 0, sH = 0;       // source strides, cols contiguous
+  int sh = 1, sw = 1, ph = 0, pw = 0;
+  int64_t i0 = 0, j0 = 0, rows = 0, cols = 0, cpitch = 0;
+};
+
+template <class T, class A = Acc<T>>
+void pack_plane(const T* src, const PlaneSpec& s, A* dst) {
+  for (int64_t ii = 0; ii < s.rows; ++ii) {
+    const int64_t ih = s.sh * (s.i0 + ii) + s.ph;
+    A* drow = dst + ii * s.cols * s.cpitch;
+    if (ih < 0 || ih >= s.H) {
+      std::fill(drow, drow + s.cols * s.cpitch, A(0));
+      continue;
+    }
+    for (int64_t jj = 0; jj < s.cols; ++jj) {
+      const int64_t iw = s.sw * (s.j0 + jj) + s.pw;
+      A* d = drow + jj * s.cpitch;
+      if (iw < 0 || iw >= s.W) {
+        std::fill(d, d + s.cpitch, A(0));
+        continue;
+      }
+      const T* sp = src + ih * s.sH + iw;
+      for (int64_t c = 0; c < s.C; ++c) d[c] = Storage<T>::load(sp[c * s.sC]);
+      std::fill(d + s.C, d + s.cpitch, A(0));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tap convolution geometry (forward and backward-weight): tap t reads phase plane
+// plane[t] at flat shift shift[t] from the output position oh*Wq + ow.
+struct FwdGeometry {
+  int T = 0;
+  int64_t Hq = 0, Wq = 0, rows = 0;  // plane rows incl. slack
+  int64_t qd_lo = 0, qc_lo = 0;
+  std::vector<int> plane;
+  std::vector<int64_t> shift;
+};
+
+FwdGeometry fwd_geometry(const TapConvParams& p) {
+  FwdGeometry g;
+  g.T = p.taps.count();
+  std::vector<int64_t> qd(g.T), qc(g.T), rd(g.T), rc(g.T);
+  int64_t qd_hi = 0, qc_hi = 0;
+  for (int t = 0; t < g.T; ++t) {
+    int dr, dc;
+    p.taps.offset(t, dr, dc);
+    const int64_t d = dr - p.pad_h, e = dc - p.pad_w;
+    qd[t] = fdiv(d, p.stride_h);
+    rd[t] = d - qd[t] * p.stride_h;
+    qc[t] = fdiv(e, p.stride_w);
+    rc[t] = e - qc[t] * p.stride_w;
+    if (t == 0 || qd[t] < g.qd_lo) g.qd_lo = qd[t];
+    if (t == 0 || qd[t] > qd_hi) qd_hi = qd[t];
+    if (t == 0 || qc[t] < g.qc_lo) g.qc_lo = qc[t];
+    if (t == 0 || qc[t] > qc_hi) qc_hi = qc[t];
+  }
+  g.Hq = p.Ho + qd_hi - g.qd_lo;
+  g.Wq = p.Wo + qc_hi - g.qc_lo;
+  g.rows = g.Hq + (kMaxMR + g.Wq - 1) / g.Wq + 1;
+  g.plane.resize(g.T);
+  g.shift.resize(g.T);
+  for (int t = 0; t < g.T; ++t) {
+    g.plane[t] = int(rd[t] * p.stride_w + rc[t]);
+    g.shift[t] = (qd[t] - g.qd_lo) * g.Wq + (qc[t] - g.qc_lo);
+  }
+  return g;
+}
+
+// Packs sample n, group grp of x into the s_h*s_w phase planes of `g`.
+template <class T, class A = Acc<T>>
+void pack_input_planes(const TapConvParams& p, const FwdGeometry& g, int64_t n, int64_t grp,
+                       int64_t Cig, A* planes) {
+  const T* x = static_cast<const T*>(p.x) + n * p.x_strides.n + grp * Cig * p.x_strides.c;
+  const int64_t plane_elems = g.rows * g.Wq * Cig;
+  for (int a = 0; a < p.stride_h; ++a)
+    for (int b = 0; b < p.stride_w; ++b) {
+      PlaneSpec s;
+      s.C = Cig;
+      s.H = p.H;
+      s.W = p.W;
+      s.sC = p.x_strides.c;
+      s.sH = p.x_strides.h;
+      s.sh = p.stride_h;
+      s.sw = p.stride_w;
+      s.ph = a;
+      s.pw = b;
+      s.i0 = g.qd_lo;
+      s.j0 = g.qc_lo;
+      s.rows = g.rows;
+      s.cols = g.Wq;
+      s.cpitch = Cig;
+      pack_plane<T>(x, s, planes + (a * p.stride_w + b) * plane_elems);
+    }
+}
+
+// y = bias + sum_t sum_ci w[co, ci, t] * x[ci, oh*s - pad + dr_t, ow*s - pad + dc_t]
+template <class T>
+void tap_conv_forward_typed(const TapConvParams& p) {
+  using A = Acc<T>;
+  const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
+  const int64_t CogP = padded_lanes<A>(Cog);
+  const FwdGeometry geo = fwd_geometry(p);
+  const int T_ = geo.T;
+  // Packed weights: wf[g][t][ci][co] (co padded with zeros).
+  std::vector<A> wf(size_t(G * T_ * Cig * CogP), A(0));
+  const T* w = static_cast<const T*>(p.w);
+  for (int64_t grp = 0; grp < G; ++grp)
+    for (int64_t co = 0; co < Cog; ++co)
+      for (int64_t ci = 0; ci < Cig; ++ci)
+        for (int t = 0; t < T_; ++t)
+          wf[size_t(((grp * T_ + t) * Cig + ci) * CogP + co)] =
+              Storage<T>::load(w[((grp * Cog + co) * Cig + ci) * T_ + t]);
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+  const int64_t M = p.Ho * geo.Wq;
+  const int64_t plane_elems = geo.rows * geo.Wq * Cig;
+  const int nplanes = p.stride_h * p.stride_w;
+#pragma omp parallel
+  {
+    std::vector<A> planes(size_t(nplanes * plane_elems));
+    std::vector<A> cbuf(size_t(M * CogP));
+    std::vector<const A*> ap(T_), bp(T_);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < p.N * G; ++item) {
+      const int64_t n = item / G, grp = item % G;
+      pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
+      for (int t = 0; t < T_; ++t) {
+        ap[t] = planes.data() + geo.plane[t] * plane_elems + geo.shift[t] * Cig;
+        bp[t] = wf.data() + (grp * T_ + t) * Cig * CogP;
+      }
+      Gemm<A> gm;
+      gm.M = M;
+      gm.NP = CogP;
+      gm.K = Cig;
+      gm.ntaps = T_;
+      gm.a = ap.data();
+      gm.b = bp.data();
+      gm.am = Cig;
+      gm.ak = 1;
+      gm.bk = CogP;
+      gm.c = cbuf.data();
+      gm.cm = CogP;
+      gemm_run(gm);
+      // Channel-last tile -> NCHW, plus bias.
+      for (int64_t co = 0; co < Cog; ++co) {
+        const A b0 = bias ? Storage<T>::load(bias[grp * Cog + co]) : A(0);
+        T* yc = y + ((n * p.Cout) + grp * Cog + co) * p.Ho * p.Wo;
+        for (int64_t oh = 0; oh < p.Ho; ++oh)
+          for (int64_t ow = 0; ow < p.Wo; ++ow)
+            yc[oh * p.Wo + ow] = Storage<T>::store(cbuf[size_t((oh * geo.Wq + ow) * CogP + co)] + b0);
+      }
+    }
+  }
+}
+
+// dx[ci, s*i + a, s*j + b] = sum_{t on phase (a,b)} sum_co w[co, ci, t] * dy[co, i + e_t, j + f_t]
+// with e_t = (a + pad_h - dr_t) / s_h exact (the taps whose offset leaves no remainder).
+template <class T>
+void tap_conv_backward_input_typed(const TapConvParams& p) {
+  using A = Acc<T>;
+  const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
+  const int64_t CigP = padded_lanes<A>(Cig);
+  const int T_ = p.taps.count();
+  const int sh = p.stride_h, sw = p.stride_w;
+  struct PhaseTap {
+    int t;
+    int64_t e, f;
+  };
+  std::vector<std::vector<PhaseTap>> phase(size_t(sh * sw));
+  bool any = false;
+  int64_t e_lo = 0, e_hi = 0, f_lo = 0, f_hi = 0;
+  for (int a = 0; a < sh; ++a)
+    for (int b = 0; b < sw; ++b)
+      for (int t = 0; t < T_; ++t) {
+        int dr, dc;
+        p.taps.offset(t, dr, dc);
+        const int64_t nr = a + p.pad_h - dr, nc = b + p.pad_w - dc;
+        if (nr - fdiv(nr, sh) * sh != 0 || nc - fdiv(nc, sw) * sw != 0) continue;
+        const int64_t e = nr / sh, f = nc / sw;
+        phase[size_t(a * sw + b)].push_back({t, e, f});
+        e_lo = any ? std::min(e_lo, e) : e;
+        e_hi = any ? std::max(e_hi, e) : e;
+        f_lo = any ? std::min(f_lo, f) : f;
+        f_hi = any ? std::max(f_hi, f) : f;
+        any = true;
+      }
+  T* dx = static_cast<T*>(p.dx);
+  if (!any) {
+    std::fill(dx, dx + p.N * p.Cin * p.H * p.W, Storage<T>::store(A(0)));
+    return;
+  }
+  const int64_t Hi_max = (p.H + sh - 1) / sh, Wi_max = (p.W + sw - 1) / sw;
+  const int64_t Wd = Wi_max + f_hi - f_lo;
+  const int64_t Hd = Hi_max + e_hi - e_lo;
+  const int64_t rows = Hd + (kMaxMR + Wd - 1) / Wd + 1;
+  // wb[g][t][co][ci] (ci padded with zeros)
+  std::vector<A> wb(size_t(G * T_ * Cog * CigP), A(0));
+  const T* w = static_cast<const T*>(p.w);
+  for (int64_t grp = 0; grp < G; ++grp)
+    for (int64_t co = 0; co < Cog; ++co)
+      for (int64_t ci = 0; ci < Cig; ++ci)
+        for (int t = 0; t < T_; ++t)
+          wb[size_t(((grp * T_ + t) * Cog + co) * CigP + ci)] =
+              Storage<T>::load(w[((grp * Cog + co) * Cig + ci) * T_ + t]);
+#pragma omp parallel
+  {
+    std::vector<A> dyp(size_t(rows * Wd * Cog));
+    std::vector<A> cbuf(size_t(Hi_max * Wd * CigP));
+    std::vector<const A*> ap(T_), bp(T_);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < p.N * G; ++item) {
+      const int64_t n = item / G, grp = item % G;
+      PlaneSpec s;
+      s.C = Cog;
+      s.H = p.Ho;
+      s.W = p.Wo;
+      s.sC = p.dy_strides.c;
+      s.sH = p.dy_strides.h;
+      s.i0 = e_lo;
+      s.j0 = f_lo;
+      s.rows = rows;
+      s.cols = Wd;
+      s.cpitch = Cog;
+      pack_plane<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s,
+                    dyp.data());
+      for (int a = 0; a < sh; ++a)
+        for (int b = 0; b < sw; ++b) {
+          const int64_t Hi = (p.H - a + sh - 1) / sh, Wi = (p.W - b + sw - 1) / sw;
+          if (Hi <= 0 || Wi <= 0) continue;
+          const auto& taps = phase[size_t(a * sw + b)];
+          const int nt = int(taps.size());
+          if (nt > 0) {
+            for (int u = 0; u < nt; ++u) {
+              ap[u] = dyp.data() + ((taps[u].e - e_lo) * Wd + (taps[u].f - f_lo)) * Cog;
+              bp[u] = wb.data() + (grp * T_ + taps[u].t) * Cog * CigP;
+            }
+            Gemm<A> gm;
+            gm.M = Hi * Wd;
+            gm.NP = CigP;
+            gm.K = Cog;
+            gm.ntaps = nt;
+            gm.a = ap.data();
+            gm.b = bp.data();
+            gm.am = Cog;
+            gm.ak = 1;
+            gm.bk = CigP;
+            gm.c = cbuf.data();
+            gm.cm = CigP;
+            gemm_run(gm);
+          }
+          for (int64_t ci = 0; ci < Cig; ++ci) {
+            T* dxc = dx + ((n * p.Cin) + grp * Cig + ci) * p.H * p.W;
+            for (int64_t i = 0; i < Hi; ++i)
+              for (int64_t j = 0; j < Wi; ++j)
+                dxc[(sh * i + a) * p.W + sw * j + b] =
+                    Storage<T>::store(nt > 0 ? cbuf[size_t((i * Wd + j) * CigP + ci)] : A(0));
+          }
+        }
+    }
+  }
+}
+
+// Final, fixed-order pass of the dw/db reduction: out = sum over chunks in chunk order.
+template <class T, class A = Acc<T>>
+void reduce_chunks(const A* partials, int64_t chunks, int64_t stride, int64_t offset, int64_t count,
+                   T* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < count; ++i) {
+    A s = A(0);
+    for (int64_t j = 0; j < chunks; ++j) s += partials[j * stride + offset + i];
+    out[i] = Storage<T>::store(s);
+  }
+}
+
+// dw[co, ci, t] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, ci, oh*s - pad + dr_t, ...];
+// db[co] = sum dy. Chunk j sums its batch slice; partial layout: dw (co, ci, t), then db.
+template <class T>
+void tap_conv_backward_weight_typed(const TapConvParams& p) {
+  using A = Acc<T>;
+  const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
+  const int64_t CogP = padded_lanes<A>(Cog);
+  const FwdGeometry geo = fwd_geometry(p);
+  const int T_ = geo.T;
+  const int64_t M = p.Ho * geo.Wq;
+  const int64_t plane_elems = geo.rows * geo.Wq * Cig;
+  const int nplanes = p.stride_h * p.stride_w;
+  const int64_t wcount = p.Cout * Cig * T_;
+  const int64_t chunk_stride = wcount + p.Cout;
+  A* partials = static_cast<A*>(p.partials);
+  const int64_t chunks = p.partial_chunks;
+#pragma omp parallel
+  {
+    std::vector<A> planes(size_t(p.dw ? nplanes * plane_elems : 0));
+    std::vector<A> dyp(size_t(M * CogP));
+    std::vector<A> acc(size_t(G * T_ * Cig * CogP));  // [g][t][ci][co]
+    std::vector<A> bacc(size_t(p.Cout));
+#pragma omp for schedule(static)
+    for (int64_t j = 0; j < chunks; ++j) {
+      std::fill(acc.begin(), acc.end(), A(0));
+      std::fill(bacc.begin(), bacc.end(), A(0));
+      for (int64_t n = chunk_begin(j, chunks, p.N); n < chunk_begin(j + 1, chunks, p.N); ++n)
+        for (int64_t grp = 0; grp < G; ++grp) {
+          // dy on the forward output grid (pitch Wq, zeros past Wo and past Cog).
+          PlaneSpec s;
+          s.C = Cog;
+          s.H = p.Ho;
+          s.W = p.Wo;
+          s.sC = p.dy_strides.c;
+          s.sH = p.dy_strides.h;
+          s.rows = p.Ho;
+          s.cols = geo.Wq;
+          s.cpitch = CogP;
+          pack_plane<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c,
+                        s, dyp.data());
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t co = 0; co < Cog; ++co) bacc[size_t(grp * Cog + co)] += dyp[size_t(m * CogP + co)];
+          if (!p.dw) continue;
+          pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
+          for (int t = 0; t < T_; ++t) {
+            const A* a0 = planes.data() + geo.plane[t] * plane_elems + geo.shift[t] * Cig;
+            const A* b0 = dyp.data();
+            Gemm<A> gm;
+            gm.M = Cig;
+            gm.NP = CogP;
+            gm.K = M;
+            gm.ntaps = 1;
+            gm.a = &a0;
+            gm.b = &b0;
+            gm.am = 1;
+            gm.ak = Cig;
+            gm.bk = CogP;
+            gm.c = acc.data() + (grp * T_ + t) * Cig * CogP;
+            gm.cm = CogP;
+            gm.accumulate = true;
+            gemm_run(gm);
+          }
+        }
+      A* part = partials + j * chunk_stride;
+      for (int64_t grp = 0; grp < G; ++grp)
+        for (int64_t co = 0; co < Cog; ++co)
+          for (int64_t ci = 0; ci < Cig; ++ci)
+            for (int t = 0; t < T_; ++t)
+              part[((grp * Cog + co) * Cig + ci) * T_ + t] = acc[size_t(((grp * T_ + t) * Cig + ci) * CogP + co)];
+      std::copy(bacc.begin(), bacc.end(), part + wcount);
+    }
+  }
+  if (p.dw) reduce_chunks<T>(partials, chunks, chunk_stride, 0, wcount, static_cast<T*>(p.dw));
+  if (p.db) reduce_chunks<T>(partials, chunks, chunk_stride, wcount, p.Cout, static_cast<T*>(p.db));
+}
+
+// ---------------------------------------------------------------------------------------
+// Pooling over a tap set: one (n, c) plane per work item.
+
+// max: y = max over in-bounds taps (argmax = first winning tap); avg: y = sum / in-bounds count.
+template <class T>
+void tap_pool_forward_typed(const TapPoolParams& p) {
+  using A = Acc<T>;
+  const int T_ = p.taps.count();
+  std::vector<int> dr(T_), dc(T_);
+  for (int t = 0; t < T_; ++t) p.taps.offset(t, dr[t], dc[t]);
+  const T* x = static_cast<const T*>(p.x);
+  T* y = static_cast<T*>(p.y);
+#pragma omp parallel for schedule(static)
+  for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
+    const int64_t n = plane / p.C, c = plane % p.C;
+    const T* xp = x + n * p.x_strides.n + c * p.x_strides.c;
+    T* yp = y + plane * p.Ho * p.Wo;
+    int32_t* am = p.argmax ? p.argmax + plane * p.Ho * p.Wo : nullptr;
+    for (int64_t oh = 0; oh < p.Ho; ++oh)
+      for (int64_t ow = 0; ow < p.Wo; ++ow) {
+        A best = A(0), sum = A(0);
+        int count = 0, arg = -1;
+        for (int t = 0; t < T_; ++t) {
+          const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, dr[t]);
+          const int64_t iw = in_coord(ow, p.stride_w, p.pad_w, dc[t]);
+          if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) continue;
+          const A v = Storage<T>::load(xp[ih * p.x_strides.h + iw]);
+          if (p.mode == PoolMode::Max) {
+            if (pool_max_takes(v, best, arg >= 0)) {
+              best = v;
+              arg = t;
+            }
+          } else {
+            sum += v;
+            ++count;
+          }
+        }
+        const int64_t o = oh * p.Wo + ow;
+        if (p.mode == PoolMode::Max) {
+          yp[o] = Storage<T>::store(best);
+          am[o] = arg;
+        } else {
+          yp[o] = Storage<T>::store(count > 0 ? sum / A(count) : A(0));
+        }
+      }
+  }
+}
+
+// dx[cell] = sum over the outputs whose window holds the cell: dy (max: only where the
+// saved argmax is that tap; avg: dy / in-bounds count), added in output order.
+template <class T>
+void tap_pool_backward_typed(const TapPoolParams& p) {
+  using A = Acc<T>;
+  const int T_ = p.taps.count();
+  std::vector<int> dr(T_), dc(T_);
+  for (int t = 0; t < T_; ++t) p.taps.offset(t, dr[t], dc[t]);
+  const T* dy = static_cast<const T*>(p.dy);
+  T* dx = static_cast<T*>(p.dx);
+#pragma omp parallel
+  {
+    std::vector<A> acc(size_t(p.H * p.W));
+#pragma omp for schedule(static)
+    for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
+      const int64_t n = plane / p.C, c = plane % p.C;
+      const T* dyp = dy + n * p.dy_strides.n + c * p.dy_strides.c;
+      std::fill(acc.begin(), acc.end(), A(0));
+      for (int64_t oh = 0; oh < p.Ho; ++oh)
+        for (int64_t ow = 0; ow < p.Wo; ++ow) {
+          const A g = Storage<T>::load(dyp[oh * p.dy_strides.h + ow]);
+          if (p.mode == PoolMode::Max) {
+            const int t = p.argmax_in[(plane * p.Ho + oh) * p.Wo + ow];
+            if (t < 0 || t >= T_) continue;
+            const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, dr[t]);
+            const int64_t iw = in_coord(ow, p.stride_w, p.pad_w, dc[t]);
+            if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) acc[size_t(ih * p.W + iw)] += g;
+            continue;
+          }
+          int count = 0;
+          for (int t = 0; t < T_; ++t) {
+            const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, dr[t]);
+            const int64_t iw = in_coord(ow, p.stride_w, p.pad_w, dc[t]);
+            count += (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W);
+          }
+          if (count == 0) continue;
+          const A share = g / A(count);
+          for (int t = 0; t < T_; ++t) {
+            const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, dr[t]);
+            const int64_t iw = in_coord(ow, p.stride_w, p.pad_w, dc[t]);
+            if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) acc[size_t(ih * p.W + iw)] += share;
+          }
+        }
+      T* dxp = dx + plane * p.H * p.W;
+      for (int64_t i = 0; i < p.H * p.W; ++i) dxp[i] = Storage<T>::store(acc[size_t(i)]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Indexed convolution: gathered columns col[o][t*Cin + ci] (zero for -1) times the weight.
+
+template <class T, class A = Acc<T>>
+void gather_columns(const IndexedConvParams& p, int64_t n, A* col) {
+  const T* x = static_cast<const T*>(p.x) + n * p.x_stride_n;
+  const int64_t K = p.T * p.Cin;
+  for (int64_t o = 0; o < p.P_out; ++o)
+    for (int64_t t = 0; t < p.T; ++t) {
+      const int32_t src = p.neighbors[o * p.T + t];
+      A* d = col + o * K + t * p.Cin;
+      if (src < 0) {
+        std::fill(d, d + p.Cin, A(0));
+        continue;
+      }
+      for (int64_t ci = 0; ci < p.Cin; ++ci) d[ci] = Storage<T>::load(x[ci * p.x_stride_c + src]);
+    }
+  std::fill(col + p.P_out * K, col + (p.P_out + kMaxMR) * K, A(0));
+}
+
+// Channel-last copy of dy[n] (P_out, cpitch), zero past Cout.
+template <class T, class A = Acc<T>>
+void pack_dy_points(const IndexedConvParams& p, int64_t n, int64_t cpitch, A* dst) {
+  const T* dy = static_cast<const T*>(p.dy) + n * p.dy_stride_n;
+  for (int64_t o = 0; o < p.P_out; ++o) {
+    A* d = dst + o * cpitch;
+    for (int64_t co = 0; co < p.Cout; ++co) d[co] = Storage<T>::load(dy[co * p.dy_stride_c + o]);
+    std::fill(d + p.Cout, d + cpitch, A(0));
+  }
+  std::fill(dst + p.P_out * cpitch, dst + (p.P_out + kMaxMR) * cpitch, A(0));
+}
+
+// y[n, co, o] = bias[co] + sum_{t, ci} w[co, ci, t] * col[o][t*Cin + ci]
+template <class T>
+void indexed_forward_typed(const IndexedConvParams& p) {
+  using A = Acc<T>;
+  const int64_t K = p.T * p.Cin, CoP = padded_lanes<A>(p.Cout);
+  std::vector<A> wk(size_t(K * CoP), A(0));  // [t*Cin + ci][co]
+  const T* w = static_cast<const T*>(p.w);
+  for (int64_t co = 0; co < p.Cout; ++co)
+    for (int64_t ci = 0; ci < p.Cin; ++ci)
+      for (int64_t t = 0; t < p.T; ++t)
+        wk[size_t((t * p.Cin + ci) * CoP + co)] = Storage<T>::load(w[(co * p.Cin + ci) * p.T + t]);
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+#pragma omp parallel
+  {
+    std::vector<A> col(size_t((p.P_out + kMaxMR) * K));
+    std::vector<A> cbuf(size_t(p.P_out * CoP));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < p.N; ++n) {
+      gather_columns<T>(p, n, col.data());
+      const A* a0 = col.data();
+      const A* b0 = wk.data();
+      Gemm<A> gm;
+      gm.M = p.P_out;
+      gm.NP = CoP;
+      gm.K = K;
+      gm.a = &a0;
+      gm.b = &b0;
+      gm.am = K;
+      gm.ak = 1;
+      gm.bk = CoP;
+      gm.c = cbuf.data();
+      gm.cm = CoP;
+      gemm_run(gm);
+      for (int64_t co = 0; co < p.Cout; ++co) {
+        const A b = bias ? Storage<T>::load(bias[co]) : A(0);
+        T* yc = y + (n * p.Cout + co) * p.P_out;
+        for (int64_t o = 0; o < p.P_out; ++o) yc[o] = Storage<T>::store(cbuf[size_t(o * CoP + co)] + b);
+      }
+    }
+  }
+}
+
+// g[o][t][ci] = sum_co dy[n, co, o] * w[co, ci, t];  dx[n, ci, p] = sum_{(o,t) in inv[p]} g[o][t][ci]
+template <class T>
+void indexed_backward_input_typed(const IndexedConvParams& p) {
+  using A = Acc<T>;
+  const int64_t CiP = padded_lanes<A>(p.Cin), NP = p.T * CiP;
+  std::vector<A> wk(size_t(p.Cout * NP), A(0));  // [co][t*CiP + ci]
+  const T* w = static_cast<const T*>(p.w);
+  for (int64_t co = 0; co < p.Cout; ++co)
+    for (int64_t ci = 0; ci < p.Cin; ++ci)
+      for (int64_t t = 0; t < p.T; ++t)
+        wk[size_t(co * NP + t * CiP + ci)] = Storage<T>::load(w[(co * p.Cin + ci) * p.T + t]);
+  T* dx = static_cast<T*>(p.dx);
+#pragma omp parallel
+  {
+    std::vector<A> dyp(size_t((p.P_out + kMaxMR) * p.Cout));
+    std::vector<A> g(size_t(p.P_out * NP));
+    std::vector<A> acc(size_t(p.Cin));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < p.N; ++n) {
+      pack_dy_points<T>(p, n, p.Cout, dyp.data());
+      const A* a0 = dyp.data();
+      const A* b0 = wk.data();
+      Gemm<A> gm;
+      gm.M = p.P_out;
+      gm.NP = NP;
+      gm.K = p.Cout;
+      gm.a = &a0;
+      gm.b = &b0;
+      gm.am = p.Cout;
+      gm.ak = 1;
+      gm.bk = NP;
+      gm.c = g.data();
+      gm.cm = NP;
+      gemm_run(gm);
+      for (int64_t q = 0; q < p.P; ++q) {
+        std::fill(acc.begin(), acc.end(), A(0));
+        for (int32_t e = p.inv_offsets[q]; e < p.inv_offsets[q + 1]; ++e) {
+          const int64_t ot = p.inv_entries[e];
+          const A* gp = g.data() + (ot / p.T) * NP + (ot % p.T) * CiP;
+          for (int64_t ci = 0; ci < p.Cin; ++ci) acc[size_t(ci)] += gp[ci];
+        }
+        for (int64_t ci = 0; ci < p.Cin; ++ci)
+          dx[(n * p.Cin + ci) * p.P + q] = Storage<T>::store(acc[size_t(ci)]);
+      }
+    }
+  }
+}
+
+// dw[co, ci, t] = sum_{n, o} dy[n, co, o] * col_n[o][t*Cin + ci]; db[co] = sum dy.
+template <class T>
+void indexed_backward_weight_typed(const IndexedConvParams& p) {
+  using A = Acc<T>;
+  const int64_t K = p.T * p.Cin, CoP = padded_lanes<A>(p.Cout);
+  const int64_t wcount = p.Cout * K, chunk_stride = wcount + p.Cout;
+  A* partials = static_cast<A*>(p.partials);
+  const int64_t chunks = p.partial_chunks;
+#pragma omp parallel
+  {
+    std::vector<A> col(size_t(p.dw ? (p.P_out + kMaxMR) * K : 0));
+    std::vector<A> dyp(size_t((p.P_out + kMaxMR) * CoP));
+    std::vector<A> acc(size_t(K * CoP));  // [t*Cin + ci][co]
+    std::vector<A> bacc(size_t(p.Cout));
+#pragma omp for schedule(static)
+    for (int64_t j = 0; j < chunks; ++j) {
+      std::fill(acc.begin(), acc.end(), A(0));
+      std::fill(bacc.begin(), bacc.end(), A(0));
+      for (int64_t n = chunk_begin(j, chunks, p.N); n < chunk_begin(j + 1, chunks, p.N); ++n) {
+        pack_dy_points<T>(p, n, CoP, dyp.data());
+        for (int64_t o = 0; o < p.P_out; ++o)
+          for (int64_t co = 0; co < p.Cout; ++co) bacc[size_t(co)] += dyp[size_t(o * CoP + co)];
+        if (!p.dw) continue;
+        gather_columns<T>(p, n, col.data());
+        const A* a0 = col.data();
+        const A* b0 = dyp.data();
+        Gemm<A> gm;
+        gm.M = K;
+        gm.NP = CoP;
+        gm.K = p.P_out;
+        gm.a = &a0;
+        gm.b = &b0;
+        gm.am = 1;
+        gm.ak = K;
+        gm.bk = CoP;
+        gm.c = acc.data();
+        gm.cm = CoP;
+        gm.accumulate = true;
+        gemm_run(gm);
+      }
+      A* part = partials + j * chunk_stride;
+      for (int64_t co = 0; co < p.Cout; ++co)
+        for (int64_t ci = 0; ci < p.Cin; ++ci)
+          for (int64_t t = 0; t < p.T; ++t)
+            part[(co * p.Cin + ci) * p.T + t] = acc[size_t((t * p.Cin + ci) * CoP + co)];
+      std::copy(bacc.begin(), bacc.end(), part + wcount);
+    }
+  }
+  if (p.dw) reduce_chunks<T>(partials, chunks, chunk_stride, 0, wcount, static_cast<T*>(p.dw));
+  if (p.db) reduce_chunks<T>(partials, chunks, chunk_stride, wcount, p.Cout, static_cast<T*>(p.db));
+}
+
+}  // namespace
+
+void tap_conv_forward_cpu(const TapConvParams& p) {
+  if (p.N == 0 || p.Cout == 0 || p.Ho == 0 || p.Wo == 0) return;
+  dispatch_cpu_dtype(p.dtype, [&](auto tag) { tap_conv_forward_typed<decltype(tag)>(p); });
+}
+void tap_conv_backward_input_cpu(const TapConvParams& p) {
+  if (p.N == 0 || p.Cin == 0 || p.H == 0 || p.W == 0) return;
+  dispatch_cpu_dtype(p.dtype, [&](auto tag) { tap_conv_backward_input_typed<decltype(tag)>(p); });
+}
+void tap_conv_backward_weight_cpu(const TapConvParams& p) {
+  dispatch_cpu_dtype(p.dtype, [&](auto tag) { tap_conv_backward_weight_typed<decltype(tag)>(p); });
+}
+void tap_pool_forward_cpu(const TapPoolParams& p) {
+  dispatch_cpu_dtype(p.dtype, [&](auto tag) { tap_pool_forward_typed<decltype(tag)>(p); });
+}
+void tap_pool_backward_cpu(const TapPoolParams& p) {
+  dispatch_cpu_dtype(p.dtype, [&](auto tag) { tap_pool_backward_typed<decltype(tag)>(p); });
+}
+void indexed_conv_forward_cpu(const IndexedConvParams& p) {
+  if (p.N == 0 || p.Cout == 0 || p.P_out == 0) return;
+  dispatch_cpu_dtype(p.dtype, [&](auto tag) { indexed_forward_typed<decltype(tag)>(p); });
+}
+void indexed_conv_backward_input_cpu(const IndexedConvParams& p) {
+  if (p.N == 0 || p.Cin == 0 || p.P == 0) return;
+  dispatch_cpu_dtype(p.dtype, [&](auto tag) { indexed_backward_input_typed<decltype(tag)>(p); });
+}
+void indexed_conv_backward_weight_cpu(const IndexedConvParams& p) {
+  dispatch_cpu_dtype(p.dtype, [&](auto tag) { indexed_backward_weight_typed<decltype(tag)>(p); });
+}
+
+}  // namespace pfa::conv
