@@ -289,25 +289,27 @@ void launch_direct(const TapProblem& q, cudaStream_t stream) {
 // C[m, d] = sum_k A[m, k] * B[k, d] with m = (n, y, x) over dst cells, d the dst channel in
 // the group and k = t * scg + s (tap-major, so a K tile mostly shares one tap's offset):
 //   A[m, k] = src_up[n, g*scg + s, y*s_out - pad + sign*dr_t, ...],  B[k, d] = W(g, d, s, t).
-// 64x64 block tile, K tiles of 32, four warps of 32x32 (2x4 m16n8k16 MMAs per k16 step).
-// Global loads of K tile k+1 go to registers while the MMAs consume tile k from the other
-// shared buffer.
-constexpr int kBM = 64, kBN = 64, kBK = 32, kPadK = kBK + 8;  // +8 halves: no bank conflicts
+// 64x64 block tile, K tiles of 32 (dev::mma_k32). Global loads of K tile k+1 go to
+// registers while the MMAs consume tile k from the other shared buffer.
+using dev::kRowK;
+using dev::kTileK;
+using dev::kTileM;
+using dev::kTileN;
 
 template <class T>
 __global__ void __launch_bounds__(kThreads)
 tap_gemm_kernel(TapProblem q) {
-  __shared__ __align__(16) T As[2][kBM][kPadK];
-  __shared__ __align__(16) T Bs[2][kBN][kPadK];
+  __shared__ __align__(16) dev::SmemTile<T> As[2];
+  __shared__ __align__(16) dev::SmemTile<T> Bs[2];
   extern __shared__ int2 taps_s[];  // (sign*dr, sign*dc) per tap
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t cells = q.dst_h * q.dst_w, M = q.n * cells;
   const int64_t K = int64_t(q.taps) * q.scg;
-  const int nkt = int((K + kBK - 1) / kBK);
-  const int oc_tiles = (q.dcg + kBN - 1) / kBN;
-  const int g = blockIdx.y / oc_tiles, d0 = (blockIdx.y % oc_tiles) * kBN;
-  const int64_t m0 = int64_t(blockIdx.x) * kBM;
+  const int nkt = int((K + kTileK - 1) / kTileK);
+  const int oc_tiles = (q.dcg + kTileN - 1) / kTileN;
+  const int g = blockIdx.y / oc_tiles, d0 = (blockIdx.y % oc_tiles) * kTileN;
+  const int64_t m0 = int64_t(blockIdx.x) * kTileM;
 
   for (int t = tid; t < q.taps; t += kThreads) {
     int dr, dc;
@@ -334,7 +336,7 @@ tap_gemm_kernel(TapProblem q) {
 
   uint32_t a_reg[8], b_reg[8];
   auto load_tile = [&](int kt) {
-    int64_t k = int64_t(kt) * kBK + khalf * 16;
+    int64_t k = int64_t(kt) * kTileK + khalf * 16;
     int t = int(k / q.scg), s = int(k % q.scg);
     uint16_t av[16], bv[16];
     if (q.scg % 16 == 0 && k < K) {
@@ -374,29 +376,15 @@ tap_gemm_kernel(TapProblem q) {
         if (++s == q.scg) s = 0, ++t;
       }
     }
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      a_reg[j] = dev::pack2(av[2 * j], av[2 * j + 1]);
-      b_reg[j] = dev::pack2(bv[2 * j], bv[2 * j + 1]);
-    }
+    dev::pack16(av, a_reg);
+    dev::pack16(bv, b_reg);
   };
   auto store_tile = [&](int buf) {
-    uint4* ad = reinterpret_cast<uint4*>(&As[buf][row][khalf * 16]);
-    uint4* bd = reinterpret_cast<uint4*>(&Bs[buf][row][khalf * 16]);
-    ad[0] = make_uint4(a_reg[0], a_reg[1], a_reg[2], a_reg[3]);
-    ad[1] = make_uint4(a_reg[4], a_reg[5], a_reg[6], a_reg[7]);
-    bd[0] = make_uint4(b_reg[0], b_reg[1], b_reg[2], b_reg[3]);
-    bd[1] = make_uint4(b_reg[4], b_reg[5], b_reg[6], b_reg[7]);
+    dev::store_row16(&As[buf][row][khalf * 16], a_reg);
+    dev::store_row16(&Bs[buf][row][khalf * 16], b_reg);
   };
 
-  float acc[2][4][4];
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
-
+  float acc[2][4][4] = {};
   const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32, gr = lane >> 2, q2 = (lane & 3) * 2;
   load_tile(0);
   store_tile(0);
@@ -404,28 +392,7 @@ tap_gemm_kernel(TapProblem q) {
   for (int kt = 0; kt < nkt; ++kt) {
     const int buf = kt & 1;
     if (kt + 1 < nkt) load_tile(kt + 1);
-#pragma unroll
-    for (int ks = 0; ks < kBK; ks += 16) {
-      uint32_t af[2][4], bf[4][2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const T* a = &As[buf][wm + i * 16 + gr][ks + q2];
-        af[i][0] = dev::lds32(a);
-        af[i][1] = dev::lds32(a + 8 * kPadK);
-        af[i][2] = dev::lds32(a + 8);
-        af[i][3] = dev::lds32(a + 8 * kPadK + 8);
-      }
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const T* b = &Bs[buf][wn + j * 8 + gr][ks + q2];
-        bf[j][0] = dev::lds32(b);
-        bf[j][1] = dev::lds32(b + 8);
-      }
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) dev::Mma<T>::run(acc[i][j], af[i], bf[j]);
-    }
+    dev::mma_k32<T>(As[buf], Bs[buf], acc, wm, wn, lane);
     if (kt + 1 < nkt) store_tile(buf ^ 1);
     __syncthreads();
   }
@@ -457,9 +424,9 @@ template <class T>
 void launch_gemm(const TapProblem& q, cudaStream_t stream) {
   auto kernel = tap_gemm_kernel<T>;
   const size_t table = size_t(q.taps) * sizeof(int2);
-  allow_smem(kernel, table, 2 * 2 * kBM * kPadK * sizeof(T), "conv (tensor-core CUDA kernel)");
-  const int64_t gx = ceil_div(q.n * q.dst_h * q.dst_w, kBM);
-  const int64_t gy = int64_t(q.groups) * ceil_div(q.dcg, kBN);
+  allow_smem(kernel, table, 2 * sizeof(dev::SmemTile<T>) * 2, "conv (tensor-core CUDA kernel)");
+  const int64_t gx = ceil_div(q.n * q.dst_h * q.dst_w, kTileM);
+  const int64_t gy = int64_t(q.groups) * ceil_div(q.dcg, kTileN);
   check_grid(gx, gy, 1, "conv");
   kernel<<<dim3(unsigned(gx), unsigned(gy)), kThreads, table, stream>>>(q);
   PFA_CHECK_LAUNCH();
@@ -506,6 +473,17 @@ struct TapColumns {
   __device__ int64_t dy_offset(int64_t key, int64_t dy_sh) const {
     return (key >> 32) * dy_sh + (key & 0xffffffff);
   }
+  // Row-major walk over one sample's cells (tensor-core kernel): first key, then the next
+  // one, wrapping to the next sample's first cell.
+  __device__ int64_t cells() const { return Ho * Wo; }
+  __device__ int64_t key_of(int64_t cell) const { return ((cell / Wo) << 32) | (cell % Wo); }
+  __device__ int64_t next_key(int64_t key, bool& wrapped) const {
+    wrapped = false;
+    if ((key & 0xffffffff) + 1 < Wo) return key + 1;
+    if ((key >> 32) + 1 < Ho) return ((key >> 32) + 1) << 32;
+    wrapped = true;
+    return 0;
+  }
   struct Col { int64_t plane; int dr, dc; };
   __device__ Col column(int64_t s, int t) const {
     Col c;
@@ -533,6 +511,12 @@ struct IndexedColumns {
     return o < P_out ? o : -1;
   }
   __device__ int64_t dy_offset(int64_t o, int64_t) const { return o; }
+  __device__ int64_t cells() const { return P_out; }
+  __device__ int64_t key_of(int64_t o) const { return o; }
+  __device__ int64_t next_key(int64_t o, bool& wrapped) const {
+    wrapped = o + 1 == P_out;
+    return wrapped ? 0 : o + 1;
+  }
   struct Col { int64_t plane; int t; };
   __device__ Col column(int64_t s, int t) const { return {s * sc, t}; }
   template <class T>
@@ -635,6 +619,106 @@ weight_grad_kernel(WeightGradProblem q, Cols cols) {
   if (bias_block && tid < kWD && d0 + tid < q.dcg) part[q.cout * J + g * q.dcg + d0 + tid] = bacc;
 }
 
+// Tensor-core version for float16/bfloat16 with >= 32 channels on both sides:
+//   C[d, j] = sum_k A[d, k] * B[j, k],  A = dy[n, g*dcg + d, cell], B = column j at (n, cell),
+// with k running over the chunk's (sample, cell) pairs in order, 32 per K tile. Same tile
+// machinery as tap_gemm_kernel; the chunk's 64 x 64 sums go to its partials slot. Blocks of
+// the first j tile also sum their dy rows (in a fixed order) for db.
+template <class T, class Cols>
+__global__ void __launch_bounds__(kThreads)
+weight_grad_mma_kernel(WeightGradProblem q, Cols cols) {
+  __shared__ __align__(16) dev::SmemTile<T> As[2];
+  __shared__ __align__(16) dev::SmemTile<T> Bs[2];
+  __shared__ float bias_s[2][kTileM];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t J = q.scg * q.taps;
+  const int64_t j0 = int64_t(blockIdx.x) * kTileN;
+  const int d_tiles = int((q.dcg + kTileM - 1) / kTileM);
+  const int64_t g = blockIdx.y / d_tiles;
+  const int64_t d0 = int64_t(blockIdx.y % d_tiles) * kTileM;
+  const int64_t chunk = blockIdx.z;
+  const int64_t nb = chunk_begin(chunk, q.chunks, q.n), ne = chunk_begin(chunk + 1, q.chunks, q.n);
+  const int64_t cells = cols.cells(), K = (ne - nb) * cells;
+  const int nkt = int((K + kTileK - 1) / kTileK);
+  const bool bias_block = q.want_bias && blockIdx.x == 0;
+
+  // Loader role: row (A: channel d0+row, B: column j0+row) and a 16-wide half of the K tile.
+  const int row = tid & 63, khalf = tid >> 6;
+  const bool d_ok = d0 + row < q.dcg;
+  const int64_t jr = min(j0 + row, J - 1);
+  const bool j_ok = j0 + row < J;
+  const typename Cols::Col col = cols.column(g * q.scg + jr / q.taps, int(jr % q.taps));
+  const T* dy = static_cast<const T*>(q.dy) + (g * q.dcg + d0 + row) * q.dy_sc;
+  const T* x = static_cast<const T*>(cols.x);
+  float bsum = 0.f;
+
+  uint32_t a_reg[8], b_reg[8];
+  auto load_tile = [&](int kt) {
+    const int64_t k = int64_t(kt) * kTileK + khalf * 16;
+    int64_t n = nb + k / cells, key = cols.key_of(k % cells);
+    uint16_t av[16], bv[16];
+    const T zero = from_f32<T>(0.f);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      T a = zero, b = zero;
+      if (k + j < K) {
+        if (d_ok) a = dy[n * q.dy_sn + cols.dy_offset(key, q.dy_sh)];
+        if (j_ok) b = from_f32<T>(cols.value(x + n * cols.sn, col, key));  // exact: b is a T
+        bool wrapped;
+        key = cols.next_key(key, wrapped);
+        n += wrapped;
+      }
+      if (bias_block) bsum += to_f32(a);
+      av[j] = dev::bits16(a);
+      bv[j] = dev::bits16(b);
+    }
+    dev::pack16(av, a_reg);
+    dev::pack16(bv, b_reg);
+  };
+  auto store_tile = [&](int buf) {
+    dev::store_row16(&As[buf][row][khalf * 16], a_reg);
+    dev::store_row16(&Bs[buf][row][khalf * 16], b_reg);
+  };
+
+  float acc[2][4][4] = {};
+  const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32, gr = lane >> 2, q2 = (lane & 3) * 2;
+  if (nkt > 0) {
+    load_tile(0);
+    store_tile(0);
+  }
+  __syncthreads();
+  for (int kt = 0; kt < nkt; ++kt) {
+    const int buf = kt & 1;
+    if (kt + 1 < nkt) load_tile(kt + 1);
+    dev::mma_k32<T>(As[buf], Bs[buf], acc, wm, wn, lane);
+    if (kt + 1 < nkt) store_tile(buf ^ 1);
+    __syncthreads();
+  }
+
+  float* part = q.partials + chunk * (q.cout * J + q.cout);
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t d = d0 + wm + i * 16 + gr + h * 8;
+      if (d >= q.dcg) continue;
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int64_t j = j0 + wn + jj * 8 + q2 + c;
+          if (j < J) part[(g * q.dcg + d) * J + j] = acc[i][jj][h * 2 + c];
+        }
+    }
+  if (bias_block) {
+    bias_s[khalf][row] = bsum;
+    __syncthreads();
+    if (tid < kTileM && d0 + tid < q.dcg)
+      part[q.cout * J + g * q.dcg + d0 + tid] = bias_s[0][tid] + bias_s[1][tid];
+  }
+}
+
 // dw[e] (then db) = sum over chunks, in chunk order, of partials[chunk][e].
 template <class T>
 __global__ void __launch_bounds__(256)
@@ -659,12 +743,21 @@ void run_weight_grad(const WeightGradProblem& q, const Cols& cols, void* dw, voi
   // No samples means no chunks (and maybe no workspace): the reduction alone writes zeros.
   check(q.n == 0 || (q.partials != nullptr && q.chunks >= 1),
         "conv backward: missing weight-gradient workspace");
+  // Tensor cores for 16-bit data when both GEMM sides fill a tile reasonably.
+  bool mma = false;
+  if constexpr (!std::is_same_v<T, float>) mma = q.dcg >= 32 && J >= 32;
   if (q.n > 0) {
-    const int64_t gx = dw ? std::max<int64_t>(1, ceil_div(J, kWJ)) : 1;
-    const int64_t gy = q.groups * ceil_div(q.dcg, kWD);
+    const int64_t jt = mma ? kTileN : kWJ, dt = mma ? kTileM : kWD;
+    const int64_t gx = dw ? std::max<int64_t>(1, ceil_div(J, jt)) : 1;
+    const int64_t gy = q.groups * ceil_div(q.dcg, dt);
     check_grid(gx, gy, q.chunks, "conv backward (weight)");
-    weight_grad_kernel<T, Cols><<<dim3(unsigned(gx), unsigned(gy), unsigned(q.chunks)), kThreads,
-                                  0, stream>>>(q, cols);
+    const dim3 grid(unsigned(gx), unsigned(gy), unsigned(q.chunks));
+    if (mma) {
+      if constexpr (!std::is_same_v<T, float>)
+        weight_grad_mma_kernel<T, Cols><<<grid, kThreads, 0, stream>>>(q, cols);
+    } else {
+      weight_grad_kernel<T, Cols><<<grid, kThreads, 0, stream>>>(q, cols);
+    }
     PFA_CHECK_LAUNCH();
   }
   reduce_partials_kernel<T><<<unsigned(ceil_div(wsize + bsize, 256)), 256, 0, stream>>>(

@@ -58,4 +58,57 @@ __device__ __forceinline__ uint32_t lds32(const T* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
 
+// The block tile both implicit GEMMs use: C (64 x 64) += A (64 x 32) * B (32 x 64) per K
+// tile, A and B in shared memory as [row][k] with k contiguous; 128 threads = four warps,
+// each owning a 32 x 32 quarter of C (2 x 4 m16n8k16 tiles). The +8 padding of a row
+// (80 bytes) puts the eight rows a fragment load touches on distinct banks.
+constexpr int kTileM = 64, kTileN = 64, kTileK = 32, kRowK = kTileK + 8;
+
+template <class T>
+using SmemTile = T[kTileM][kRowK];
+
+// Packs 16 consecutive-k 16-bit values (raw bits) into eight fragment words.
+__device__ __forceinline__ void pack16(const uint16_t (&v)[16], uint32_t (&r)[8]) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) r[j] = pack2(v[2 * j], v[2 * j + 1]);
+}
+
+// A loader thread's 16 k-values of one row, as two 16-byte shared stores (the row offset
+// is 80 bytes and the 16-value half 32 bytes, so both stay 16-byte aligned).
+template <class T>
+__device__ __forceinline__ void store_row16(T* dst, const uint32_t (&r)[8]) {
+  uint4* d = reinterpret_cast<uint4*>(dst);
+  d[0] = make_uint4(r[0], r[1], r[2], r[3]);
+  d[1] = make_uint4(r[4], r[5], r[6], r[7]);
+}
+
+// acc[i][j] (rows wm + 16i .., cols wn + 8j ..) += A[rows][0:32] * B[cols][0:32]^T.
+template <class T>
+__device__ __forceinline__ void mma_k32(const SmemTile<T>& A, const SmemTile<T>& B,
+                                        float (&acc)[2][4][4], int wm, int wn, int lane) {
+  const int gr = lane >> 2, q2 = (lane & 3) * 2;
+#pragma unroll
+  for (int ks = 0; ks < kTileK; ks += 16) {
+    uint32_t af[2][4], bf[4][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const T* a = &A[wm + i * 16 + gr][ks + q2];
+      af[i][0] = lds32(a);
+      af[i][1] = lds32(a + 8 * kRowK);
+      af[i][2] = lds32(a + 8);
+      af[i][3] = lds32(a + 8 * kRowK + 8);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const T* b = &B[wn + j * 8 + gr][ks + q2];
+      bf[j][0] = lds32(b);
+      bf[j][1] = lds32(b + 8);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) Mma<T>::run(acc[i][j], af[i], bf[j]);
+  }
+}
+
 }  // namespace pfa::conv::dev
