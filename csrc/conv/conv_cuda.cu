@@ -16,7 +16,9 @@
 //     (M = positions, N = dst channels, K = taps x src channels) on mma.sync tensor cores.
 // backward-weight: tap/indexed columns are gathered per tile into shared memory and reduced
 // over the positions of each batch chunk into `partials` (one slot per chunk, never shared),
-// then reduce_partials_kernel adds the chunks in order: deterministic, no atomics.
+// on CUDA cores (weight_grad_kernel) or, for float16/bfloat16 with >= 32 channels, on tensor
+// cores (weight_grad_mma_kernel); then reduce_partials_kernel adds the chunks in order:
+// deterministic, no atomics.
 // Pooling and the indexed-convolution backward-input are gathers, also atomic-free.
 #include <algorithm>
 #include <string>
