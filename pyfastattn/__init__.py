@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 from ._backend import BUILD_INFO, cuda_built
 from .norm import add_layer_norm, layer_norm, rms_norm
-from . import nn, testing
+from .conv import conv2d, hex_avg_pool2d, hex_conv2d, hex_max_pool2d, indexed_conv
+from . import hex, nn, testing
 
 __all__ = [
     "BUILD_INFO",
@@ -17,6 +18,12 @@ __all__ = [
     "layer_norm",
     "rms_norm",
     "add_layer_norm",
+    "conv2d",
+    "hex_conv2d",
+    "hex_max_pool2d",
+    "hex_avg_pool2d",
+    "indexed_conv",
+    "hex",
     "nn",
     "testing",
 ]
