@@ -28,14 +28,19 @@ def hexagdly_conv_weight(module, in_channels: int, radius: int, dtype=torch.floa
         x[c, c, i0, j0] = 1.0
     params = [p for p in module.parameters()]
     orig = [p.dtype for p in params]
+    stride = getattr(module, "hexbase_stride", None)
     module.to(dtype)
     try:
+        if stride is not None:  # probe at stride 1: the weights do not depend on the stride
+            module.hexbase_stride = 1
         y = module(x)
         bias = getattr(module, "bias_tensor", None) if getattr(module, "bias", False) else None
         bias = None if bias is None else bias.detach().clone()
         if bias is not None:
             y = y - bias.reshape(1, -1, 1, 1)
     finally:
+        if stride is not None:
+            module.hexbase_stride = stride
         for p, dt in zip(params, orig):
             p.data = p.data.to(dt)
     ya = offset_to_axial(y, "hexagdly")  # (Cin_probe, Cout, R, Q)
