@@ -145,6 +145,7 @@ struct DirectGeom {
   static constexpr int pos_threads = kThreads / oc_groups;
   static constexpr int ppt = Tile::th * Tile::tw / pos_threads;
   static_assert(ppt * pos_threads == Tile::th * Tile::tw, "tile must split evenly");
+  static_assert(Tile::th >= 16 && Tile::tw >= 16, "the patch walk needs PH, PW >= 16");
 };
 
 struct DirectLayout {
@@ -212,10 +213,18 @@ tap_direct_kernel(TapProblem q, DirectLayout l) {
     const int nc = min(l.ci_chunk, q.scg - c0);
     __syncthreads();  // the previous chunk's patch and weights are no longer read
     // Staged sizes fit shared memory, so 32-bit indices suffice here.
-    for (int e = threadIdx.x; e < nc * PHW; e += kThreads) {
-      const int s = e / PHW, r = e % PHW;
-      const T* plane = src + (int64_t(g) * q.scg + c0 + s) * q.src_sc;
-      patch[e] = src_at(q, plane, u0 + r / l.pw, v0 + r % l.pw);
+    {
+      // e = tid + kThreads*i walks (s, r, c) incrementally: PH, PW >= 16, so one step wraps
+      // the column at most once and the row at most once.
+      const int step_r = kThreads / l.pw, step_c = kThreads % l.pw;
+      int s = 0, r = threadIdx.x / l.pw, c = threadIdx.x % l.pw;
+      for (int e = threadIdx.x; e < nc * PHW; e += kThreads) {
+        const T* plane = src + (int64_t(g) * q.scg + c0 + s) * q.src_sc;
+        patch[e] = src_at(q, plane, u0 + r, v0 + c);
+        c += step_c, r += step_r;
+        if (c >= l.pw) c -= l.pw, ++r;
+        if (r >= l.ph) r -= l.ph, ++s;
+      }
     }
     for (int e = threadIdx.x; e < nc * q.taps * OCT; e += kThreads) {
       const int o = e % OCT, st = e / OCT;  // st = s * taps + t
@@ -794,24 +803,25 @@ __device__ __forceinline__ int window_count(const TapPoolParams& p, const int2* 
   return cnt;
 }
 
+// Grid: x over 256-cell chunks of a plane, y over (n, c) planes (looping past 65535).
 template <class T>
 __global__ void __launch_bounds__(256) pool_forward_kernel(TapPoolParams p) {
   extern __shared__ int2 tab[];
   const int taps = p.taps.count();
   fill_tap_table(p.taps, taps, tab);
-  const int64_t total = p.N * p.C * p.Ho * p.Wo;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t ow = e % p.Wo, oh = (e / p.Wo) % p.Ho, c = (e / (p.Wo * p.Ho)) % p.C,
-                  n = e / (p.Wo * p.Ho * p.C);
-    const T* plane = static_cast<const T*>(p.x) + n * p.x_strides.n + c * p.x_strides.c;
+  const int64_t cell = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (cell >= p.Ho * p.Wo) return;
+  const int64_t oh = cell / p.Wo, ow = cell - oh * p.Wo;
+  for (int64_t plane = blockIdx.y; plane < p.N * p.C; plane += gridDim.y) {
+    const int64_t n = plane / p.C, c = plane - n * p.C;
+    const T* xp = static_cast<const T*>(p.x) + n * p.x_strides.n + c * p.x_strides.c;
     float best = 0.f, sum = 0.f;
     int arg = -1, cnt = 0;
     for (int t = 0; t < taps; ++t) {
       const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, tab[t].x);
       const int64_t iw = in_coord(ow, p.stride_w, p.pad_w, tab[t].y);
       if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) continue;
-      const float v = to_f32(plane[ih * p.x_strides.h + iw]);
+      const float v = to_f32(xp[ih * p.x_strides.h + iw]);
       if (p.mode == PoolMode::Max) {
         if (pool_max_takes(v, best, arg >= 0)) best = v, arg = t;
       } else {
@@ -819,6 +829,7 @@ __global__ void __launch_bounds__(256) pool_forward_kernel(TapPoolParams p) {
         ++cnt;
       }
     }
+    const int64_t e = plane * p.Ho * p.Wo + cell;
     const float out = p.mode == PoolMode::Max ? best : (cnt ? sum / float(cnt) : 0.f);
     static_cast<T*>(p.y)[e] = from_f32<T>(out);
     if (p.mode == PoolMode::Max && p.argmax) p.argmax[e] = arg;
@@ -830,13 +841,13 @@ __global__ void __launch_bounds__(256) pool_backward_kernel(TapPoolParams p) {
   extern __shared__ int2 tab[];
   const int taps = p.taps.count();
   fill_tap_table(p.taps, taps, tab);
-  const int64_t total = p.N * p.C * p.H * p.W;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t iw = e % p.W, ih = (e / p.W) % p.H, c = (e / (p.W * p.H)) % p.C,
-                  n = e / (p.W * p.H * p.C);
+  const int64_t cell = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (cell >= p.H * p.W) return;
+  const int64_t ih = cell / p.W, iw = cell - ih * p.W;
+  for (int64_t plane = blockIdx.y; plane < p.N * p.C; plane += gridDim.y) {
+    const int64_t n = plane / p.C, c = plane - n * p.C;
     const T* dyp = static_cast<const T*>(p.dy) + n * p.dy_strides.n + c * p.dy_strides.c;
-    const int64_t obase = (n * p.C + c) * p.Ho * p.Wo;
+    const int32_t* am = p.argmax_in ? p.argmax_in + plane * p.Ho * p.Wo : nullptr;
     float acc = 0.f;
     for (int t = 0; t < taps; ++t) {
       int64_t oh, ow;
@@ -845,17 +856,17 @@ __global__ void __launch_bounds__(256) pool_backward_kernel(TapPoolParams p) {
         continue;
       const float g = to_f32(dyp[oh * p.dy_strides.h + ow]);
       if (p.mode == PoolMode::Max) {
-        if (p.argmax_in[obase + oh * p.Wo + ow] == t) acc += g;
+        if (am[oh * p.Wo + ow] == t) acc += g;
       } else {
         acc += g / float(window_count(p, tab, taps, oh, ow));
       }
     }
-    static_cast<T*>(p.dx)[e] = from_f32<T>(acc);
+    static_cast<T*>(p.dx)[plane * p.H * p.W + cell] = from_f32<T>(acc);
   }
 }
 
-unsigned elementwise_blocks(int64_t total) {
-  return unsigned(std::min<int64_t>(std::max<int64_t>(ceil_div(total, 256), 1), 65535 * 8));
+dim3 plane_grid(int64_t cells, int64_t planes) {
+  return dim3(unsigned(ceil_div(cells, 256)), unsigned(std::min<int64_t>(planes, kMaxGridYZ)));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -866,7 +877,7 @@ unsigned elementwise_blocks(int64_t total) {
 constexpr int kIP = 128, kIC = 16, kIK = 32;
 
 template <class T>
-__global__ void __launch_bounds__(kThreads) indexed_forward_kernel(IndexedConvParams p) {
+__global__ void __launch_bounds__(kThreads, 4) indexed_forward_kernel(IndexedConvParams p) {
   __shared__ __align__(16) float cols[kIK][kIP];
   __shared__ __align__(16) float wts[kIK][kIC];
   const int64_t ptiles = ceil_div(p.P_out, kIP);
@@ -879,15 +890,23 @@ __global__ void __launch_bounds__(kThreads) indexed_forward_kernel(IndexedConvPa
   float acc[8][2] = {};
   for (int64_t k0 = 0; k0 < K; k0 += kIK) {
     __syncthreads();
-    for (int e = threadIdx.x; e < kIK * kIP; e += kThreads) {
-      const int kk = e / kIP, pp = e % kIP;
-      const int64_t k = k0 + kk, o = o0 + pp;
-      float v = 0.f;
-      if (k < K && o < p.P_out) {
-        const int32_t idx = p.neighbors[o * p.T + k % p.T];
-        if (idx >= 0) v = to_f32(x[(k / p.T) * p.x_stride_c + idx]);
+    // Thread tid stages output o0 + tid for every k of the chunk (kIP == kThreads), walking
+    // (ci, t) = (k / T, k % T) incrementally.
+    static_assert(kIP == kThreads, "one staged output per thread");
+    {
+      const int64_t o = o0 + threadIdx.x;
+      const bool o_ok = o < p.P_out;
+      const int32_t* nbo = p.neighbors + (o_ok ? o : 0) * p.T;
+      int64_t ci = k0 / p.T, t = k0 % p.T;
+      for (int kk = 0; kk < kIK; ++kk) {
+        float v = 0.f;
+        if (o_ok && k0 + kk < K) {
+          const int32_t idx = nbo[t];
+          if (idx >= 0) v = to_f32(x[ci * p.x_stride_c + idx]);
+        }
+        cols[kk][threadIdx.x] = v;
+        if (++t == p.T) t = 0, ++ci;
       }
-      cols[kk][pp] = v;
     }
     for (int e = threadIdx.x; e < kIK * kIC; e += kThreads) {
       const int kk = e / kIC, cc = e % kIC;
@@ -947,9 +966,10 @@ __global__ void __launch_bounds__(kThreads) indexed_backward_input_kernel(Indexe
       wts[e] = ci < p.Cin ? to_f32(w[(co * p.Cin + ci) * p.T + t]) : 0.f;
     }
     __syncthreads();
+    const int32_t T32 = int32_t(p.T);  // entries o*T + t are int32, so T is too
     for (int32_t e = e0; e < e1; ++e) {
       const int32_t ent = p.inv_entries[e];
-      const int64_t o = ent / p.T, t = ent % p.T;
+      const int32_t o = ent / T32, t = ent - o * T32;
       for (int c = 0; c < nco; ++c) {
         const float g = to_f32(dy[(co0 + c) * p.dy_stride_c + o]);
         const float* ws = wts + (int64_t(c) * p.T + t) * kIC + cg * 8;
@@ -1017,7 +1037,7 @@ void tap_pool_forward_cuda(const TapPoolParams& p, uintptr_t stream) {
   dispatch_cuda_dtype(p.dtype, [&](auto t) {
     auto kernel = pool_forward_kernel<decltype(t)>;
     allow_smem(kernel, table, 0, "hex pooling");
-    kernel<<<elementwise_blocks(total), 256, table, as_stream(stream)>>>(p);
+    kernel<<<plane_grid(p.Ho * p.Wo, p.N * p.C), 256, table, as_stream(stream)>>>(p);
     PFA_CHECK_LAUNCH();
   });
 }
@@ -1030,7 +1050,7 @@ void tap_pool_backward_cuda(const TapPoolParams& p, uintptr_t stream) {
   dispatch_cuda_dtype(p.dtype, [&](auto t) {
     auto kernel = pool_backward_kernel<decltype(t)>;
     allow_smem(kernel, table, 0, "hex pooling");
-    kernel<<<elementwise_blocks(total), 256, table, as_stream(stream)>>>(p);
+    kernel<<<plane_grid(p.H * p.W, p.N * p.C), 256, table, as_stream(stream)>>>(p);
     PFA_CHECK_LAUNCH();
   });
 }
