@@ -745,8 +745,13 @@ reduce_partials_kernel(const float* partials, int64_t chunks, int64_t wsize, int
   else db[e - wsize] = from_f32<T>(s);
 }
 
+// Blocks the weight-gradient grid aims for: the chunk count is cut down to what it takes to
+// reach it, so a layer whose channel tiles already fill the GPU writes and re-reads few
+// partial slots. It depends only on the shape, so results stay bitwise reproducible.
+constexpr int64_t kWeightGradBlocks = 1024;
+
 template <class T, class Cols>
-void run_weight_grad(const WeightGradProblem& q, const Cols& cols, void* dw, void* db,
+void run_weight_grad(WeightGradProblem q, const Cols& cols, void* dw, void* db,
                      cudaStream_t stream) {
   const int64_t J = q.scg * q.taps;
   const int64_t wsize = q.cout * J, bsize = q.cout;
@@ -759,8 +764,12 @@ void run_weight_grad(const WeightGradProblem& q, const Cols& cols, void* dw, voi
   if constexpr (!std::is_same_v<T, float>) mma = q.dcg >= 32 && J >= 32;
   if (q.n > 0) {
     const int64_t jt = mma ? kTileN : kWJ, dt = mma ? kTileM : kWD;
-    const int64_t gx = dw ? std::max<int64_t>(1, ceil_div(J, jt)) : 1;
+    const int64_t j_tiles = std::max<int64_t>(1, ceil_div(J, jt));
+    const int64_t gx = dw ? j_tiles : 1;  // db alone: only the blocks of the first j tile
     const int64_t gy = q.groups * ceil_div(q.dcg, dt);
+    // Uses the first `chunks` slots of the workspace (sized for q.chunks >= chunks); counted
+    // with every j tile so that db sums the same way with or without dw.
+    q.chunks = std::min(q.chunks, std::max<int64_t>(1, ceil_div(kWeightGradBlocks, j_tiles * gy)));
     check_grid(gx, gy, q.chunks, "conv backward (weight)");
     const dim3 grid(unsigned(gx), unsigned(gy), unsigned(q.chunks));
     if (mma) {
