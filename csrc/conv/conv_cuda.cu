@@ -40,16 +40,24 @@ PFA_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Allows `bytes` of dynamic shared memory for `kernel` (on top of `static_bytes`), opting in
 // past 48 KB when the device allows it; otherwise a clear error instead of a failed launch.
-template <class K>
-void allow_smem(K kernel, size_t bytes, size_t static_bytes, const char* what) {
-  if (bytes + static_bytes <= kDefaultSmem) return;
+// The most shared memory one block may opt in to on the current device.
+size_t smem_optin() {
   int dev = 0, optin = 0;
   PFA_CUDA_CHECK(cudaGetDevice(&dev));
   PFA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  check(bytes + static_bytes <= size_t(optin),
+  return size_t(optin);
+}
+
+// Allows `bytes` of dynamic shared memory for `kernel` (on top of `static_bytes`), opting in
+// past 48 KB when the device allows it; otherwise a clear error instead of a failed launch.
+template <class K>
+void allow_smem(K kernel, size_t bytes, size_t static_bytes, const char* what) {
+  if (bytes + static_bytes <= kDefaultSmem) return;
+  const size_t optin = smem_optin();
+  check(bytes + static_bytes <= optin,
         std::string(what) + ": the kernel footprint needs " +
             std::to_string(bytes + static_bytes) + " bytes of shared memory, more than the " +
-            std::to_string(optin) + " this GPU allows (reduce the kernel size or dilation)");
+            std::to_string(optin) + " this GPU allows");
   PFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       int(bytes)));
 }
@@ -277,8 +285,9 @@ tap_direct_kernel(TapProblem q, DirectLayout l) {
   }
 }
 
+// False (nothing launched) when even a one-channel patch does not fit the device.
 template <class T, int OCPT>
-void launch_direct(const TapProblem& q, cudaStream_t stream) {
+bool launch_direct(const TapProblem& q, cudaStream_t stream) {
   using Tile = DirectTile<OCPT>;
   // Largest source-channel chunk whose patch + weights fit the default 48 KB; a chunk of
   // one channel may opt in to more (large dilations).
@@ -287,12 +296,54 @@ void launch_direct(const TapProblem& q, cudaStream_t stream) {
   const int64_t fit = (int64_t(kDefaultSmem) - one.tap_words * 4) / per_ci;
   const int ci_chunk = int(std::max<int64_t>(1, std::min<int64_t>(q.scg, fit)));
   const DirectLayout l = direct_layout<OCPT>(q, ci_chunk);
+  if (l.bytes() > kDefaultSmem && l.bytes() > smem_optin()) return false;
   auto kernel = tap_direct_kernel<T, OCPT>;
   allow_smem(kernel, l.bytes(), 0, "conv (direct CUDA kernel)");
   const int64_t gx = q.n * ceil_div(q.dst_h, Tile::th) * ceil_div(q.dst_w, Tile::tw);
   const int64_t gy = int64_t(q.groups) * ceil_div(q.dcg, Tile::oc_tile);
   check_grid(gx, gy, 1, "conv");
   kernel<<<dim3(unsigned(gx), unsigned(gy)), kThreads, l.bytes(), stream>>>(q, l);
+  PFA_CHECK_LAUNCH();
+  return true;
+}
+
+// ---- fallback ---------------------------------------------------------------------------
+// For footprints no shared-memory tile holds (huge strides or dilations, tens of thousands
+// of taps): one thread per destination cell, reading through the caches.
+//   dst[n, g*dcg + d, y, x] = bias + sum_{t, s} W(g, d, s, t) * src_up[n, g*scg + s, u_t, v_t]
+template <class T>
+__global__ void __launch_bounds__(256) tap_simple_kernel(TapProblem q) {
+  const int64_t total = q.n * q.dst_c * q.dst_h * q.dst_w;
+  const T* wbase = static_cast<const T*>(q.w);
+  const T* bias = static_cast<const T*>(q.bias);
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t x = e % q.dst_w, y = (e / q.dst_w) % q.dst_h;
+    const int64_t ch = (e / (q.dst_w * q.dst_h)) % q.dst_c, n = e / (q.dst_w * q.dst_h * q.dst_c);
+    const int64_t g = ch / q.dcg, d = ch % q.dcg;
+    const T* src = static_cast<const T*>(q.src) + n * q.src_sn + g * q.scg * q.src_sc;
+    const T* w = wbase + g * q.w_group + d * q.w_dst;
+    float acc = bias ? to_f32(bias[ch]) : 0.f;
+    for (int t = 0; t < q.taps; ++t) {
+      int dr, dc;
+      q.tapset.offset(t, dr, dc);
+      int64_t u = y * q.s_out_h - q.pad_h + q.sign * dr, v = x * q.s_out_w - q.pad_w + q.sign * dc;
+      if (u < 0 || v < 0 || u % q.s_in_h != 0 || v % q.s_in_w != 0) continue;
+      u /= q.s_in_h, v /= q.s_in_w;
+      if (u >= q.src_h || v >= q.src_w) continue;
+      const T* a = src + u * q.src_sh + v;
+      for (int s = 0; s < q.scg; ++s)
+        acc = fmaf(to_f32(w[s * q.w_src + t]), to_f32(a[s * q.src_sc]), acc);
+    }
+    static_cast<T*>(q.dst)[e] = from_f32<T>(acc);
+  }
+}
+
+template <class T>
+void launch_simple(const TapProblem& q, cudaStream_t stream) {
+  const int64_t total = q.n * q.dst_c * q.dst_h * q.dst_w;
+  const unsigned blocks = unsigned(std::min<int64_t>(ceil_div(total, 256), int64_t(1) << 20));
+  tap_simple_kernel<T><<<blocks, 256, 0, stream>>>(q);
   PFA_CHECK_LAUNCH();
 }
 
@@ -431,28 +482,32 @@ tap_gemm_kernel(TapProblem q) {
     }
 }
 
+// False (nothing launched) when the tap table does not fit the device.
 template <class T>
-void launch_gemm(const TapProblem& q, cudaStream_t stream) {
+bool launch_gemm(const TapProblem& q, cudaStream_t stream) {
   auto kernel = tap_gemm_kernel<T>;
-  const size_t table = size_t(q.taps) * sizeof(int2);
-  allow_smem(kernel, table, 2 * sizeof(dev::SmemTile<T>) * 2, "conv (tensor-core CUDA kernel)");
+  const size_t table = size_t(q.taps) * sizeof(int2), tiles = 2 * 2 * sizeof(dev::SmemTile<T>);
+  if (table + tiles > kDefaultSmem && table + tiles > smem_optin()) return false;
+  allow_smem(kernel, table, tiles, "conv (tensor-core CUDA kernel)");
   const int64_t gx = ceil_div(q.n * q.dst_h * q.dst_w, kTileM);
   const int64_t gy = int64_t(q.groups) * ceil_div(q.dcg, kTileN);
   check_grid(gx, gy, 1, "conv");
   kernel<<<dim3(unsigned(gx), unsigned(gy)), kThreads, table, stream>>>(q);
   PFA_CHECK_LAUNCH();
+  return true;
 }
 
 // Tensor cores for 16-bit data once both channel counts fill an MMA tile reasonably;
-// the direct kernel otherwise (float32, small channel counts, depthwise).
+// the direct kernel otherwise (float32, small channel counts, depthwise); the fallback when
+// no shared-memory layout fits.
 template <class T>
 void run_tap_problem(const TapProblem& q, cudaStream_t stream) {
   if (q.n == 0 || q.dst_h == 0 || q.dst_w == 0 || q.dcg == 0) return;
   if constexpr (!std::is_same_v<T, float>) {
-    if (q.scg >= 32 && q.dcg >= 32) return launch_gemm<T>(q, stream);
+    if (q.scg >= 32 && q.dcg >= 32 && launch_gemm<T>(q, stream)) return;
   }
-  if (q.dcg >= 8) return launch_direct<T, 8>(q, stream);
-  launch_direct<T, 1>(q, stream);
+  if (q.dcg >= 8 ? launch_direct<T, 8>(q, stream) : launch_direct<T, 1>(q, stream)) return;
+  launch_simple<T>(q, stream);
 }
 
 // ---------------------------------------------------------------------------------------
