@@ -14,6 +14,7 @@
 //     an output-channel tile in shared memory, float accumulate. Small channel counts.
 //   - tap_gemm_kernel: float16/bfloat16 with >= 32 channels on both sides; implicit GEMM
 //     (M = positions, N = dst channels, K = taps x src channels) on mma.sync tensor cores.
+// and tap_simple_kernel, without shared memory, when a footprint exceeds what the device has.
 // backward-weight: tap/indexed columns are gathered per tile into shared memory and reduced
 // over the positions of each batch chunk into `partials` (one slot per chunk, never shared),
 // on CUDA cores (weight_grad_kernel) or, for float16/bfloat16 with >= 32 channels, on tensor
@@ -38,8 +39,6 @@ constexpr int64_t kMaxGridYZ = 65535;
 
 PFA_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Allows `bytes` of dynamic shared memory for `kernel` (on top of `static_bytes`), opting in
-// past 48 KB when the device allows it; otherwise a clear error instead of a failed launch.
 // The most shared memory one block may opt in to on the current device.
 size_t smem_optin() {
   int dev = 0, optin = 0;
