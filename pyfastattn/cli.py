@@ -94,7 +94,7 @@ def cmd_bench(args) -> int:
         for r in rows:
             r.setdefault("family", fam)
         all_rows.extend(rows)
-        cols = [c for c in ("case", "impl", "pass", "ms", "tflops", "gbps", "vs_torch") if any(c in r for r in rows)]
+        cols = [c for c in ("case", "impl", "pass", "ms", "tflops", "gbps", "vs_torch", "ours_speedup") if any(c in r for r in rows)]
         print(f"\n== {fam} on {device_name(device)}, {args.dtype} ==")
         print(format_table(rows, cols))
     if args.json:

@@ -59,6 +59,7 @@ template <> struct Vec<double> {
 template <class A> constexpr int kLanes = Vec<A>::L;
 
 constexpr int kMaxMR = 24;  // rows a kernel may read past M: packs keep this much slack
+constexpr int64_t kPosBlock = 64;  // positions per block of the weight-gradient GEMMs
 
 template <class A>
 struct Gemm {
@@ -90,8 +91,8 @@ __attribute__((always_inline)) inline void micro_tile(const Gemm<A>& g, int64_t 
       for (int j = 0; j < NV; ++j) std::memcpy(&bv[j], bp + k * g.bk + j * L, sizeof(V));
       const A* ak = ap + k * g.ak;
       for (int i = 0; i < MR; ++i) {
-        const V av = V{} + ak[i * g.am];
-        for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
+        const A av = ak[i * g.am];  // broadcast into the FMA
+        for (int j = 0; j < NV; ++j) acc[i][j] += bv[j] * av;
       }
     }
   }
@@ -160,6 +161,10 @@ struct PlaneSpec {
 
 template <class T, class A = Acc<T>>
 void pack_plane(const T* src, const PlaneSpec& s, A* dst) {
+  // Columns jj in [ja, jb) land inside the source row: iw = sw*(j0+jj) + pw in [0, W).
+  const int64_t lo = s.sw * s.j0 + s.pw;  // iw of jj = 0
+  const int64_t ja = std::min(s.cols, lo >= 0 ? int64_t(0) : (-lo + s.sw - 1) / s.sw);
+  const int64_t jb = std::max(ja, std::min(s.cols, s.W - lo <= 0 ? int64_t(0) : (s.W - lo + s.sw - 1) / s.sw));
   for (int64_t ii = 0; ii < s.rows; ++ii) {
     const int64_t ih = s.sh * (s.i0 + ii) + s.ph;
     A* drow = dst + ii * s.cols * s.cpitch;
@@ -167,17 +172,17 @@ void pack_plane(const T* src, const PlaneSpec& s, A* dst) {
       std::fill(drow, drow + s.cols * s.cpitch, A(0));
       continue;
     }
-    for (int64_t jj = 0; jj < s.cols; ++jj) {
-      const int64_t iw = s.sw * (s.j0 + jj) + s.pw;
-      A* d = drow + jj * s.cpitch;
-      if (iw < 0 || iw >= s.W) {
-        std::fill(d, d + s.cpitch, A(0));
-        continue;
-      }
-      const T* sp = src + ih * s.sH + iw;
-      for (int64_t c = 0; c < s.C; ++c) d[c] = Storage<T>::load(sp[c * s.sC]);
-      std::fill(d + s.C, d + s.cpitch, A(0));
+    std::fill(drow, drow + ja * s.cpitch, A(0));
+    std::fill(drow + jb * s.cpitch, drow + s.cols * s.cpitch, A(0));
+    const T* srow = src + ih * s.sH + lo;
+    // Channel-outer: contiguous reads along the row, writes strided by cpitch (in L1).
+    for (int64_t c = 0; c < s.C; ++c) {
+      const T* sp = srow + c * s.sC;
+      A* d = drow + c;
+      for (int64_t jj = ja; jj < jb; ++jj) d[jj * s.cpitch] = Storage<T>::load(sp[jj * s.sw]);
     }
+    if (s.cpitch > s.C)
+      for (int64_t jj = ja; jj < jb; ++jj) std::fill(drow + jj * s.cpitch + s.C, drow + (jj + 1) * s.cpitch, A(0));
   }
 }
 
@@ -472,24 +477,26 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
             for (int64_t co = 0; co < Cog; ++co) bacc[size_t(grp * Cog + co)] += dyp[size_t(m * CogP + co)];
           if (!p.dw) continue;
           pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
-          for (int t = 0; t < T_; ++t) {
-            const A* a0 = planes.data() + geo.plane[t] * plane_elems + geo.shift[t] * Cig;
-            const A* b0 = dyp.data();
-            Gemm<A> gm;
-            gm.M = Cig;
-            gm.NP = CogP;
-            gm.K = M;
-            gm.ntaps = 1;
-            gm.a = &a0;
-            gm.b = &b0;
-            gm.am = 1;
-            gm.ak = Cig;
-            gm.bk = CogP;
-            gm.c = acc.data() + (grp * T_ + t) * Cig * CogP;
-            gm.cm = CogP;
-            gm.accumulate = true;
-            gemm_run(gm);
-          }
+          // Position blocks outermost, so that the dy block stays in L1 across the taps.
+          for (int64_t k0 = 0; k0 < M; k0 += kPosBlock)
+            for (int t = 0; t < T_; ++t) {
+              const A* a0 = planes.data() + geo.plane[t] * plane_elems + (geo.shift[t] + k0) * Cig;
+              const A* b0 = dyp.data() + k0 * CogP;
+              Gemm<A> gm;
+              gm.M = Cig;
+              gm.NP = CogP;
+              gm.K = std::min<int64_t>(kPosBlock, M - k0);
+              gm.ntaps = 1;
+              gm.a = &a0;
+              gm.b = &b0;
+              gm.am = 1;
+              gm.ak = Cig;
+              gm.bk = CogP;
+              gm.c = acc.data() + (grp * T_ + t) * Cig * CogP;
+              gm.cm = CogP;
+              gm.accumulate = true;
+              gemm_run(gm);
+            }
         }
       A* part = partials + j * chunk_stride;
       for (int64_t grp = 0; grp < G; ++grp)
