@@ -522,18 +522,17 @@ constexpr int kWD = 32, kWJ = 64, kWP = 64;
 // A "column source" says which cells a 64-cell tile holds (as a key, -1 outside), where a
 // cell lies in dy's plane, and what column (s, t) holds at a cell.
 struct TapColumns {
-  // Tiles are 8 x 8 output cells; the key packs (y << 32) | x. Column (s, t) at (y, x) is
+  // Tiles are 64 consecutive output cells in row-major order (no waste on small grids but
+  // the last tile's tail); the key packs (y << 32) | x. Column (s, t) at (y, x) is
   // x[s, y*stride - pad + dr_t, x*stride - pad + dc_t].
   const void* x;
   int64_t sn, sc, sh, H, W, Ho, Wo;
   int stride_h, stride_w, pad_h, pad_w;
   TapSet tapset;
-  static constexpr int th = 8, tw = 8;
-  __device__ int64_t tiles() const { return ((Ho + th - 1) / th) * ((Wo + tw - 1) / tw); }
+  __device__ int64_t tiles() const { return (Ho * Wo + kWP - 1) / kWP; }
   __device__ int64_t cell(int64_t tile, int p) const {
-    const int64_t tiles_w = (Wo + tw - 1) / tw;
-    const int64_t y = (tile / tiles_w) * th + p / tw, xx = (tile % tiles_w) * tw + p % tw;
-    return (y < Ho && xx < Wo) ? (y << 32) | xx : -1;
+    const int64_t c = tile * kWP + p;
+    return c < Ho * Wo ? ((c / Wo) << 32) | (c % Wo) : -1;
   }
   __device__ int64_t dy_offset(int64_t key, int64_t dy_sh) const {
     return (key >> 32) * dy_sh + (key & 0xffffffff);
