@@ -152,25 +152,34 @@ struct DirectGeom {
   static constexpr int pos_threads = kThreads / oc_groups;
   static constexpr int ppt = Tile::th * Tile::tw / pos_threads;
   static_assert(ppt * pos_threads == Tile::th * Tile::tw, "tile must split evenly");
-  static_assert(Tile::th >= 16 && Tile::tw >= 16, "the patch walk needs PH, PW >= 16");
 };
 
+// Two block shapes: a TH x TW tile of one sample ("tile mode"), or, for grids smaller than
+// a tile, TH*TW consecutive cells of the flattened (n, y, x) range, whose samples' whole
+// patches are staged side by side ("image mode": a 13x13 or 9x9 grid fills whole blocks).
 struct DirectLayout {
   int ph = 0, pw = 0, ci_chunk = 0;
+  int images = 1;          // patches per channel: 1 in tile mode
+  bool image_mode = false;
   int64_t tap_words = 0, wts_floats = 0, patch_floats = 0;
   size_t bytes() const { return size_t(tap_words + wts_floats + patch_floats) * 4; }
 };
 
 template <int OCPT>
-DirectLayout direct_layout(const TapProblem& q, int ci_chunk) {
+DirectLayout direct_layout(const TapProblem& q, int ci_chunk, bool image_mode) {
   using Tile = DirectTile<OCPT>;
+  constexpr int kCells = Tile::th * Tile::tw;
   DirectLayout l;
-  l.ph = (Tile::th - 1) * q.s_out_h + (q.rmax - q.rmin + 1);
-  l.pw = (Tile::tw - 1) * q.s_out_w + (q.cmax - q.cmin + 1);
+  l.image_mode = image_mode;
+  const int64_t rows = image_mode ? q.dst_h : Tile::th, cols = image_mode ? q.dst_w : Tile::tw;
+  l.ph = int((rows - 1) * q.s_out_h + (q.rmax - q.rmin + 1));
+  l.pw = int((cols - 1) * q.s_out_w + (q.cmax - q.cmin + 1));
+  // kCells consecutive cells touch at most (kCells - 1) / cells + 2 samples.
+  if (image_mode) l.images = int(std::min<int64_t>(q.n, (kCells - 1) / (q.dst_h * q.dst_w) + 2));
   l.ci_chunk = ci_chunk;
   l.tap_words = ceil_div(q.taps, 4) * 4;  // keeps the weights 16-byte aligned
   l.wts_floats = int64_t(ci_chunk) * q.taps * Tile::oc_tile;
-  l.patch_floats = int64_t(ci_chunk) * l.ph * l.pw;
+  l.patch_floats = int64_t(ci_chunk) * l.images * l.ph * l.pw;
   return l;
 }
 
@@ -185,28 +194,52 @@ tap_direct_kernel(TapProblem q, DirectLayout l) {
   float* wts = smem + l.tap_words;
   float* patch = wts + l.wts_floats;
 
-  const int64_t tiles_w = ceil_div(q.dst_w, TW), tiles_h = ceil_div(q.dst_h, TH);
-  const int64_t n = blockIdx.x / (tiles_h * tiles_w);
-  const int64_t tile = blockIdx.x % (tiles_h * tiles_w);
-  const int64_t y0 = (tile / tiles_w) * TH, x0 = (tile % tiles_w) * TW;
+  // Block origin: first sample n0 and the cell (y0, x0) the patch rows/columns start from.
+  const int64_t cells = q.dst_h * q.dst_w;
+  int64_t n0, y0 = 0, x0 = 0, m0 = 0;
+  if (l.image_mode) {
+    m0 = int64_t(blockIdx.x) * (TH * TW);
+    n0 = m0 / cells;
+  } else {
+    const int64_t tiles_w = ceil_div(q.dst_w, TW), tiles_h = ceil_div(q.dst_h, TH);
+    n0 = blockIdx.x / (tiles_h * tiles_w);
+    const int64_t tile = blockIdx.x % (tiles_h * tiles_w);
+    y0 = (tile / tiles_w) * TH, x0 = (tile % tiles_w) * TW;
+  }
   const int oc_tiles = (q.dcg + OCT - 1) / OCT;
   const int g = blockIdx.y / oc_tiles, oc0 = (blockIdx.y % oc_tiles) * OCT;
   const int64_t u0 = y0 * q.s_out_h - q.pad_h + q.rmin, v0 = x0 * q.s_out_w - q.pad_w + q.cmin;
-  const int PHW = l.ph * l.pw;
+  const int PHW = l.ph * l.pw, plane = l.images * PHW;  // floats per staged channel
 
-  // Offset of tap t inside the patch: (sign*dr - rmin) rows, (sign*dc - cmin) columns.
+  // Offset of tap t inside a patch: (sign*dr - rmin) rows, (sign*dc - cmin) columns.
   for (int t = threadIdx.x; t < q.taps; t += kThreads) {
     int dr, dc;
     q.tapset.offset(t, dr, dc);
     tapoff[t] = (q.sign * dr - q.rmin) * l.pw + (q.sign * dc - q.cmin);
   }
 
+  // Per cell: where its window starts in the staged patches, and its output offset
+  // (n*dst_c*cells + y*dst_w + x; -1 outside the output).
   const int og = threadIdx.x / G::pos_threads, pt = threadIdx.x % G::pos_threads;
   int pbase[PPT];
+  int64_t out_off[PPT];
 #pragma unroll
   for (int i = 0; i < PPT; ++i) {
     const int p = pt + i * G::pos_threads;
-    pbase[i] = (p / TW) * q.s_out_h * l.pw + (p % TW) * q.s_out_w;
+    int64_t n = n0, y, x;
+    bool ok;
+    if (l.image_mode) {
+      const int64_t m = m0 + p;
+      ok = m < q.n * cells;
+      n = ok ? m / cells : n0;
+      const int64_t yx = ok ? m % cells : 0;
+      y = yx / q.dst_w, x = yx % q.dst_w;
+    } else {
+      y = y0 + p / TW, x = x0 + p % TW;
+      ok = y < q.dst_h && x < q.dst_w;
+    }
+    pbase[i] = (int(n - n0) * l.ph + int(y - y0) * q.s_out_h) * l.pw + int(x - x0) * q.s_out_w;
+    out_off[i] = ok ? n * q.dst_c * cells + y * q.dst_w + x : -1;
   }
   float acc[OCPT][PPT];
 #pragma unroll
@@ -214,23 +247,26 @@ tap_direct_kernel(TapProblem q, DirectLayout l) {
 #pragma unroll
     for (int i = 0; i < PPT; ++i) acc[o][i] = 0.f;
 
-  const T* src = static_cast<const T*>(q.src) + n * q.src_sn;
+  const T* src = static_cast<const T*>(q.src) + int64_t(g) * q.scg * q.src_sc;
   const T* w = static_cast<const T*>(q.w) + g * q.w_group;
   for (int c0 = 0; c0 < q.scg; c0 += l.ci_chunk) {
     const int nc = min(l.ci_chunk, q.scg - c0);
     __syncthreads();  // the previous chunk's patch and weights are no longer read
     // Staged sizes fit shared memory, so 32-bit indices suffice here.
     {
-      // e = tid + kThreads*i walks (s, r, c) incrementally: PH, PW >= 16, so one step wraps
-      // the column at most once and the row at most once.
+      // e = tid + kThreads*i walks (s, image, r, c) incrementally, without divisions.
       const int step_r = kThreads / l.pw, step_c = kThreads % l.pw;
-      int s = 0, r = threadIdx.x / l.pw, c = threadIdx.x % l.pw;
-      for (int e = threadIdx.x; e < nc * PHW; e += kThreads) {
-        const T* plane = src + (int64_t(g) * q.scg + c0 + s) * q.src_sc;
-        patch[e] = src_at(q, plane, u0 + r, v0 + c);
+      int s = 0, im = 0, r = threadIdx.x / l.pw, c = threadIdx.x % l.pw;
+      while (r >= l.ph) r -= l.ph, ++im;
+      while (im >= l.images) im -= l.images, ++s;
+      for (int e = threadIdx.x; e < nc * plane; e += kThreads) {
+        const int64_t n = n0 + im;
+        patch[e] = n < q.n ? src_at(q, src + n * q.src_sn + int64_t(c0 + s) * q.src_sc, u0 + r, v0 + c)
+                           : 0.f;
         c += step_c, r += step_r;
         if (c >= l.pw) c -= l.pw, ++r;
-        if (r >= l.ph) r -= l.ph, ++s;
+        while (r >= l.ph) r -= l.ph, ++im;
+        while (im >= l.images) im -= l.images, ++s;
       }
     }
     for (int e = threadIdx.x; e < nc * q.taps * OCT; e += kThreads) {
@@ -241,7 +277,7 @@ tap_direct_kernel(TapProblem q, DirectLayout l) {
     }
     __syncthreads();
     for (int s = 0; s < nc; ++s) {
-      const float* ps = patch + s * PHW;
+      const float* ps = patch + s * plane;
       const float* ws = wts + int64_t(s) * q.taps * OCT + og * OCPT;
       for (int t = 0; t < q.taps; ++t) {
         const int off = tapoff[t];
@@ -275,12 +311,8 @@ tap_direct_kernel(TapProblem q, DirectLayout l) {
     const int64_t ch = int64_t(g) * q.dcg + d;
     const float b = bias ? to_f32(bias[ch]) : 0.f;
 #pragma unroll
-    for (int i = 0; i < PPT; ++i) {
-      const int p = pt + i * G::pos_threads;
-      const int64_t y = y0 + p / TW, x = x0 + p % TW;
-      if (y < q.dst_h && x < q.dst_w)
-        dst[((n * q.dst_c + ch) * q.dst_h + y) * q.dst_w + x] = from_f32<T>(acc[o][i] + b);
-    }
+    for (int i = 0; i < PPT; ++i)
+      if (out_off[i] >= 0) dst[out_off[i] + ch * cells] = from_f32<T>(acc[o][i] + b);
   }
 }
 
@@ -288,17 +320,22 @@ tap_direct_kernel(TapProblem q, DirectLayout l) {
 template <class T, int OCPT>
 bool launch_direct(const TapProblem& q, cudaStream_t stream) {
   using Tile = DirectTile<OCPT>;
+  constexpr int kCells = Tile::th * Tile::tw;
+  // Image mode for grids smaller than a tile, unless its side-by-side patches get large.
+  bool image_mode = q.dst_h * q.dst_w < kCells;
+  if (image_mode && direct_layout<OCPT>(q, 1, true).bytes() > kDefaultSmem) image_mode = false;
   // Largest source-channel chunk whose patch + weights fit the default 48 KB; a chunk of
   // one channel may opt in to more (large dilations).
-  const DirectLayout one = direct_layout<OCPT>(q, 1);
+  const DirectLayout one = direct_layout<OCPT>(q, 1, image_mode);
   const int64_t per_ci = (one.wts_floats + one.patch_floats) * 4;
   const int64_t fit = (int64_t(kDefaultSmem) - one.tap_words * 4) / per_ci;
   const int ci_chunk = int(std::max<int64_t>(1, std::min<int64_t>(q.scg, fit)));
-  const DirectLayout l = direct_layout<OCPT>(q, ci_chunk);
+  const DirectLayout l = direct_layout<OCPT>(q, ci_chunk, image_mode);
   if (l.bytes() > kDefaultSmem && l.bytes() > smem_optin()) return false;
   auto kernel = tap_direct_kernel<T, OCPT>;
   allow_smem(kernel, l.bytes(), 0, "conv (direct CUDA kernel)");
-  const int64_t gx = q.n * ceil_div(q.dst_h, Tile::th) * ceil_div(q.dst_w, Tile::tw);
+  const int64_t gx = image_mode ? ceil_div(q.n * q.dst_h * q.dst_w, kCells)
+                                : q.n * ceil_div(q.dst_h, Tile::th) * ceil_div(q.dst_w, Tile::tw);
   const int64_t gy = int64_t(q.groups) * ceil_div(q.dcg, Tile::oc_tile);
   check_grid(gx, gy, 1, "conv");
   kernel<<<dim3(unsigned(gx), unsigned(gy)), kThreads, l.bytes(), stream>>>(q, l);
