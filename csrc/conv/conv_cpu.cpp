@@ -254,6 +254,22 @@ void pack_input_planes(const TapConvParams& p, const FwdGeometry& g, int64_t n, 
     }
 }
 
+// With few input channels per group the per-tap K (= Cig) is too short for the micro-GEMM,
+// so the taps are laid side by side first: col[p][t*Cig + ci] = plane_t[p + shift_t][ci]
+// (im2col from the packed planes; rows past M stay zero).
+constexpr int64_t kColsBelow = 8;
+
+template <class A>
+void planes_to_cols(const FwdGeometry& g, const A* planes, int64_t plane_elems, int64_t Cig, int64_t M,
+                    A* col) {
+  const int64_t K = g.T * Cig;
+  for (int64_t m = 0; m < M; ++m)
+    for (int t = 0; t < g.T; ++t) {
+      const A* src = planes + g.plane[t] * plane_elems + (g.shift[t] + m) * Cig;
+      std::copy(src, src + Cig, col + m * K + t * Cig);
+    }
+}
+
 // y = bias + sum_t sum_ci w[co, ci, t] * x[ci, oh*s - pad + dr_t, ow*s - pad + dc_t]
 template <class T>
 void tap_conv_forward_typed(const TapConvParams& p) {
@@ -276,31 +292,43 @@ void tap_conv_forward_typed(const TapConvParams& p) {
   const int64_t M = p.Ho * geo.Wq;
   const int64_t plane_elems = geo.rows * geo.Wq * Cig;
   const int nplanes = p.stride_h * p.stride_w;
+  const bool cols = Cig < kColsBelow;
+  const int64_t Kc = T_ * Cig;
 #pragma omp parallel
   {
     std::vector<A> planes(size_t(nplanes * plane_elems));
+    std::vector<A> col(size_t(cols ? (M + kMaxMR) * Kc : 0), A(0));
     std::vector<A> cbuf(size_t(M * CogP));
     std::vector<const A*> ap(T_), bp(T_);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < p.N * G; ++item) {
       const int64_t n = item / G, grp = item % G;
       pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
-      for (int t = 0; t < T_; ++t) {
-        ap[t] = planes.data() + geo.plane[t] * plane_elems + geo.shift[t] * Cig;
-        bp[t] = wf.data() + (grp * T_ + t) * Cig * CogP;
-      }
       Gemm<A> gm;
       gm.M = M;
       gm.NP = CogP;
-      gm.K = Cig;
-      gm.ntaps = T_;
-      gm.a = ap.data();
-      gm.b = bp.data();
-      gm.am = Cig;
-      gm.ak = 1;
       gm.bk = CogP;
       gm.c = cbuf.data();
       gm.cm = CogP;
+      if (cols) {  // one K = T*Cig product over the columns
+        planes_to_cols(geo, planes.data(), plane_elems, Cig, M, col.data());
+        ap[0] = col.data();
+        bp[0] = wf.data() + grp * T_ * Cig * CogP;
+        gm.K = Kc;
+        gm.ntaps = 1;
+        gm.am = Kc;
+      } else {     // T products of K = Cig over shifted planes
+        for (int t = 0; t < T_; ++t) {
+          ap[t] = planes.data() + geo.plane[t] * plane_elems + geo.shift[t] * Cig;
+          bp[t] = wf.data() + (grp * T_ + t) * Cig * CogP;
+        }
+        gm.K = Cig;
+        gm.ntaps = T_;
+        gm.am = Cig;
+      }
+      gm.a = ap.data();
+      gm.b = bp.data();
+      gm.ak = 1;
       gemm_run(gm);
       // Channel-last tile -> NCHW, plus bias.
       for (int64_t co = 0; co < Cog; ++co) {
@@ -314,12 +342,85 @@ void tap_conv_forward_typed(const TapConvParams& p) {
   }
 }
 
+// Few input channels: g[p][(t, ci)] = sum_co dy[co, p] * w[co, ci, t] on the output grid,
+// then each (p, t) adds into the input cell it read (col2im, in a fixed order per sample):
+//   dx[ci, oh*s - pad + dr_t, ow*s - pad + dc_t] += g[(oh, ow)][(t, ci)]
+template <class T>
+void tap_conv_backward_input_cols(const TapConvParams& p) {
+  using A = Acc<T>;
+  const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
+  const int T_ = p.taps.count();
+  const int64_t Kc = T_ * Cig, KcP = padded_lanes<A>(Kc);
+  std::vector<int> dr(T_), dc(T_);
+  for (int t = 0; t < T_; ++t) p.taps.offset(t, dr[t], dc[t]);
+  // wc[g][co][t*Cig + ci]
+  std::vector<A> wc(size_t(G * Cog * KcP), A(0));
+  const T* w = static_cast<const T*>(p.w);
+  for (int64_t grp = 0; grp < G; ++grp)
+    for (int64_t co = 0; co < Cog; ++co)
+      for (int64_t ci = 0; ci < Cig; ++ci)
+        for (int t = 0; t < T_; ++t)
+          wc[size_t((grp * Cog + co) * KcP + t * Cig + ci)] =
+              Storage<T>::load(w[((grp * Cog + co) * Cig + ci) * T_ + t]);
+  const int64_t M = p.Ho * p.Wo;
+  T* dx = static_cast<T*>(p.dx);
+#pragma omp parallel
+  {
+    std::vector<A> dyp(size_t((M + kMaxMR) * Cog), A(0));
+    std::vector<A> g(size_t(M * KcP));
+    std::vector<A> acc(size_t(Cig * p.H * p.W));
+#pragma omp for schedule(dynamic)
+    for (int64_t item = 0; item < p.N * G; ++item) {
+      const int64_t n = item / G, grp = item % G;
+      PlaneSpec s;
+      s.C = Cog;
+      s.H = p.Ho;
+      s.W = p.Wo;
+      s.sC = p.dy_strides.c;
+      s.sH = p.dy_strides.h;
+      s.rows = p.Ho;
+      s.cols = p.Wo;
+      s.cpitch = Cog;
+      pack_plane<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s,
+                    dyp.data());
+      const A* a0 = dyp.data();
+      const A* b0 = wc.data() + grp * Cog * KcP;
+      Gemm<A> gm;
+      gm.M = M;
+      gm.NP = KcP;
+      gm.K = Cog;
+      gm.a = &a0;
+      gm.b = &b0;
+      gm.am = Cog;
+      gm.ak = 1;
+      gm.bk = KcP;
+      gm.c = g.data();
+      gm.cm = KcP;
+      gemm_run(gm);
+      std::fill(acc.begin(), acc.end(), A(0));
+      for (int64_t oh = 0; oh < p.Ho; ++oh)
+        for (int64_t ow = 0; ow < p.Wo; ++ow) {
+          const A* gp = g.data() + (oh * p.Wo + ow) * KcP;
+          for (int t = 0; t < T_; ++t) {
+            const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, dr[t]);
+            const int64_t iw = in_coord(ow, p.stride_w, p.pad_w, dc[t]);
+            if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) continue;
+            for (int64_t ci = 0; ci < Cig; ++ci) acc[size_t((ci * p.H + ih) * p.W + iw)] += gp[t * Cig + ci];
+          }
+        }
+      T* dxg = dx + (n * p.Cin + grp * Cig) * p.H * p.W;
+      for (int64_t i = 0; i < Cig * p.H * p.W; ++i) dxg[i] = Storage<T>::store(acc[size_t(i)]);
+    }
+  }
+}
+
 // dx[ci, s*i + a, s*j + b] = sum_{t on phase (a,b)} sum_co w[co, ci, t] * dy[co, i + e_t, j + f_t]
 // with e_t = (a + pad_h - dr_t) / s_h exact (the taps whose offset leaves no remainder).
 template <class T>
 void tap_conv_backward_input_typed(const TapConvParams& p) {
   using A = Acc<T>;
   const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
+  if (Cig < kColsBelow) return tap_conv_backward_input_cols<T>(p);
   const int64_t CigP = padded_lanes<A>(Cig);
   const int T_ = p.taps.count();
   const int sh = p.stride_h, sw = p.stride_w;
@@ -368,7 +469,7 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
     std::vector<A> dyp(size_t(rows * Wd * Cog));
     std::vector<A> cbuf(size_t(Hi_max * Wd * CigP));
     std::vector<const A*> ap(T_), bp(T_);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < p.N * G; ++item) {
       const int64_t n = item / G, grp = item % G;
       PlaneSpec s;
@@ -449,13 +550,16 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
   const int64_t chunk_stride = wcount + p.Cout;
   A* partials = static_cast<A*>(p.partials);
   const int64_t chunks = p.partial_chunks;
+  const bool cols = Cig < kColsBelow;
+  const int64_t Kc = T_ * Cig;
 #pragma omp parallel
   {
     std::vector<A> planes(size_t(p.dw ? nplanes * plane_elems : 0));
+    std::vector<A> col(size_t(p.dw && cols ? (M + kMaxMR) * Kc : 0), A(0));
     std::vector<A> dyp(size_t(M * CogP));
     std::vector<A> acc(size_t(G * T_ * Cig * CogP));  // [g][t][ci][co]
     std::vector<A> bacc(size_t(p.Cout));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
     for (int64_t j = 0; j < chunks; ++j) {
       std::fill(acc.begin(), acc.end(), A(0));
       std::fill(bacc.begin(), bacc.end(), A(0));
@@ -477,6 +581,27 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
             for (int64_t co = 0; co < Cog; ++co) bacc[size_t(grp * Cog + co)] += dyp[size_t(m * CogP + co)];
           if (!p.dw) continue;
           pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
+          if (cols) {  // dw[(t, ci)][co] = sum_p col[p][(t, ci)] * dy[p][co]: one product
+            planes_to_cols(geo, planes.data(), plane_elems, Cig, M, col.data());
+            for (int64_t k0 = 0; k0 < M; k0 += kPosBlock) {
+              const A* a0 = col.data() + k0 * Kc;
+              const A* b0 = dyp.data() + k0 * CogP;
+              Gemm<A> gm;
+              gm.M = Kc;
+              gm.NP = CogP;
+              gm.K = std::min<int64_t>(kPosBlock, M - k0);
+              gm.a = &a0;
+              gm.b = &b0;
+              gm.am = 1;
+              gm.ak = Kc;
+              gm.bk = CogP;
+              gm.c = acc.data() + grp * T_ * Cig * CogP;
+              gm.cm = CogP;
+              gm.accumulate = true;
+              gemm_run(gm);
+            }
+            continue;
+          }
           // Position blocks outermost, so that the dy block stays in L1 across the taps.
           for (int64_t k0 = 0; k0 < M; k0 += kPosBlock)
             for (int t = 0; t < T_; ++t) {
@@ -523,7 +648,7 @@ void tap_pool_forward_typed(const TapPoolParams& p) {
   for (int t = 0; t < T_; ++t) p.taps.offset(t, dr[t], dc[t]);
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic)
   for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
     const int64_t n = plane / p.C, c = plane % p.C;
     const T* xp = x + n * p.x_strides.n + c * p.x_strides.c;
@@ -572,7 +697,7 @@ void tap_pool_backward_typed(const TapPoolParams& p) {
 #pragma omp parallel
   {
     std::vector<A> acc(size_t(p.H * p.W));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
     for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
       const int64_t n = plane / p.C, c = plane % p.C;
       const T* dyp = dy + n * p.dy_strides.n + c * p.dy_strides.c;
@@ -657,7 +782,7 @@ void indexed_forward_typed(const IndexedConvParams& p) {
   {
     std::vector<A> col(size_t((p.P_out + kMaxMR) * K));
     std::vector<A> cbuf(size_t(p.P_out * CoP));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
     for (int64_t n = 0; n < p.N; ++n) {
       gather_columns<T>(p, n, col.data());
       const A* a0 = col.data();
@@ -700,7 +825,7 @@ void indexed_backward_input_typed(const IndexedConvParams& p) {
     std::vector<A> dyp(size_t((p.P_out + kMaxMR) * p.Cout));
     std::vector<A> g(size_t(p.P_out * NP));
     std::vector<A> acc(size_t(p.Cin));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
     for (int64_t n = 0; n < p.N; ++n) {
       pack_dy_points<T>(p, n, p.Cout, dyp.data());
       const A* a0 = dyp.data();
@@ -745,7 +870,7 @@ void indexed_backward_weight_typed(const IndexedConvParams& p) {
     std::vector<A> dyp(size_t((p.P_out + kMaxMR) * CoP));
     std::vector<A> acc(size_t(K * CoP));  // [t*Cin + ci][co]
     std::vector<A> bacc(size_t(p.Cout));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
     for (int64_t j = 0; j < chunks; ++j) {
       std::fill(acc.begin(), acc.end(), A(0));
       std::fill(bacc.begin(), bacc.end(), A(0));
