@@ -256,3 +256,19 @@ def test_empty_and_nonfinite(device):
 def test_bad_input(call, exc, words):
     with pytest.raises(exc, match=words):
         call()
+
+
+def test_row_offsets_past_2_31_elements(seed):
+    # A view whose second row starts 2^31 + 5 elements in: 32-bit offsets would wrap.
+    # torch.empty does not touch the pages, so only the rows written below cost memory.
+    stride = 2**31 + 5
+    base = torch.empty(stride + 64, dtype=torch.bfloat16)
+    x = base.as_strided((2, 64), (stride, 1))
+    x.copy_(torch.randn(2, 64))
+    w = torch.randn(64, dtype=torch.bfloat16)
+    y = pyfastattn.layer_norm(x, (64,), w)
+    ref = F.layer_norm(x.double(), (64,), w.double())
+    assert_matches_reference(y, ref, F.layer_norm(x.contiguous(), (64,), w))
+    xg = x.detach().requires_grad_(True)
+    g = torch.autograd.grad(pyfastattn.layer_norm(xg, (64,)).float().sum(), xg)[0]
+    assert g.shape == x.shape and torch.isfinite(g).all()
