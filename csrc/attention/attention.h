@@ -1,0 +1,61 @@
+// Fused scaled-dot-product attention (FlashAttention-2 algorithm): the one declaration of
+// the op family, implemented in attention_cpu.cpp and attention_cuda.cu.
+//
+// Tensors are addressed through element strides; the head dim is contiguous. Dense inputs
+// are (B, H, L, D) viewed with strides (b, h, l). Varlen inputs are (total, H, D): then
+// cu_seqlens_* are non-null device/host int32 arrays of batch+1 offsets, stride_b is unused
+// and row i of sequence b sits at token cu_seqlens[b] + i.
+#pragma once
+#include <cstdint>
+
+#include "common/pfa.h"
+
+namespace pfa::attention {
+
+enum class MaskKind : int { None = 0, Bool = 1, Float = 2 };
+
+struct Strided {         // one (B, H, L, D) operand
+  const void* ptr = nullptr;
+  int64_t stride_b = 0, stride_h = 0, stride_l = 0;
+};
+struct StridedOut {
+  void* ptr = nullptr;
+  int64_t stride_b = 0, stride_h = 0, stride_l = 0;
+};
+
+struct ForwardParams {
+  DType dtype;                       // of q, k, v, out (and a float mask)
+  int batch = 0, heads_q = 0, heads_kv = 0;  // heads_q % heads_kv == 0 (GQA)
+  int len_q = 0, len_k = 0;          // dense lengths; for varlen the max lengths
+  int head_dim = 0;                  // 1..256
+  const int32_t* cu_seqlens_q = nullptr;  // varlen only (same device as q)
+  const int32_t* cu_seqlens_k = nullptr;
+  Strided q, k, v;
+  StridedOut out;
+  float* lse = nullptr;              // (B, Hq, Lq) contiguous float32 (varlen: (Hq, total_q))
+  MaskKind mask_kind = MaskKind::None;
+  const void* mask = nullptr;        // bool (uint8) or dtype; broadcast dims have stride 0
+  int64_t mask_stride_b = 0, mask_stride_h = 0, mask_stride_q = 0, mask_stride_k = 0;
+  float scale = 1.f;                 // softmax scale (1/sqrt(D) by default)
+  bool causal = false;               // top-left aligned: key j visible to query i iff j <= i
+};
+
+struct BackwardParams {
+  ForwardParams fwd;                 // the forward's inputs, out and lse
+  Strided dout;
+  StridedOut dq, dk, dv;             // dk/dv have heads_q heads when GQA is reduced by the caller,
+                                     // or heads_kv heads when the kernel reduces (see kernels)
+  float* delta = nullptr;            // workspace (B, Hq, Lq) float32: rowsum(dO * O)
+  float* dq_accum = nullptr;         // workspace (B, Hq, Lq, D) float32 for CUDA, may be null on CPU
+  void* dmask = nullptr;             // gradient of a float mask that requires grad, or null:
+  int64_t dmask_stride_b = 0, dmask_stride_h = 0, dmask_stride_q = 0;  // (B, Hq, Lq, Lk), last contiguous
+};
+
+void forward_cpu(const ForwardParams& p);
+void backward_cpu(const BackwardParams& p);
+#ifdef PFA_WITH_CUDA
+void forward_cuda(const ForwardParams& p, uintptr_t stream);
+void backward_cuda(const BackwardParams& p, uintptr_t stream);
+#endif
+
+}  // namespace pfa::attention
