@@ -33,6 +33,8 @@ struct ForwardParams {
   Strided q, k, v;
   StridedOut out;
   float* lse = nullptr;              // (B, Hq, Lq) contiguous float32 (varlen: (Hq, total_q))
+  double* lse_f64 = nullptr;         // float64 inputs (CPU only): the LSE in double, used instead
+                                     // of lse so that float64 gradients stay exact
   MaskKind mask_kind = MaskKind::None;
   const void* mask = nullptr;        // bool (uint8) or dtype; broadcast dims have stride 0
   int64_t mask_stride_b = 0, mask_stride_h = 0, mask_stride_q = 0, mask_stride_k = 0;
@@ -45,9 +47,11 @@ struct BackwardParams {
   Strided dout;
   StridedOut dq, dk, dv;             // dk/dv have heads_q heads when GQA is reduced by the caller,
                                      // or heads_kv heads when the kernel reduces (see kernels)
+  int dkv_heads = 0;                 // heads of dk/dv: heads_kv (CPU: the kernel sums the GQA group
+                                     // in a fixed order) or heads_q (CUDA: Python sums the group)
   float* delta = nullptr;            // workspace (B, Hq, Lq) float32: rowsum(dO * O)
   float* dq_accum = nullptr;         // workspace (B, Hq, Lq, D) float32 for CUDA, may be null on CPU
-  void* dmask = nullptr;             // gradient of a float mask that requires grad, or null:
+  void* dmask = nullptr;             // gradient of a float mask that requires grad (mask dtype), or null:
   int64_t dmask_stride_b = 0, dmask_stride_h = 0, dmask_stride_q = 0;  // (B, Hq, Lq, Lk), last contiguous
 };
 
