@@ -36,11 +36,19 @@ PFA_HD A score_log2(A qk, A scale_log2, A bias) {
 // Top-left causal alignment (torch's is_causal): query i sees key j iff j <= i.
 PFA_HD bool causal_visible(int64_t i, int64_t j) { return j <= i; }
 
+struct Exp2 {
+  template <class A>
+  PFA_HD A operator()(A x) const {
+    return exp2(x);
+  }
+};
+
 // p = exp2(s2 - m) for a key that takes part, exactly 0 for a masked one. The same
 // function serves forward (m = running max) and backward (m = LSE in log2 units).
-template <class A>
-PFA_HD A masked_exp2(A s2, A m) {
-  return s2 <= masked_score<A>() ? A(0) : exp2(s2 - m);
+// E lets a device pass its fastest exp2 (the CPU's vectorizable polynomial, ex2.approx).
+template <class A, class E = Exp2>
+PFA_HD A masked_exp2(A s2, A m, E e = E()) {
+  return s2 <= masked_score<A>() ? A(0) : e(s2 - m);
 }
 
 // Online softmax, per row, one key tile at a time:
