@@ -38,7 +38,8 @@ struct ForwardParams {
   MaskKind mask_kind = MaskKind::None;
   const void* mask = nullptr;        // bool (uint8) or dtype; broadcast dims have stride 0
   int64_t mask_stride_b = 0, mask_stride_h = 0, mask_stride_q = 0, mask_stride_k = 0;
-  float scale = 1.f;                 // softmax scale (1/sqrt(D) by default)
+  double scale = 1.0;                // softmax scale (1/sqrt(D) by default); double so float64 stays
+                                     // exact (the CUDA kernels take float(scale))
   bool causal = false;               // top-left aligned: key j visible to query i iff j <= i
 };
 
