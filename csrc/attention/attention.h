@@ -48,12 +48,15 @@ struct BackwardParams {
   Strided dout;
   StridedOut dq, dk, dv;             // dk/dv have heads_q heads when GQA is reduced by the caller,
                                      // or heads_kv heads when the kernel reduces (see kernels)
-  int dkv_heads = 0;                 // heads of dk/dv: heads_kv (CPU: the kernel sums the GQA group
-                                     // in a fixed order) or heads_q (CUDA: Python sums the group)
-  float* delta = nullptr;            // workspace (B, Hq, Lq) float32: rowsum(dO * O)
-  float* dq_accum = nullptr;         // workspace (B, Hq, Lq, D) float32 for CUDA, may be null on CPU
+  int dkv_heads = 0;                 // heads of dk/dv: heads_kv (the kernel sums the GQA group in
+                                     // a fixed order; CPU, and CUDA too) or heads_q (CUDA: one query
+                                     // head per dk/dv head, the caller sums the group)
+  float* delta = nullptr;            // workspace float32, laid out as lse: rowsum(dO * O)
+  float* dq_accum = nullptr;         // unused by the kernels (CUDA runs a separate deterministic dQ
+                                     // pass over query blocks); may be null
   void* dmask = nullptr;             // gradient of a float mask that requires grad (mask dtype), or null:
-  int64_t dmask_stride_b = 0, dmask_stride_h = 0, dmask_stride_q = 0;  // (B, Hq, Lq, Lk), last contiguous
+  int64_t dmask_stride_b = 0, dmask_stride_h = 0, dmask_stride_q = 0;  // (B, Hq, Lq, Lk), last contiguous;
+                                     // CUDA writes every element (masked pairs get 0): no zero-fill needed
 };
 
 void forward_cpu(const ForwardParams& p);

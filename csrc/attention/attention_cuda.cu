@@ -312,7 +312,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_mma(const BackwardParams bp
 // dQ *= scale at the end. With dMask every key tile is visited (masked pairs give dS = 0),
 // so the whole (Lq, Lk) gradient is written.
 template <class T, int D, int BK>
-__global__ void __launch_bounds__(kThreads) bwd_dq_mma(const BackwardParams bp, bool aligned) {
+__global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams bp, bool aligned) {
   constexpr int BQ = 64, LD = mma::padded_ld<D>();
   const ForwardParams& p = bp.fwd;
   extern __shared__ __align__(16) unsigned char smem_raw[];
