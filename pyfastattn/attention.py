@@ -3,8 +3,8 @@
 One pair of custom ops (`pyfastattn::attention_forward`, `pyfastattn::attention_backward`)
 serves the dense (B, H, L, D) API and the packed varlen (total, H, D) API. Forward saves
 only the output and the per-row log-sum-exp; backward recomputes the scores from them.
-Masks are passed through their strides: a broadcast mask is `expand`ed (stride 0, no copy)
-before the op, so autograd's expand backward sums the mask gradient over the broadcast dims.
+Masks are read through their strides (stride 0 along broadcast dims, never expanded in
+memory); the mask gradient is computed at (B, Hq, Lq, Lk) and summed over the broadcast dims.
 """
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ def _out_like(q: torch.Tensor) -> torch.Tensor:
         b, h, l, d = q.shape
         return torch.empty((b, l, h, d), dtype=q.dtype, device=q.device).transpose(1, 2)
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
+def _mask_strides(mask, batch, hq, lq, lk) -> list[int]:
+    """Strides of the 4-d mask broadcast to (B, Hq, Lq, Lk): 0 along broadcast dims."""
+    return [] if mask is None else list(mask.expand(batch, hq, lq, lk).stride())
 
 
 def _strides(t: torch.Tensor, varlen: bool) -> list[int]:
@@ -81,7 +86,7 @@ def _attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
                        cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
                        max_seqlen_q: int, max_seqlen_k: int, scale: float, is_causal: bool
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (out, lse); mask is uint8 (bool) or q's dtype, expanded to (B, Hq, Lq, Lk)."""
+    """Returns (out, lse); mask is uint8 (bool) or q's dtype, 4-d, broadcastable to (B, Hq, Lq, Lk)."""
     varlen = cu_seqlens_q is not None
     if varlen:
         _check_cu_seqlens_values(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q,
@@ -90,7 +95,7 @@ def _attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     out = _out_like(q)
     lse = torch.empty(_lse_shape(q, cu_seqlens_q), dtype=_lse_dtype(q.dtype), device=q.device)
     f64 = q.dtype == torch.float64
-    mstrides = list(mask.stride()) if mask is not None else []
+    mstrides = _mask_strides(mask, batch, hq, lq, lk)
     with B.cuda_device_guard(q):
         _attn.forward(q.device.type == "cuda", B.dtype_code(q), batch, hq, hkv, lq, lk, d,
                       B.ptr(cu_seqlens_q), B.ptr(cu_seqlens_k), B.ptr(q), _strides(q, varlen),
@@ -113,32 +118,31 @@ def _attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
                         cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
                         max_seqlen_q: int, max_seqlen_k: int, scale: float, is_causal: bool,
                         need_dmask: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (dq, dk, dv, dmask); dmask is (B, Hq, Lq, Lk) when need_dmask, else empty."""
+    """Returns (dq, dk, dv, dmask); dmask has the mask's (4-d) shape when need_dmask, else empty."""
     varlen = cu_seqlens_q is not None
     batch, hq, hkv, lq, lk, d = _sizes(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
     if dout.shape[-1] > 1 and dout.stride(-1) != 1:
         dout = dout.contiguous()
     cuda = q.device.type == "cuda"
-    # CPU: the kernel sums the GQA group into heads_kv heads; CUDA: it writes heads_q heads
-    # and the group is summed here (deterministically, by torch).
-    dkv_heads = hq if cuda else hkv
-    kv_shape = list(k.shape)
-    kv_shape[1] = dkv_heads
+    # dk/dv get heads_kv heads: the kernels sum the GQA group in a fixed order.
+    kv_shape = k.shape
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(kv_shape, dtype=k.dtype, device=q.device)
     dv = torch.empty(kv_shape, dtype=v.dtype, device=q.device)
+    # float16/bfloat16 on the CPU: dS in float32, rounded once after the broadcast reduction
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    dmask_dtype = torch.float32 if half and not cuda else q.dtype
     if need_dmask:
-        # Causal blocks above the diagonal are skipped by the kernels: start from zeros there.
-        dmask = (torch.zeros if is_causal else torch.empty)((batch, hq, lq, lk), dtype=q.dtype,
-                                                            device=q.device)
+        # The CPU kernel skips causal blocks above the diagonal: start from zeros there.
+        alloc = torch.zeros if is_causal and not cuda else torch.empty
+        dmask = alloc((batch, hq, lq, lk), dtype=dmask_dtype, device=q.device)
     else:
         dmask = q.new_empty(0)
-    delta = dq_accum = None
+    delta = None
     if cuda:
         delta = torch.empty(_lse_shape(q, cu_seqlens_q), dtype=torch.float32, device=q.device)
-        dq_accum = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     f64 = q.dtype == torch.float64
-    mstrides = list(mask.stride()) if mask is not None else []
+    mstrides = _mask_strides(mask, batch, hq, lq, lk)
     with B.cuda_device_guard(q):
         _attn.backward(cuda, B.dtype_code(q), batch, hq, hkv, lq, lk, d, B.ptr(cu_seqlens_q),
                        B.ptr(cu_seqlens_k), B.ptr(q), _strides(q, varlen), B.ptr(k), _strides(k, varlen),
@@ -146,17 +150,14 @@ def _attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
                        0 if f64 else B.ptr(lse), B.ptr(lse) if f64 else 0, _mask_kind(mask),
                        B.ptr(mask), mstrides, float(scale), bool(is_causal), B.ptr(dout),
                        _strides(dout, varlen), B.ptr(dq), _strides(dq, varlen), B.ptr(dk),
-                       _strides(dk, varlen), B.ptr(dv), _strides(dv, varlen), dkv_heads, B.ptr(delta),
-                       B.ptr(dq_accum), B.ptr(dmask) if need_dmask else 0,
-                       list(dmask.stride()[:3]) if need_dmask else [], B.stream_of(q))
-    if dkv_heads != hkv:
-        group = hq // hkv
-        if varlen:
-            dk = dk.view(k.shape[0], hkv, group, d).sum(2)
-            dv = dv.view(v.shape[0], hkv, group, d).sum(2)
-        else:
-            dk = dk.view(batch, hkv, group, lk, d).sum(2)
-            dv = dv.view(batch, hkv, group, lk, d).sum(2)
+                       _strides(dk, varlen), B.ptr(dv), _strides(dv, varlen), hkv, B.ptr(delta), 0,
+                       B.ptr(dmask) if need_dmask else 0,
+                       list(dmask.stride()[:3]) if need_dmask else [], dmask_dtype != q.dtype,
+                       B.stream_of(q))
+    if need_dmask:
+        # Sum over the mask's broadcast dims (deterministic torch reduction), round once.
+        dims = [i for i in range(4) if mask.shape[i] == 1 and dmask.shape[i] != 1]
+        dmask = (dmask.sum(dims, keepdim=True) if dims else dmask).to(mask.dtype)
     return dq, dk, dv, dmask
 
 
@@ -164,8 +165,7 @@ def _attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
 def _(dout, q, k, v, mask, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
       is_causal, need_dmask):
     if need_dmask:
-        batch, hq, _, lq, lk, _ = _sizes(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
-        dmask = q.new_empty((batch, hq, lq, lk))
+        dmask = mask.new_empty(mask.shape)
     else:
         dmask = q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
@@ -241,7 +241,7 @@ def _flag(op: str, name: str, x) -> bool:
 
 
 def _prepare_mask(op: str, attn_mask, query, target):
-    """Validates attn_mask and returns it expanded (stride 0, no copy) to `target`."""
+    """Validates attn_mask and returns it as a 4-d view (leading 1s; no copy)."""
     if attn_mask is None:
         return None
     if not isinstance(attn_mask, torch.Tensor):
@@ -263,7 +263,7 @@ def _prepare_mask(op: str, attn_mask, query, target):
     if not ok:
         raise ValueError(f"{op}: attn_mask of shape {tuple(attn_mask.shape)} is not broadcastable to "
                          f"(B, H, Lq, Lk) = {tuple(target)}") from None
-    return m.expand(target)
+    return m.reshape((1,) * (4 - m.dim()) + tuple(m.shape)) if m.dim() < 4 else m
 
 
 def _check_int32_sizes(op: str, **sizes):

@@ -104,7 +104,7 @@ void backward(bool cuda, int dtype, int batch, int heads_q, int heads_kv, int le
               double scale, bool causal, uintptr_t dout, const Dims& dos, uintptr_t dq,
               const Dims& dqs, uintptr_t dk, const Dims& dks, uintptr_t dv, const Dims& dvs,
               int dkv_heads, uintptr_t delta, uintptr_t dq_accum, uintptr_t dmask,
-              const Dims& dms, [[maybe_unused]] uintptr_t stream) {
+              const Dims& dms, bool dmask_f32, [[maybe_unused]] uintptr_t stream) {
   A::BackwardParams bp;
   bp.fwd = forward_params(dtype, batch, heads_q, heads_kv, len_q, len_k, head_dim, cu_q, cu_k, q,
                           qs, k, ks, v, vs, out, os, lse, lse_f64, mask_kind, mask, ms, scale, causal);
@@ -134,11 +134,14 @@ void backward(bool cuda, int dtype, int batch, int heads_q, int heads_kv, int le
     bp.dmask_stride_b = dms[0];
     bp.dmask_stride_h = dms[1];
     bp.dmask_stride_q = dms[2];
+    bp.dmask_f32 = dmask_f32;
+    pfa::check(!dmask_f32 || (!cuda && (dtype == int(pfa::DType::Float16) || dtype == int(pfa::DType::BFloat16))),
+               "attention backward: a float32 dmask is for float16/bfloat16 on the CPU");
   }
   py::gil_scoped_release nogil;
   if (cuda) {
 #ifdef PFA_WITH_CUDA
-    pfa::check(!cuda || (bp.delta && bp.dq_accum) || len_q == 0, "attention backward: CUDA needs workspaces");
+    pfa::check(bp.delta || len_q == 0 || batch == 0 || heads_q == 0, "attention backward: CUDA needs the delta workspace");
     A::backward_cuda(bp, stream);
 #else
     throw std::runtime_error("pyfastattn was built without CUDA");

@@ -396,9 +396,9 @@ void backward_qblock(const BackwardParams& bp, BwdScratch<T>& w, int b, int h, c
   tile_gemm<false>(qmr, kBK, d, w.q.data(), dp, 1, w.kt.data(), kBK, S, kBK);
   tile_gemm<false>(qmr, kBK, d, w.dout.data(), dp, 1, w.vt.data(), kBK, dP, kBK);
   scores_log2<T, A>(p, S, qm, kn, b, h, i0, j0);
-  T* dmask = bp.dmask ? static_cast<T*>(bp.dmask) + b * bp.dmask_stride_b + h * bp.dmask_stride_h +
-                            i0 * bp.dmask_stride_q + j0
-                      : nullptr;
+  const int64_t dm_off = b * bp.dmask_stride_b + h * bp.dmask_stride_h + i0 * bp.dmask_stride_q + j0;
+  T* dmask = bp.dmask && !bp.dmask_f32 ? static_cast<T*>(bp.dmask) + dm_off : nullptr;
+  float* dmask_f32 = bp.dmask && bp.dmask_f32 ? static_cast<float*>(bp.dmask) + dm_off : nullptr;
   for (int i = 0; i < qm; ++i) {
     A* s = S + i * kBK;
     A* g = dP + i * kBK;
@@ -413,6 +413,10 @@ void backward_qblock(const BackwardParams& bp, BwdScratch<T>& w, int b, int h, c
       T* dm = dmask + i * bp.dmask_stride_q;
 #pragma omp simd
       for (int j = 0; j < kn; ++j) dm[j] = Storage<T>::store(g[j]);
+    } else if (dmask_f32) {
+      float* dm = dmask_f32 + i * bp.dmask_stride_q;
+#pragma omp simd
+      for (int j = 0; j < kn; ++j) dm[j] = float(g[j]);
     }
   }
   for (int i = qm; i < qmr; ++i) {
