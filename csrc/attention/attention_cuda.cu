@@ -91,12 +91,13 @@ __device__ __forceinline__ float quad_sum(float x) {
 // head_dim are zero-filled on load and never stored. `aligned`: every operand's base and
 // row strides are 16-byte aligned (cp.async and vector stores), otherwise scalar copies.
 
-// Forward: grid (q blocks of 64, Hq, B). Per tile of BK keys, for each warp's 16 rows:
+// Forward: grid (q blocks of 64 MT, Hq, B); each warp owns MT m-tiles (16 MT consecutive rows),
+// which reuse every K/V fragment MT times. Per tile of BK keys, for each row:
 //   S = Q K^T; s2 = score_at(S); m_new = max(m, rowmax s2); P = exp2(s2 - m_new);
 //   l = l alpha + rowsum P; O = O alpha + P V   (alpha = exp2(m - m_new))
-template <class T, int D, int BK>
+template <class T, int D, int MT, int BK>
 __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool aligned) {
-  constexpr int BQ = 64, LD = mma::padded_ld<D>();
+  constexpr int WR = 16 * MT, BQ = 4 * WR, LD = mma::padded_ld<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* qs = reinterpret_cast<T*>(smem_raw);
   T* ks = qs + BQ * LD;      // [2][BK][LD]
@@ -123,10 +124,13 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
   mma::cp_async_commit();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
-  const int wrow = q0 + warp * 16, row = wrow + (lane >> 2);  // rows row and row + 8
+  const int wrow = q0 + warp * WR, row = wrow + (lane >> 2);  // rows row + 8 r, r < 2 MT
+  const T* qw = qs + warp * WR * LD;
   const float scale_log2 = p.scale * kLog2eF;
-  float o[D / 8][4] = {};
-  SoftmaxState<float> st[2] = {softmax_init<float>(), softmax_init<float>()};
+  float o[MT][D / 8][4] = {};
+  SoftmaxState<float> st[2 * MT];
+#pragma unroll
+  for (int r = 0; r < 2 * MT; ++r) st[r] = softmax_init<float>();
 
   for (int kb = 0; kb < nkb; ++kb) {
     __syncthreads();  // every warp is done with tile kb - 1: its buffer takes tile kb + 1
@@ -135,59 +139,71 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
     mma::cp_async_wait<1>();
     __syncthreads();
     const int k0 = kb * BK;
-    if (p.causal && k0 > wrow + 15) continue;  // the whole tile is above this warp's diagonal
+    if (p.causal && k0 > wrow + WR - 1) continue;  // the whole tile is above this warp's diagonal
     const T* kt = ks + (kb & 1) * BK * LD;
     const T* vt = vs + (kb & 1) * BK * LD;
-    float sc[BK / 8][4] = {};
-    mma::warp_mma_abt<T, BK, D, LD>(sc, qs + warp * 16 * LD, kt);
+    float sc[MT][BK / 8][4] = {};
+    mma::warp_mma_abt<T, MT, BK, D, LD>(sc, qw, kt);
 
     const bool edge = p.mask_kind != MaskKind::None || k0 + BK > s.lk || (p.causal && k0 + BK - 1 > wrow);
-    float tmax[2] = {masked_score<float>(), masked_score<float>()};
+    float tmax[2 * MT], m_new[2 * MT], tsum[2 * MT];
 #pragma unroll
-    for (int j = 0; j < BK / 8; ++j)
+    for (int r = 0; r < 2 * MT; ++r) {
+      tmax[r] = masked_score<float>();
+      tsum[r] = 0.f;
+    }
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float x = edge ? score_at<T>(p, sc[j][e], scale_log2, b, h, row + 8 * (e >> 1),
-                                           k0 + 8 * j + 2 * t + (e & 1), s)
-                             : sc[j][e] * scale_log2;
-        sc[j][e] = x;
-        tmax[e >> 1] = fmaxf(tmax[e >> 1], x);
-      }
-    float m_new[2], tsum[2] = {0.f, 0.f};
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int r = 0; r < 2; ++r) m_new[r] = softmax_new_max(st[r], quad_max(tmax[r]));
+      for (int j = 0; j < BK / 8; ++j)
 #pragma unroll
-    for (int j = 0; j < BK / 8; ++j)
+        for (int e = 0; e < 4; ++e) {
+          const int r = 2 * mt + (e >> 1);
+          const float x = edge ? score_at<T>(p, sc[mt][j][e], scale_log2, b, h, row + 8 * r,
+                                             k0 + 8 * j + 2 * t + (e & 1), s)
+                               : sc[mt][j][e] * scale_log2;
+          sc[mt][j][e] = x;
+          tmax[r] = fmaxf(tmax[r], x);
+        }
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        sc[j][e] = masked_exp2(sc[j][e], m_new[e >> 1]);
-        tsum[e >> 1] += sc[j][e];
-      }
+    for (int r = 0; r < 2 * MT; ++r) m_new[r] = softmax_new_max(st[r], quad_max(tmax[r]));
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < BK / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = 2 * mt + (e >> 1);
+          sc[mt][j][e] = masked_exp2(sc[mt][j][e], m_new[r]);
+          tsum[r] += sc[mt][j][e];
+        }
+#pragma unroll
+    for (int r = 0; r < 2 * MT; ++r) {
       // l stays a per-thread partial sum (alpha is the same across the quad); summed at the end
       const float alpha = softmax_update(st[r], m_new[r], tsum[r]);
 #pragma unroll
       for (int j = 0; j < D / 8; ++j) {
-        o[j][2 * r] *= alpha;
-        o[j][2 * r + 1] *= alpha;
+        o[r / 2][j][2 * (r % 2)] *= alpha;
+        o[r / 2][j][2 * (r % 2) + 1] *= alpha;
       }
     }
-    mma::warp_mma_rb<T, D, BK, LD>(o, sc, vt);
+    mma::warp_mma_rb<T, MT, D, BK, LD>(o, sc, vt);
   }
   mma::cp_async_wait<0>();
 
   // out = O / l (0 for a row that saw no key), staged through smem for 16-byte stores
-  float mul[2];
+  float mul[2 * MT];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
+  for (int r = 0; r < 2 * MT; ++r) {
     st[r].l = quad_sum(st[r].l);
     mul[r] = softmax_out_scale(st[r]);
     const int i = row + 8 * r;
     if (t == 0 && i < s.lq) p.lse[stat_index(p, s, b, h, i)] = softmax_lse(st[r]);
   }
   __syncthreads();
-  mma::fragment_to_smem<T, D, LD>(qs + warp * 16 * LD, o, mul[0], mul[1]);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+    mma::fragment_to_smem<T, D, LD>(qs + (warp * WR + 16 * mt) * LD, o[mt], mul[2 * mt], mul[2 * mt + 1]);
   __syncthreads();
   T* og = static_cast<T*>(p.out.ptr) + token_offset(p.out, p, b, h, s.q_tok + q0);
   mma::store_tile<T, BQ, D, kThreads>(og, p.out.stride_l, qs, s.lq - q0, p.head_dim, aligned);
@@ -251,7 +267,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_mma(const BackwardParams bp
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
   const int wkey = k0 + warp * 16, key = wkey + (lane >> 2);  // keys key and key + 8
   const float scale_log2 = p.scale * kLog2eF;
-  float dk[D / 8][4] = {}, dv[D / 8][4] = {};
+  float dk[1][D / 8][4] = {}, dv[1][D / 8][4] = {};  // one m-tile per warp
 
   for (int it = 0; it < total; ++it) {
     __syncthreads();
@@ -266,8 +282,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_mma(const BackwardParams bp
     const float* lt = lse_s + buf * BQ;
     const float* dlt = dl_s + buf * BQ;
 
-    float sc[BQ / 8][4] = {};
-    mma::warp_mma_abt<T, BQ, D, LD>(sc, kst + warp * 16 * LD, qt);
+    float sc[1][BQ / 8][4] = {};
+    mma::warp_mma_abt<T, 1, BQ, D, LD>(sc, kst + warp * 16 * LD, qt);
     const bool edge = p.mask_kind != MaskKind::None || q0 + BQ > s.lq || wkey + 16 > s.lk ||
                       (p.causal && q0 < wkey + 15);
 #pragma unroll
@@ -275,27 +291,27 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_mma(const BackwardParams bp
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int c = 8 * j + 2 * t + (e & 1);
-        const float x = edge ? score_at<T>(p, sc[j][e], scale_log2, b, hq, q0 + c, key + 8 * (e >> 1), s)
-                             : sc[j][e] * scale_log2;
-        sc[j][e] = masked_exp2(x, lt[c]);
+        const float x = edge ? score_at<T>(p, sc[0][j][e], scale_log2, b, hq, q0 + c, key + 8 * (e >> 1), s)
+                             : sc[0][j][e] * scale_log2;
+        sc[0][j][e] = masked_exp2(x, lt[c]);
       }
-    if (DV) mma::warp_mma_rb<T, D, BQ, LD>(dv, sc, dot);
+    if (DV) mma::warp_mma_rb<T, 1, D, BQ, LD>(dv, sc, dot);
     if (DK) {
-      float dp[BQ / 8][4] = {};
-      mma::warp_mma_abt<T, BQ, D, LD>(dp, vst + warp * 16 * LD, dot);
+      float dp[1][BQ / 8][4] = {};
+      mma::warp_mma_abt<T, 1, BQ, D, LD>(dp, vst + warp * 16 * LD, dot);
 #pragma unroll
       for (int j = 0; j < BQ / 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dp[j][e] = softmax_grad(sc[j][e], dp[j][e], dlt[8 * j + 2 * t + (e & 1)]);
-      mma::warp_mma_rb<T, D, BQ, LD>(dk, dp, qt);
+        for (int e = 0; e < 4; ++e) dp[0][j][e] = softmax_grad(sc[0][j][e], dp[0][j][e], dlt[8 * j + 2 * t + (e & 1)]);
+      mma::warp_mma_rb<T, 1, D, BQ, LD>(dk, dp, qt);
     }
   }
   mma::cp_async_wait<0>();
 
   // Each warp stages its own 16 rows (only it read them as the A operand).
   __syncthreads();
-  if (DK) mma::fragment_to_smem<T, D, LD>(kst + warp * 16 * LD, dk, p.scale, p.scale);
-  if (DV) mma::fragment_to_smem<T, D, LD>(vst + warp * 16 * LD, dv, 1.f, 1.f);
+  if (DK) mma::fragment_to_smem<T, D, LD>(kst + warp * 16 * LD, dk[0], p.scale, p.scale);
+  if (DV) mma::fragment_to_smem<T, D, LD>(vst + warp * 16 * LD, dv[0], 1.f, 1.f);
   __syncthreads();
   if (DK)
     mma::store_tile<T, BKEY, D, kThreads>(
@@ -357,7 +373,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
     lse2[r] = ok ? lse_log2(p.lse[idx]) : 0.f;
     dl[r] = ok ? bp.delta[idx] : 0.f;
   }
-  float dq[D / 8][4] = {};
+  float dq[1][D / 8][4] = {};  // one m-tile per warp
 
   for (int kb = 0; kb < nkb; ++kb) {
     __syncthreads();
@@ -369,27 +385,27 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
     if (!full && p.causal && k0 > wrow + 15) continue;
     const T* kt = ks + (kb & 1) * BK * LD;
     const T* vt = vs + (kb & 1) * BK * LD;
-    float sc[BK / 8][4] = {}, dp[BK / 8][4] = {};
-    mma::warp_mma_abt<T, BK, D, LD>(sc, qs + warp * 16 * LD, kt);
-    mma::warp_mma_abt<T, BK, D, LD>(dp, dos + warp * 16 * LD, vt);
+    float sc[1][BK / 8][4] = {}, dp[1][BK / 8][4] = {};
+    mma::warp_mma_abt<T, 1, BK, D, LD>(sc, qs + warp * 16 * LD, kt);
+    mma::warp_mma_abt<T, 1, BK, D, LD>(dp, dos + warp * 16 * LD, vt);
     const bool edge = p.mask_kind != MaskKind::None || k0 + BK > s.lk || (p.causal && k0 + BK - 1 > wrow);
 #pragma unroll
     for (int j = 0; j < BK / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = row + 8 * (e >> 1), kj = k0 + 8 * j + 2 * t + (e & 1);
-        const float x = edge ? score_at<T>(p, sc[j][e], scale_log2, b, h, i, kj, s) : sc[j][e] * scale_log2;
-        dp[j][e] = softmax_grad(masked_exp2(x, lse2[e >> 1]), dp[j][e], dl[e >> 1]);
+        const float x = edge ? score_at<T>(p, sc[0][j][e], scale_log2, b, h, i, kj, s) : sc[0][j][e] * scale_log2;
+        dp[0][j][e] = softmax_grad(masked_exp2(x, lse2[e >> 1]), dp[0][j][e], dl[e >> 1]);
         if (full && i < s.lq && kj < s.lk)
           static_cast<T*>(bp.dmask)[int64_t(b) * bp.dmask_stride_b + int64_t(h) * bp.dmask_stride_h +
-                                    int64_t(i) * bp.dmask_stride_q + kj] = from_f32<T>(dp[j][e]);
+                                    int64_t(i) * bp.dmask_stride_q + kj] = from_f32<T>(dp[0][j][e]);
       }
-    mma::warp_mma_rb<T, D, BK, LD>(dq, dp, kt);
+    mma::warp_mma_rb<T, 1, D, BK, LD>(dq, dp, kt);
   }
   mma::cp_async_wait<0>();
 
   __syncthreads();
-  mma::fragment_to_smem<T, D, LD>(qs + warp * 16 * LD, dq, p.scale, p.scale);
+  mma::fragment_to_smem<T, D, LD>(qs + warp * 16 * LD, dq[0], p.scale, p.scale);
   __syncthreads();
   mma::store_tile<T, BQ, D, kThreads>(static_cast<T*>(bp.dq.ptr) + token_offset(bp.dq, p, b, h, s.q_tok + q0),
                                       bp.dq.stride_l, qs, s.lq - q0, p.head_dim, aligned);
@@ -742,9 +758,12 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
       const bool aligned = rows_aligned(p.q, varlen) && rows_aligned(p.k, varlen) &&
                            rows_aligned(p.v, varlen) && rows_aligned(p.out, varlen);
       with_mma_dim(p.head_dim, [&](auto dc) {
-        constexpr int D = decltype(dc)::value, BK = D <= 128 ? 64 : 32;
-        const size_t smem = size_t(64 + 4 * BK) * mma::padded_ld<D>() * sizeof(T);
-        launch(fwd_mma<T, D, BK>, grid_for(p.len_q, 64, p.heads_q, p.batch), smem, stream, p, aligned);
+        // 128-row Q tiles (two m-tiles per warp) halve the K/V shared-memory reads per row;
+        // D = 256 keeps one m-tile so its 16 x 256 output accumulator fits in registers.
+        constexpr int D = decltype(dc)::value, MT = D <= 128 ? 2 : 1, BK = D <= 64 ? 64 : 32;
+        const size_t smem = size_t(64 * MT + 4 * BK) * mma::padded_ld<D>() * sizeof(T);
+        launch(fwd_mma<T, D, MT, BK>, grid_for(p.len_q, 64 * MT, p.heads_q, p.batch), smem, stream, p,
+               aligned);
       });
     }
   });
@@ -776,17 +795,19 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
                            rows_aligned(bp.dk, varlen) && rows_aligned(bp.dv, varlen);
       with_mma_dim(p.head_dim, [&](auto dc) {
         constexpr int D = decltype(dc)::value, LD = mma::padded_ld<D>();
-        constexpr int BQ = D <= 64 ? 64 : 32, BK = D <= 128 ? 64 : 32;
-        const size_t kv_smem = size_t(2 * 64 + 4 * BQ) * LD * sizeof(T) + 4 * BQ * sizeof(float);
+        // Rows of the streamed tiles (Q/dO in the key pass, K/V in the query pass): 32 for
+        // D >= 96 keeps the registers spill-free and D = 128 within 100 KB of shared memory.
+        constexpr int BS = D <= 64 ? 64 : 32;
+        const size_t kv_smem = size_t(2 * 64 + 4 * BS) * LD * sizeof(T) + 4 * BS * sizeof(float);
         const dim3 kv_grid = grid_for(p.len_k, 64, bp.dkv_heads, p.batch);
         if constexpr (D == 256) {  // dK and dV accumulators do not both fit in registers
-          launch(bwd_dkdv_mma<T, D, BQ, false, true>, kv_grid, kv_smem, stream, bp, aligned);
-          launch(bwd_dkdv_mma<T, D, BQ, true, false>, kv_grid, kv_smem, stream, bp, aligned);
+          launch(bwd_dkdv_mma<T, D, BS, false, true>, kv_grid, kv_smem, stream, bp, aligned);
+          launch(bwd_dkdv_mma<T, D, BS, true, false>, kv_grid, kv_smem, stream, bp, aligned);
         } else {
-          launch(bwd_dkdv_mma<T, D, BQ, true, true>, kv_grid, kv_smem, stream, bp, aligned);
+          launch(bwd_dkdv_mma<T, D, BS, true, true>, kv_grid, kv_smem, stream, bp, aligned);
         }
-        const size_t q_smem = size_t(2 * 64 + 4 * BK) * LD * sizeof(T);
-        launch(bwd_dq_mma<T, D, BK>, grid_for(p.len_q, 64, p.heads_q, p.batch), q_smem, stream, bp, aligned);
+        const size_t q_smem = size_t(2 * 64 + 4 * BS) * LD * sizeof(T);
+        launch(bwd_dq_mma<T, D, BS>, grid_for(p.len_q, 64, p.heads_q, p.batch), q_smem, stream, bp, aligned);
       });
     }
   });

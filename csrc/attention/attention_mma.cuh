@@ -2,13 +2,14 @@
 // cp.async tile loads into padded shared memory, ldmatrix fragment loads and
 // mma.sync.m16n8k16 with float accumulators.
 //
-// Every matmul of forward and backward is one of two shapes, with a warp owning 16 rows:
-//   warp_mma_abt:  C(16 x N) += A(16 x K) * B^T, A and B both row-major tiles in smem
+// Every matmul of forward and backward is one of two shapes, with a warp owning MT m-tiles
+// of 16 consecutive rows:
+//   warp_mma_abt:  C(16 MT x N) += A(16 MT x K) * B^T, A and B both row-major tiles in smem
 //                  (B stored [n][k], e.g. K for S = Q K^T);
-//   warp_mma_rb:   C(16 x N) += A(16 x K) * B,   A an accumulator fragment from a previous
+//   warp_mma_rb:   C(16 MT x N) += A(16 MT x K) * B,   A accumulator fragments from a previous
 //                  warp_mma_abt (P or dS, rounded to T), B stored [k][n] in smem (e.g. V).
 //
-// Accumulator fragment c[j][e] (j = 8-column block) holds row g + 8 * (e / 2) and column
+// Accumulator fragment c[mt][j][e] (j = 8-column block) holds row 16 mt + g + 8 (e / 2), column
 // 8 * j + 2 * t + (e % 2), with g = lane / 4 and t = lane % 4 (the PTX m16n8 C layout).
 #pragma once
 #include <cuda_bf16.h>
@@ -88,46 +89,58 @@ __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&h);
 }
 
-// C(16 x N) += A(16 x K) B^T: A = 16 rows at `a` (row stride LD), B = N rows at `b` stored
-// [n][k]. x4 ldmatrix of A gives the four 8x8 quadrants; of B, two n-blocks x two k-halves.
-template <class T, int N, int K, int LD>
-__device__ __forceinline__ void warp_mma_abt(float (&c)[N / 8][4], const T* a, const T* b) {
+// C(16 MT x N) += A(16 MT x K) B^T: A = the warp's MT m-tiles of 16 rows at `a` (row stride
+// LD), B = N rows at `b` stored [n][k]. x4 ldmatrix of A gives the four 8x8 quadrants of an
+// m-tile; of B, two n-blocks x two k-halves, each reused by the MT m-tiles.
+template <class T, int MT, int N, int K, int LD>
+__device__ __forceinline__ void warp_mma_abt(float (&c)[MT][N / 8][4], const T* a, const T* b) {
   const int lane = threadIdx.x & 31;
   const T* a_lane = a + (lane & 15) * LD + (lane >> 4) * 8;
   const T* b_lane = b + ((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8;
 #pragma unroll
   for (int ks = 0; ks < K / 16; ++ks) {
-    uint32_t af[4];
-    ldmatrix_x4(af, a_lane + ks * 16);
+    uint32_t af[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(af[mt], a_lane + mt * 16 * LD + ks * 16);
 #pragma unroll
     for (int np = 0; np < N / 16; ++np) {
       uint32_t bf[4];
       ldmatrix_x4(bf, b_lane + np * 16 * LD + ks * 16);
-      mma_16816<T>(c[2 * np], af, bf[0], bf[1]);
-      mma_16816<T>(c[2 * np + 1], af, bf[2], bf[3]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_16816<T>(c[mt][2 * np], af[mt], bf[0], bf[1]);
+        mma_16816<T>(c[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+      }
     }
   }
 }
 
-// C(16 x N) += A(16 x K) B: A = the float fragment `s` (16 x K, as left by warp_mma_abt),
+// C(16 MT x N) += A(16 MT x K) B: A = the float fragments `s` (as left by warp_mma_abt),
 // rounded to T; B = K rows at `b` stored [k][n], read transposed by ldmatrix.trans.
-template <class T, int N, int K, int LD>
-__device__ __forceinline__ void warp_mma_rb(float (&c)[N / 8][4], const float (&s)[K / 8][4],
+template <class T, int MT, int N, int K, int LD>
+__device__ __forceinline__ void warp_mma_rb(float (&c)[MT][N / 8][4], const float (&s)[MT][K / 8][4],
                                             const T* b) {
   const int lane = threadIdx.x & 31;
   const T* b_lane = b + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
 #pragma unroll
   for (int ks = 0; ks < K / 16; ++ks) {
-    const uint32_t af[4] = {pack2<T>(s[2 * ks][0], s[2 * ks][1]),
-                            pack2<T>(s[2 * ks][2], s[2 * ks][3]),
-                            pack2<T>(s[2 * ks + 1][0], s[2 * ks + 1][1]),
-                            pack2<T>(s[2 * ks + 1][2], s[2 * ks + 1][3])};
+    uint32_t af[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      af[mt][0] = pack2<T>(s[mt][2 * ks][0], s[mt][2 * ks][1]);
+      af[mt][1] = pack2<T>(s[mt][2 * ks][2], s[mt][2 * ks][3]);
+      af[mt][2] = pack2<T>(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
+      af[mt][3] = pack2<T>(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
+    }
 #pragma unroll
     for (int np = 0; np < N / 16; ++np) {
       uint32_t bf[4];
       ldmatrix_x4_trans(bf, b_lane + ks * 16 * LD + np * 16);
-      mma_16816<T>(c[2 * np], af, bf[0], bf[1]);
-      mma_16816<T>(c[2 * np + 1], af, bf[2], bf[3]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_16816<T>(c[mt][2 * np], af[mt], bf[0], bf[1]);
+        mma_16816<T>(c[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+      }
     }
   }
 }
