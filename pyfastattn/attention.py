@@ -256,14 +256,11 @@ def _prepare_mask(op: str, attn_mask, query, target):
                         f"query's dtype {query.dtype}")
     if attn_mask.dim() > 4:
         raise ValueError(f"{op}: attn_mask has {attn_mask.dim()} dims; at most 4 (B, H, Lq, Lk)")
-    try:
-        ok = torch.broadcast_shapes(tuple(attn_mask.shape), tuple(target)) == torch.Size(target)
-    except RuntimeError:
-        ok = False
-    if not ok:
+    lead = (1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape)
+    if any(m != 1 and m != t for m, t in zip(lead, target)):
         raise ValueError(f"{op}: attn_mask of shape {tuple(attn_mask.shape)} is not broadcastable to "
                          f"(B, H, Lq, Lk) = {tuple(target)}") from None
-    return m.reshape((1,) * (4 - m.dim()) + tuple(m.shape)) if m.dim() < 4 else m
+    return m.reshape(lead) if m.dim() < 4 else m
 
 
 def _check_int32_sizes(op: str, **sizes):

@@ -111,6 +111,12 @@ inline void tile_gemm(int m, int n, int k, const A* X, int64_t xr, int64_t xk, c
 
 int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
+// Waking a thread team costs microseconds (far more on a loaded machine): tiny problems,
+// such as gradcheck's, run on the calling thread.
+bool worth_threads(const ForwardParams& p) {
+  return double(p.batch) * p.heads_q * p.len_q * double(p.len_k) * p.head_dim > double(1 << 20);
+}
+
 // Where sequence b lives: dense rows start at 0 in their own (b, h) slice; varlen rows are
 // tokens cu[b] + i with stride_b unused.
 struct Seq {
@@ -327,7 +333,7 @@ void forward_typed(const ForwardParams& p) {
   const int nqb = (p.len_q + kBQ - 1) / kBQ;
   const int64_t tasks = int64_t(p.batch) * p.heads_q * nqb;
   const int64_t total_q = total_rows_q(p);
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(p))
   {
     FwdScratch<T> w(p.head_dim);
     // Causal and varlen blocks differ in cost: hand them out dynamically.
@@ -527,7 +533,7 @@ void backward_typed(const BackwardParams& bp) {
   // dQ itself (times the few chunks), O(B H L D), not a device allocation.
   std::vector<A> parts(size_t(chunks) * rows_q * d, A(0));
   const int64_t units = int64_t(p.batch) * p.heads_kv * chunks;
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(p))
   {
     BwdScratch<T> w(d);
 #pragma omp for schedule(dynamic, 1)
@@ -541,7 +547,7 @@ void backward_typed(const BackwardParams& bp) {
   // dQ = scale * sum_c part_c, summed in chunk order.
   const A scale = A(p.scale);
   const int64_t per_b = p.cu_seqlens_q ? 0 : int64_t(p.heads_q) * p.len_q;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(p))
   for (int64_t r = 0; r < rows_q; ++r) {
     // r = lse_index(b, h, i): dense (b * Hq + h) * Lq + i; varlen h * total_q + token
     int b = 0, h;
