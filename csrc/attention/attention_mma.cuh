@@ -22,7 +22,7 @@ namespace pfa::attention::mma {
 // Shared-memory rows are padded by 16 bytes: a row stride of 2 * D + 16 bytes (D a multiple
 // of 32) puts the 8 rows of every ldmatrix phase in 8 distinct 16-byte bank groups.
 template <int D>
-constexpr int padded_ld() {
+__host__ __device__ constexpr int padded_ld() {
   return D + 8;
 }
 
