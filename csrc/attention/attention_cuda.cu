@@ -77,6 +77,10 @@ __device__ __forceinline__ float score_at(const ForwardParams& p, float qk, floa
   return score_log2(qk, scale_log2, bias);
 }
 
+// Query blocks run last first: under causal masking the last rows see the most keys, so the
+// longest blocks start first and the short ones fill the tail of the grid.
+__device__ __forceinline__ int query_block() { return int(gridDim.x - 1 - blockIdx.x); }
+
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -103,7 +107,7 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
   T* ks = qs + BQ * LD;      // [2][BK][LD]
   T* vs = ks + 2 * BK * LD;  // [2][BK][LD]
 
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BQ;
+  const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * BQ;
   const Seq s = sequence_of(p, b);
   if (q0 >= s.lq) return;
   const int hk = h / (p.heads_q / p.heads_kv);
@@ -337,7 +341,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
   T* ks = dos + BQ * LD;     // [2][BK][LD]
   T* vs = ks + 2 * BK * LD;  // [2][BK][LD]
 
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BQ;
+  const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * BQ;
   const Seq s = sequence_of(p, b);
   if (q0 >= s.lq) return;
   const int hk = h / (p.heads_q / p.heads_kv);
@@ -464,7 +468,7 @@ constexpr int kFRows = 16, kFCols = 32, kFPad = kFCols + 1;
 
 // Forward, same recurrence as fwd_mma: grid (q blocks of 16, Hq, B).
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads) fwd_ffma(const ForwardParams p) {
+__global__ void __launch_bounds__(kThreads, 1) fwd_ffma(const ForwardParams p) {
   constexpr int LDF = D + 1;
   extern __shared__ float smf[];
   float* qs = smf;
@@ -472,7 +476,7 @@ __global__ void __launch_bounds__(kThreads) fwd_ffma(const ForwardParams p) {
   float* vs = ks + kFCols * LDF;
   float* ps = vs + kFCols * LDF;  // [kFRows][kFPad]
 
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kFRows;
+  const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * kFRows;
   const Seq s = sequence_of(p, b);
   if (q0 >= s.lq) return;
   const int hk = h / (p.heads_q / p.heads_kv);
@@ -527,7 +531,7 @@ __global__ void __launch_bounds__(kThreads) fwd_ffma(const ForwardParams p) {
 
 // Key-block pass, as bwd_dkdv_mma with 16 keys per block and 32-query tiles.
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads) bwd_dkdv_ffma(const BackwardParams bp) {
+__global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_ffma(const BackwardParams bp) {
   constexpr int LDF = D + 1;
   const ForwardParams& p = bp.fwd;
   extern __shared__ float smf[];
@@ -608,7 +612,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_ffma(const BackwardParams b
 
 // Query-block pass, as bwd_dq_mma with 16 queries per block and 32-key tiles.
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads) bwd_dq_ffma(const BackwardParams bp) {
+__global__ void __launch_bounds__(kThreads, 1) bwd_dq_ffma(const BackwardParams bp) {
   constexpr int LDF = D + 1;
   const ForwardParams& p = bp.fwd;
   extern __shared__ float smf[];
@@ -618,7 +622,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_ffma(const BackwardParams bp)
   float* vs = ks + kFCols * LDF;
   float* dss = vs + kFCols * LDF;  // [kFRows][kFPad]
 
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kFRows;
+  const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * kFRows;
   const Seq s = sequence_of(p, b);
   if (q0 >= s.lq) return;
   const int hk = h / (p.heads_q / p.heads_kv);
