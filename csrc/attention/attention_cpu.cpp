@@ -215,6 +215,19 @@ void scores_log2(const ForwardParams& p, A* S, int qm, int kn, int b, int h, int
   }
 }
 
+// max_j s[j] over one tile row, in independent lanes (a scalar max chain does not vectorize).
+template <class A>
+inline A tile_row_max(const A* s) {
+  constexpr int L = Vec<A>::lanes;
+  A m[L];
+  for (int c = 0; c < L; ++c) m[c] = s[c];
+  for (int j = L; j < kBK; j += L)
+    for (int c = 0; c < L; ++c) m[c] = m[c] > s[j + c] ? m[c] : s[j + c];
+  A r = m[0];
+  for (int c = 1; c < L; ++c) r = r > m[c] ? r : m[c];
+  return r;
+}
+
 // ---------------------------------------------------------------- forward
 
 template <class T>
@@ -262,9 +275,7 @@ void forward_block(const ForwardParams& p, FwdScratch<T>& w, int b, int h, int q
     // l = l * alpha + rowsum(P); O *= alpha.
     for (int i = 0; i < qm; ++i) {
       A* s = w.s.data() + i * kBK;
-      A mx = masked_score<A>();
-#pragma omp simd reduction(max : mx)
-      for (int j = 0; j < kBK; ++j) mx = std::max(mx, s[j]);
+      const A mx = tile_row_max(s);
       SoftmaxState<A> st{w.m[i], w.l[i]};
       const A m_new = softmax_new_max(st, mx);
       A sum = 0;
