@@ -57,8 +57,8 @@ struct BackwardParams {
   void* dmask = nullptr;             // gradient of a float mask that requires grad (mask dtype), or null:
   int64_t dmask_stride_b = 0, dmask_stride_h = 0, dmask_stride_q = 0;  // (B, Hq, Lq, Lk), last contiguous;
                                      // CUDA writes every element (masked pairs get 0): no zero-fill needed
-  bool dmask_f32 = false;            // CPU only: dmask is float32 although dtype is float16/bfloat16,
-                                     // so the broadcast reduction rounds once (CUDA: always false)
+  bool dmask_f32 = false;            // dmask is float32 although dtype is float16/bfloat16, so the
+                                     // broadcast reduction rounds once (CPU and CUDA both honor it)
 };
 
 void forward_cpu(const ForwardParams& p);

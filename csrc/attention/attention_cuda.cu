@@ -77,6 +77,17 @@ __device__ __forceinline__ float score_at(const ForwardParams& p, float qk, floa
   return score_log2(qk, scale_log2, bias);
 }
 
+// dMask(b, h, i, j) = dS: float32 when the caller asks (the broadcast sums round once), else T.
+template <class T>
+__device__ __forceinline__ void store_dmask(const BackwardParams& bp, int b, int h, int i, int j, float ds) {
+  const int64_t off = int64_t(b) * bp.dmask_stride_b + int64_t(h) * bp.dmask_stride_h +
+                      int64_t(i) * bp.dmask_stride_q + j;
+  if (bp.dmask_f32)
+    static_cast<float*>(bp.dmask)[off] = ds;
+  else
+    static_cast<T*>(bp.dmask)[off] = from_f32<T>(ds);
+}
+
 // Query blocks run last first: under causal masking the last rows see the most keys, so the
 // longest blocks start first and the short ones fill the tail of the grid.
 __device__ __forceinline__ int query_block() { return int(gridDim.x - 1 - blockIdx.x); }
@@ -400,9 +411,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
         const int i = row + 8 * (e >> 1), kj = k0 + 8 * j + 2 * t + (e & 1);
         const float x = edge ? score_at<T>(p, sc[0][j][e], scale_log2, b, h, i, kj, s) : sc[0][j][e] * scale_log2;
         dp[0][j][e] = softmax_grad(masked_exp2(x, lse2[e >> 1]), dp[0][j][e], dl[e >> 1]);
-        if (full && i < s.lq && kj < s.lk)
-          static_cast<T*>(bp.dmask)[int64_t(b) * bp.dmask_stride_b + int64_t(h) * bp.dmask_stride_h +
-                                    int64_t(i) * bp.dmask_stride_q + kj] = from_f32<T>(dp[0][j][e]);
+        if (full && i < s.lq && kj < s.lk) store_dmask<T>(bp, b, h, i, kj, dp[0][j][e]);
       }
     mma::warp_mma_rb<T, 1, D, BK, LD>(dq, dp, kt);
   }
@@ -653,9 +662,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_ffma(const BackwardParams 
       const float x = score_at<T>(p, dot_f32(qs + r * LDF, ks + kl * LDF, p.head_dim), scale_log2, b, h, i, kj, s);
       const float ds = softmax_grad(masked_exp2(x, lse2), dot_f32(dos + r * LDF, vs + kl * LDF, p.head_dim), dl);
       dss[r * kFPad + kl] = ds;
-      if (full && ok && kj < s.lk)
-        static_cast<T*>(bp.dmask)[int64_t(b) * bp.dmask_stride_b + int64_t(h) * bp.dmask_stride_h +
-                                  int64_t(i) * bp.dmask_stride_q + kj] = from_f32<T>(ds);
+      if (full && ok && kj < s.lk) store_dmask<T>(bp, b, h, i, kj, ds);
     }
     __syncwarp();
     // dQ += dS K
