@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "attention/attention.h"
@@ -80,8 +81,8 @@ struct FastExp2 {
 // be a transposed tile); Y and C are row-major with leading dims ldy, ldc. m % kMR == 0,
 // n % kNB == 0, and every element read exists (the tiles are padded).
 template <bool kAccumulate, class A>
-inline void tile_gemm(int m, int n, int k, const A* X, int64_t xr, int64_t xk, const A* Y, int ldy,
-                      A* C, int ldc) {
+inline void tile_gemm(int m, int n, int k, const A* X, int64_t xr, int64_t xk, const A* Y, int64_t ldy,
+                      A* C, int64_t ldc) {
   using V = typename Vec<A>::type;
   constexpr int L = Vec<A>::lanes;
   for (int j0 = 0; j0 < n; j0 += kNB<A>) {
@@ -234,15 +235,53 @@ template <class T>
 struct FwdScratch {
   using A = Acc<T>;
   int dp;
-  std::vector<A> q, kt, v, s, o, m, l;
+  std::vector<A> qt, k, v, st, o, m, l, m_new, tile_sum;
   explicit FwdScratch(int d)
-      : dp(padded_dim<A>(d)), q(size_t(kBQ) * dp), kt(size_t(dp) * kBK), v(size_t(kBK) * dp),
-        s(size_t(kBQ) * kBK), o(size_t(kBQ) * dp), m(kBQ), l(kBQ) {}
+      : dp(padded_dim<A>(d)), qt(size_t(d) * kBQ), k(size_t(kBK) * dp), v(size_t(kBK) * dp),
+        st(size_t(kBK) * kBQ), o(size_t(kBQ) * dp), m(kBQ), l(kBQ), m_new(kBQ), tile_sum(kBQ) {}
 };
 
+// s2 for a transposed score tile ST[j][i] (forward): as scores_log2, vectorized along queries.
+// Columns i >= qm (past the block's last query) are set to 0: finite, and never stored.
+template <class T, class A>
+void scores_log2_t(const ForwardParams& p, A* ST, int qm, int kn, int b, int h, int64_t i0, int64_t j0) {
+  const A scale_log2 = A(p.scale * kLog2e);
+  const A masked = masked_score<A>();
+  for (int j = 0; j < kn; ++j) {
+    A* s = ST + j * kBQ;
+    const int64_t gj = j0 + j;
+    if (p.mask_kind == MaskKind::Float) {
+      const T* m = static_cast<const T*>(p.mask) + b * p.mask_stride_b + h * p.mask_stride_h +
+                   i0 * p.mask_stride_q + gj * p.mask_stride_k;
+      const int64_t ms = p.mask_stride_q;
+#pragma omp simd
+      for (int i = 0; i < qm; ++i) s[i] = score_log2(s[i], scale_log2, A(Storage<T>::load(m[i * ms])));
+    } else {
+#pragma omp simd
+      for (int i = 0; i < qm; ++i) s[i] = score_log2(s[i], scale_log2, A(0));
+      if (p.mask_kind == MaskKind::Bool) {
+        const uint8_t* m = static_cast<const uint8_t*>(p.mask) + b * p.mask_stride_b +
+                           h * p.mask_stride_h + i0 * p.mask_stride_q + gj * p.mask_stride_k;
+        const int64_t ms = p.mask_stride_q;
+#pragma omp simd
+        for (int i = 0; i < qm; ++i) s[i] = m[i * ms] ? s[i] : masked;
+      }
+    }
+    if (p.causal) {
+      // key gj visible to query i0 + i iff gj <= i0 + i
+      const int64_t first_visible = std::min<int64_t>(qm, std::max<int64_t>(0, gj - i0));
+      for (int64_t i = 0; i < first_visible; ++i) s[i] = masked;
+    }
+    for (int i = qm; i < kBQ; ++i) s[i] = A(0);
+  }
+}
+
+// One query block: Q^T is loaded once; for each key block S^T = K Q^T (K read in place when it
+// is already in the accumulation type), so the softmax runs along contiguous query columns.
 template <class T>
 void forward_block(const ForwardParams& p, FwdScratch<T>& w, int b, int h, int qb, int64_t total_q) {
   using A = Acc<T>;
+  constexpr bool kDirect = std::is_same<T, A>::value;
   const Seq sq = sequence(p, b);
   const int64_t i0 = int64_t(qb) * kBQ;
   if (i0 >= sq.len_q) return;
@@ -251,7 +290,7 @@ void forward_block(const ForwardParams& p, FwdScratch<T>& w, int b, int h, int q
   const int hk = h / (p.heads_q / p.heads_kv);
   const T* q = static_cast<const T*>(p.q.ptr) +
                row_offset(p, p.q.stride_b, p.q.stride_h, p.q.stride_l, b, h, sq.q0, i0);
-  load_tile<T, A>(q, p.q.stride_l, qm, d, w.q.data(), qmr, dp, false);
+  load_tile<T, A>(q, p.q.stride_l, qm, d, w.qt.data(), d, kBQ, true);
   std::fill(w.o.begin(), w.o.end(), A(0));
   for (int i = 0; i < kBQ; ++i) {
     const SoftmaxState<A> st = softmax_init<A>();
@@ -261,30 +300,41 @@ void forward_block(const ForwardParams& p, FwdScratch<T>& w, int b, int h, int q
   // Causal: key blocks that start after the block's last query row are all hidden.
   const int64_t k_end = p.causal ? std::min<int64_t>(sq.len_k, i0 + qm) : sq.len_k;
   for (int64_t j0 = 0; j0 < k_end; j0 += kBK) {
-    const int kn = int(std::min<int64_t>(kBK, sq.len_k - j0));
+    const int kn = int(std::min<int64_t>(kBK, k_end - j0)), knr = round_up(kn, kMR);
     const T* k = static_cast<const T*>(p.k.ptr) +
                  row_offset(p, p.k.stride_b, p.k.stride_h, p.k.stride_l, b, hk, sq.k0, j0);
     const T* v = static_cast<const T*>(p.v.ptr) +
                  row_offset(p, p.v.stride_b, p.v.stride_h, p.v.stride_l, b, hk, sq.k0, j0);
-    load_tile<T, A>(k, p.k.stride_l, kn, d, w.kt.data(), dp, kBK, true);
-    load_tile<T, A>(v, p.v.stride_l, kn, d, w.v.data(), kBK, dp, false);
-    // S = Q K^T
-    tile_gemm<false>(qmr, kBK, d, w.q.data(), dp, 1, w.kt.data(), kBK, w.s.data(), kBK);
-    scores_log2<T, A>(p, w.s.data(), qm, kn, b, h, i0, j0);
-    // Online softmax per row: m_new = max(m, rowmax(S)); P = exp2(S - m_new);
-    // l = l * alpha + rowsum(P); O *= alpha.
-    for (int i = 0; i < qm; ++i) {
-      A* s = w.s.data() + i * kBK;
-      const A mx = tile_row_max(s);
-      SoftmaxState<A> st{w.m[i], w.l[i]};
-      const A m_new = softmax_new_max(st, mx);
-      A sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int j = 0; j < kBK; ++j) {
-        s[j] = masked_exp2(s[j], m_new, FastExp2{});
-        sum += s[j];
+    // S^T = K Q^T (kn x kBQ)
+    if (kDirect && kn % kMR == 0) {
+      tile_gemm<false>(kn, kBQ, d, reinterpret_cast<const A*>(k), p.k.stride_l, 1, w.qt.data(), kBQ,
+                       w.st.data(), kBQ);
+    } else {
+      load_tile<T, A>(k, p.k.stride_l, kn, d, w.k.data(), knr, dp, false);
+      tile_gemm<false>(knr, kBQ, d, w.k.data(), dp, 1, w.qt.data(), kBQ, w.st.data(), kBQ);
+    }
+    scores_log2_t<T, A>(p, w.st.data(), qm, kn, b, h, i0, j0);
+    // Online softmax per query column i: m_new = max(m, max_j S); P = exp2(S - m_new);
+    // l = l * alpha + sum_j P; O *= alpha.
+    A* mn = w.m_new.data();
+    A* ts = w.tile_sum.data();
+    for (int i = 0; i < kBQ; ++i) mn[i] = w.m[i], ts[i] = A(0);
+    for (int j = 0; j < kn; ++j) {
+      const A* s = w.st.data() + j * kBQ;
+#pragma omp simd
+      for (int i = 0; i < kBQ; ++i) mn[i] = mn[i] > s[i] ? mn[i] : s[i];
+    }
+    for (int j = 0; j < kn; ++j) {
+      A* s = w.st.data() + j * kBQ;
+#pragma omp simd
+      for (int i = 0; i < kBQ; ++i) {
+        s[i] = masked_exp2(s[i], mn[i], FastExp2{});
+        ts[i] += s[i];
       }
-      const A alpha = softmax_update(st, m_new, sum);
+    }
+    for (int i = 0; i < qm; ++i) {
+      SoftmaxState<A> st{w.m[i], w.l[i]};
+      const A alpha = softmax_update(st, softmax_new_max(st, mn[i]), ts[i]);
       w.m[i] = st.m;
       w.l[i] = st.l;
       if (alpha != A(1)) {
@@ -293,9 +343,14 @@ void forward_block(const ForwardParams& p, FwdScratch<T>& w, int b, int h, int q
         for (int c = 0; c < dp; ++c) o[c] *= alpha;
       }
     }
-    for (int i = qm; i < qmr; ++i) std::fill(w.s.data() + i * kBK, w.s.data() + (i + 1) * kBK, A(0));
-    // O += P V
-    tile_gemm<true>(qmr, dp, kBK, w.s.data(), kBK, 1, w.v.data(), dp, w.o.data(), dp);
+    // O += P V   (P element (i, j) at S^T[j * kBQ + i])
+    if (kDirect && d == dp) {
+      tile_gemm<true>(qmr, dp, kn, w.st.data(), 1, kBQ, reinterpret_cast<const A*>(v), p.v.stride_l,
+                      w.o.data(), dp);
+    } else {
+      load_tile<T, A>(v, p.v.stride_l, kn, d, w.v.data(), kn, dp, false);
+      tile_gemm<true>(qmr, dp, kn, w.st.data(), 1, kBQ, w.v.data(), dp, w.o.data(), dp);
+    }
   }
   // out = O / l (0 for a row with no key); LSE = (m + log2 l) ln 2 (-inf for such a row).
   T* out = static_cast<T*>(p.out.ptr) +
