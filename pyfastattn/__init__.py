@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from ._backend import BUILD_INFO, cuda_built
 from .norm import add_layer_norm, layer_norm, rms_norm
+from .attention import scaled_dot_product_attention, varlen_attention
 from . import nn, testing
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "layer_norm",
     "rms_norm",
     "add_layer_norm",
+    "scaled_dot_product_attention",
+    "varlen_attention",
     "nn",
     "testing",
 ]
