@@ -111,6 +111,10 @@ __device__ float2 group_sum2(float2 s) {
   return total;
 }
 
+// Row groups of up to 512 threads: 1024 x 72 registers exceeds the register file (seen on
+// an H100: "too many resources requested for launch").
+constexpr int kMaxRowThreads = 512;
+
 template <class T, int V, bool kResidual>
 __global__ void forward_kernel(const ForwardParams p) {
   const int64_t n = p.cols, nvec = n / V;
@@ -172,6 +176,10 @@ __global__ void forward_kernel(const ForwardParams p) {
   }
 }
 
+// g = dy * w rounded once (no FMA contraction), so both passes see the same g and a row
+// whose dx is exactly 0 (one element) gets 0, as on the CPU.
+__device__ __forceinline__ float scaled_grad(float dy, float w) { return __fmul_rn(dy, w); }
+
 template <class T, int V>
 __global__ void backward_input_kernel(const BackwardParams p) {
   const int64_t n = p.cols, nvec = n / V;
@@ -195,13 +203,13 @@ __global__ void backward_input_kernel(const BackwardParams p) {
       if (w) load_f32<T, V>(w + i * V, wv);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        const float g = dy[k] * (w ? wv[k] : 1.f);
+        const float g = scaled_grad(dy[k], w ? wv[k] : 1.f);
         sums.x += g;
         sums.y += g * normalized(x[k], c.x, c.y, rstd);
       }
     }
     for (int64_t j = nvec * V + tid; j < n; j += G) {
-      const float g = to_f32(dyr[j]) * (w ? to_f32(w[j]) : 1.f);
+      const float g = scaled_grad(to_f32(dyr[j]), w ? to_f32(w[j]) : 1.f);
       sums.x += g;
       sums.y += g * normalized(to_f32(xr[j]), c.x, c.y, rstd);
     }
@@ -218,14 +226,14 @@ __global__ void backward_input_kernel(const BackwardParams p) {
       if (dsr) load_f32<T, V>(dsr + i * V, ds);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        const float g = dy[k] * (w ? wv[k] : 1.f);
+        const float g = scaled_grad(dy[k], w ? wv[k] : 1.f);
         x[k] = input_gradient(g, normalized(x[k], c.x, c.y, rstd), rstd, mean_g, mean_gx, p.center) +
                (dsr ? ds[k] : 0.f);
       }
       store_f32<T, V>(dxr + i * V, x);
     }
     for (int64_t j = nvec * V + tid; j < n; j += G) {
-      const float g = to_f32(dyr[j]) * (w ? to_f32(w[j]) : 1.f);
+      const float g = scaled_grad(to_f32(dyr[j]), w ? to_f32(w[j]) : 1.f);
       float d = input_gradient(g, normalized(to_f32(xr[j]), c.x, c.y, rstd), rstd, mean_g, mean_gx, p.center);
       if (dsr) d += to_f32(dsr[j]);
       dxr[j] = from_f32<T>(d);
@@ -298,7 +306,7 @@ Launch row_launch(int64_t rows, int64_t cols, int vec) {
             dim3(32, rows_per_block)};
   }
   const int64_t want = (vecs + 7) / 8;  // about 8 vectors per thread
-  const int g = int(std::min<int64_t>(1024, std::max<int64_t>(64, (want + 31) / 32 * 32)));
+  const int g = int(std::min<int64_t>(kMaxRowThreads, std::max<int64_t>(64, (want + 31) / 32 * 32)));
   return {dim3(unsigned(std::min(rows, kMaxGrid))), dim3(g, 1)};
 }
 

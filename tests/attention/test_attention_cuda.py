@@ -69,9 +69,12 @@ def run_case(b, hq, hk, lq, lk, d, dtype, *, mask_kind=None, mask_shape=None, is
     assert torch.isfinite(out).all()
     base = None if dtype == torch.float32 else clean(tout)
     assert_matches_reference(out, ref, base, what="out")
+    # float32: a gradient that is exactly 0 in exact arithmetic (one visible key makes dq = 0)
+    # comes out as rounding noise of O(1) terms, ~1e-6 on a GPU (seen on an H100)
+    atol = 1e-5 if dtype == torch.float32 else 1e-7
     for name, a, r, t in zip(("dq", "dk", "dv", "dmask"), grads, rgrads, tgrads):
         assert torch.isfinite(a).all(), name
-        assert_matches_reference(a, r, None if dtype == torch.float32 else clean(t), what=name)
+        assert_matches_reference(a, r, None if dtype == torch.float32 else clean(t), what=name, atol=atol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -161,10 +164,12 @@ def test_cuda_backward_deterministic():
 
 
 def test_cuda_compile_and_opcheck():
-    q = torch.randn(2, 4, 65, 64, device="cuda", dtype=torch.float16, requires_grad=True)
+    # distinct q, k, v: with one tensor in all three slots, eager and AOT autograd add the
+    # three float16 gradients in different orders and differ by an ulp (seen on an H100)
+    q, k, v = (torch.randn(2, 4, 65, 64, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3))
     bias = torch.randn(1, 4, 65, 65, device="cuda", dtype=torch.float16, requires_grad=True)
-    f = lambda q, b: sdpa(q, q, q, attn_mask=b).float().square().sum()
-    loss = torch.compile(f, fullgraph=True)(q, bias)
-    torch.testing.assert_close(loss, f(q, bias), rtol=1e-2, atol=1e-2)
+    f = lambda q, k, v, b: sdpa(q, k, v, attn_mask=b).float().square().sum()
+    loss = torch.compile(f, fullgraph=True)(q, k, v, bias)
+    torch.testing.assert_close(loss, f(q, k, v, bias), rtol=1e-2, atol=1e-2)
     torch.library.opcheck(torch.ops.pyfastattn.attention_forward.default,
-                          (q, q, q, bias, None, None, 65, 65, 0.125, False))
+                          (q, k, v, bias, None, None, 65, 65, 0.125, False))
