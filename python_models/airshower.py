@@ -114,6 +114,9 @@ class HexCNN(nn.Module):
         needs = ("hex_conv2d", "hex_max_pool2d") + (("conv2d",) if trace_bins else ())
         self.ops = ops = get_ops(backend, needs, "HexCNN")
         self.backend, self.trace_bins = backend, trace_bins
+        if trace_bins is not None and trace_bins < 36:
+            raise ValueError(f"HexCNN: trace_bins must be >= 36 (two stride-4 convolutions of 8 bins), "
+                             f"got {trace_bins}")
         cin = 3
         if trace_bins:
             self.tw1 = nn.Parameter(torch.empty(16, 1, 8, 1))
