@@ -113,6 +113,9 @@ def _check_args(op, input, normalized_shape, weight, bias, residual=None):
     if isinstance(normalized_shape, int):
         normalized_shape = (normalized_shape,)
     try:
+        if isinstance(normalized_shape, (str, bytes)) or not all(
+                isinstance(s, int) or (isinstance(s, torch.Tensor) and s.dim() == 0) for s in normalized_shape):
+            raise TypeError
         normalized_shape = tuple(int(s) for s in normalized_shape)
     except TypeError:
         raise TypeError(f"{op}: normalized_shape must be an int or a sequence of ints, "

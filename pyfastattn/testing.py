@@ -4,8 +4,13 @@
 reference:
 - float64: max abs error <= 1e-10 * max|ref| (plus a tiny absolute floor);
 - float32: ||out - ref|| / ||ref|| <= 1e-5 and max abs error <= 1e-4 * max|ref|;
+  (float64 and float32 pass outright when every error is under `atol`, default 1e-7, so
+  a reference that is rounding noise around zero, like d(layer_norm)/dx with one column,
+  does not fail a relative test);
 - float16 / bfloat16: max|out - ref| <= 2 * max|torch_same_dtype - ref| + 1e-5
-  (FlashAttention's criterion: no worse than twice PyTorch's own error in that dtype).
+  (FlashAttention's criterion: no worse than twice PyTorch's own error in that dtype),
+  plus one rounding step of the dtype at the reference's scale (eps * max|ref|), so that a
+  tensor of a few elements, where PyTorch may round luckily, does not fail by chance.
 NaN/Inf must sit exactly where the reference has them.
 """
 from __future__ import annotations
@@ -40,8 +45,13 @@ def error_report(out: torch.Tensor, ref: torch.Tensor) -> dict:
 
 def assert_matches_reference(out: torch.Tensor, ref: torch.Tensor,
                              torch_same_dtype: torch.Tensor | None = None,
-                             what: str = "output") -> None:
-    """Raises AssertionError with the numbers when `out` misses DESIGN.md's tolerance."""
+                             what: str = "output", atol: float = 1e-7,
+                             relative_to_torch: bool = False) -> None:
+    """Raises AssertionError with the numbers when `out` misses DESIGN.md's tolerance.
+
+    relative_to_torch=True applies the half-precision rule (2x PyTorch's own error in the
+    same dtype) to float32 too: for ill-conditioned cases no float32 code meets 1e-5.
+    """
     if out.shape != ref.shape:
         raise AssertionError(f"{what}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
     out64 = out.detach().to("cpu", torch.float64)
@@ -51,20 +61,23 @@ def assert_matches_reference(out: torch.Tensor, ref: torch.Tensor,
         return
     rep = error_report(out64, ref64)
     dt = out.dtype
+    if dt in (torch.float64, torch.float32) and rep["max_abs"] <= atol:
+        return
     if dt == torch.float64:
         tol = 1e-10 * rep["scale"] + 1e-12
         ok = rep["max_abs"] <= tol
         rule = f"max_abs <= {tol:.3g}"
-    elif dt == torch.float32:
+    elif dt == torch.float32 and not relative_to_torch:
         ok = rep["rel_l2"] <= 1e-5 and rep["max_abs"] <= 1e-4 * rep["scale"] + 1e-7
         rule = f"rel_l2 <= 1e-5 and max_abs <= {1e-4 * rep['scale'] + 1e-7:.3g}"
     else:
         if torch_same_dtype is None:
             raise ValueError(f"{what}: half-precision checks need torch_same_dtype")
         base = error_report(torch_same_dtype, ref64)["max_abs"]
-        tol = 2.0 * base + 1e-5
+        step = torch.finfo(dt).eps * rep["scale"]
+        tol = 2.0 * base + 1e-5 + step
         ok = rep["max_abs"] <= tol
-        rule = f"max_abs <= 2 * {base:.3g} + 1e-5"
+        rule = f"max_abs <= 2 * {base:.3g} + 1e-5 + {step:.3g}"
     if not ok:
         raise AssertionError(f"{what} ({str(dt).replace('torch.', '')}): max_abs={rep['max_abs']:.3g}, "
                              f"rel_l2={rep['rel_l2']:.3g}, scale={rep['scale']:.3g}; needs {rule}")

@@ -32,9 +32,9 @@ Acc<T> ld(const T* p, int64_t j) {
   return Storage<T>::load(p[j]);
 }
 
-// Welford over one row with kLanes interleaved states, merged at the end.
+// Welford over x - shift for one row, with kLanes interleaved states merged at the end.
 template <class T>
-Welford<Acc<T>> row_welford(const T* x, int64_t n) {
+Welford<Acc<T>> row_welford(const T* x, int64_t n, Acc<T> shift) {
   using A = Acc<T>;
   A mean[kLanes] = {}, m2[kLanes] = {};
   const int64_t full = n / kLanes * kLanes;
@@ -44,7 +44,7 @@ Welford<Acc<T>> row_welford(const T* x, int64_t n) {
     const A inv = A(1) / count;
 #pragma omp simd
     for (int l = 0; l < kLanes; ++l) {
-      const A v = ld(x, j0 + l);
+      const A v = ld(x, j0 + l) - shift;
       const A delta = v - mean[l];
       mean[l] += delta * inv;
       m2[l] += delta * (v - mean[l]);
@@ -54,7 +54,7 @@ Welford<Acc<T>> row_welford(const T* x, int64_t n) {
   if (full > 0)
     for (int l = 0; l < kLanes; ++l) w = welford_merge(w, Welford<A>{count, mean[l], m2[l]});
   Welford<A> tail{A(0), A(0), A(0)};
-  for (int64_t j = full; j < n; ++j) welford_push(tail, ld(x, j));
+  for (int64_t j = full; j < n; ++j) welford_push(tail, ld(x, j) - shift);
   return welford_merge(w, tail);
 }
 
@@ -78,14 +78,15 @@ void forward_typed(const ForwardParams& p) {
       for (int64_t j = 0; j < n; ++j) sr[j] = Storage<T>::store(ld(xr, j) + ld(rr, j));
       src = sr;
     }
-    A mean, rstd;
-    row_statistics(row_welford(src, n), eps, p.center, mean, rstd);
+    const A shift = ld(src, 0);
+    A hi, lo, mean, rstd;
+    row_statistics(row_welford(src, n, shift), shift, eps, p.center, hi, lo, mean, rstd);
     if (p.mean) static_cast<A*>(p.mean)[r] = mean;
     static_cast<A*>(p.rstd)[r] = rstd;
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
       const A wj = w ? ld(w, j) : A(1), bj = b ? ld(b, j) : A(0);
-      yr[j] = Storage<T>::store(normalize_affine(ld(src, j), mean, rstd, wj, bj));
+      yr[j] = Storage<T>::store(normalize_affine(ld(src, j), hi, lo, rstd, wj, bj));
     }
   }
 }

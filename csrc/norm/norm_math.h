@@ -4,6 +4,9 @@
 // states, in the accumulation type (float for 16/32-bit inputs, double for float64), so
 // an input with mean 1e4 and std 1 keeps its variance to float precision.
 // RMS norm reuses the same statistics: mean(x^2) = var + mean^2.
+// The kernels run Welford on x - shift, with shift = the row's first value, so rounding
+// scales with the row's spread rather than its magnitude (mean 1e4, std 1 stays exact to
+// float precision); the mean is shift + the shifted mean.
 #pragma once
 #include <cmath>
 
@@ -36,22 +39,29 @@ PFA_HD Welford<A> welford_merge(const Welford<A>& a, const Welford<A>& b) {
 }
 
 // Layer norm: mean and 1/sqrt(var + eps). RMS norm: mean 0 and 1/sqrt(mean(x^2) + eps).
+// `w` holds the statistics of x - shift. Normalizing subtracts the mean in two steps,
+// (x - center_hi) - center_lo, with center_hi + center_lo = mean (both 0 for RMS norm);
+// `mean` is the rounded sum, stored for backward.
 template <class A>
-PFA_HD void row_statistics(const Welford<A>& w, A eps, bool center, A& mean, A& rstd) {
+PFA_HD void row_statistics(const Welford<A>& w, A shift, A eps, bool center, A& center_hi,
+                           A& center_lo, A& mean, A& rstd) {
   const A var = w.count > A(0) ? w.m2 / w.count : A(0);  // biased, as torch
   if (center) {
-    mean = w.mean;
+    center_hi = shift;
+    center_lo = w.mean;
+    mean = shift + w.mean;
     rstd = A(1) / sqrt(var + eps);
   } else {
-    mean = A(0);
-    rstd = A(1) / sqrt(var + w.mean * w.mean + eps);
+    const A m = shift + w.mean;
+    center_hi = center_lo = mean = A(0);
+    rstd = A(1) / sqrt(var + m * m + eps);
   }
 }
 
-// y = (x - mean) * rstd * w + b   (w = 1, b = 0 when absent)
+// y = ((x - center_hi) - center_lo) * rstd * w + b   (w = 1, b = 0 when absent)
 template <class A>
-PFA_HD A normalize_affine(A x, A mean, A rstd, A w, A b) {
-  return (x - mean) * rstd * w + b;
+PFA_HD A normalize_affine(A x, A center_hi, A center_lo, A rstd, A w, A b) {
+  return ((x - center_hi) - center_lo) * rstd * w + b;
 }
 
 // Backward of one row, with g = dy * w and xhat = (x - mean) * rstd:

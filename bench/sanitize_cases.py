@@ -1,0 +1,65 @@
+"""Small forward+backward cases of every CUDA op, run under compute-sanitizer by
+bench/gpu_check.sh: `python bench/sanitize_cases.py all` or a list of families."""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import pyfastattn
+
+
+def norm_cases(dev):
+    for dt in (torch.float32, torch.bfloat16):
+        for cols in (7, 64, 1000, 4097):
+            x = torch.randn(5, cols, device=dev, dtype=dt, requires_grad=True)
+            r = torch.randn(5, cols, device=dev, dtype=dt, requires_grad=True)
+            w = torch.randn(cols, device=dev, dtype=dt, requires_grad=True)
+            b = torch.randn(cols, device=dev, dtype=dt, requires_grad=True)
+            y, s = pyfastattn.add_layer_norm(x, r, w, b)
+            strided = pyfastattn.layer_norm(x[::2], (cols,), w, b)  # unaligned rows: scalar path
+            loss = y.float().sum() + s.float().sum() + strided.float().sum()
+            (loss + pyfastattn.rms_norm(x, (cols,), w).float().sum()).backward()
+
+
+def attention_cases(dev):
+    f = getattr(pyfastattn, "scaled_dot_product_attention", None)
+    if f is None:
+        print("attention: not in this build")
+        return
+    for dt in (torch.float32, torch.bfloat16):
+        for (lq, lk, d) in ((1, 1, 8), (37, 53, 64), (130, 70, 128), (65, 65, 256)):
+            q = torch.randn(2, 4, lq, d, device=dev, dtype=dt, requires_grad=True)
+            k = torch.randn(2, 2, lk, d, device=dev, dtype=dt, requires_grad=True)
+            v = torch.randn(2, 2, lk, d, device=dev, dtype=dt, requires_grad=True)
+            bias = torch.randn(2, 1, lq, lk, device=dev, dtype=dt, requires_grad=True)
+            out = f(q, k, v, attn_mask=bias, enable_gqa=True)
+            out2 = f(q, k, v, is_causal=True, enable_gqa=True)
+            (out.float().sum() + out2.float().sum()).backward()
+
+
+def conv_cases(dev):
+    if not hasattr(pyfastattn, "hex_conv2d"):
+        print("conv: not in this build")
+        return
+    for dt in (torch.float32, torch.bfloat16):
+        x = torch.randn(2, 8, 9, 11, device=dev, dtype=dt, requires_grad=True)
+        w = torch.randn(16, 8, 3, 3, device=dev, dtype=dt, requires_grad=True)
+        y = pyfastattn.conv2d(x, w, padding=1, stride=2)
+        wh = torch.randn(16, 8, 7, device=dev, dtype=dt, requires_grad=True)
+        z = pyfastattn.hex_conv2d(x, wh)
+        p = pyfastattn.hex_max_pool2d(z)
+        a = pyfastattn.hex_avg_pool2d(z)
+        (y.float().sum() + p.float().sum() + a.float().sum()).backward()
+
+
+FAMILIES = {"norm": norm_cases, "attention": attention_cases, "conv": conv_cases}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or ["all"]
+    if names == ["all"]:
+        names = list(FAMILIES)
+    for n in names:
+        FAMILIES[n]("cuda")
+        torch.cuda.synchronize()
+        print(f"{n}: ok")
