@@ -209,7 +209,8 @@ class ShowerTransformer(nn.Module):
         self.ops = ops = get_ops(backend, ATTN_OPS, "ShowerTransformer")
         self.backend, self.heads, self.trace_bins = backend, heads, trace_bins
         self.embed = nn.Sequential(nn.Linear(5, dim), nn.GELU(), nn.Linear(dim, dim))
-        self.pair = nn.Sequential(nn.Linear(5, pair_hidden), nn.GELU(), nn.Linear(pair_hidden, heads))
+        # no bias on the last layer: a per-head constant on every logit cancels in the softmax
+        self.pair = nn.Sequential(nn.Linear(5, pair_hidden), nn.GELU(), nn.Linear(pair_hidden, heads, bias=False))
         self.traces = None
         if trace_bins:
             self.traces = TraceEncoder(trace_bins, trace_dim, 2, ops)

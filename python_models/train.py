@@ -367,6 +367,7 @@ def main(argv=None):
                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     run(args)
+    return 0
 
 
 if __name__ == "__main__":

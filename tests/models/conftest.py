@@ -14,7 +14,7 @@ def skip_unless_kernels(*names):
         pytest.skip(f"pyfastattn kernel not available yet: {', '.join(missing)}")
 
 
-def seeded_pair(factory, seed=0):
+def seeded_pair(factory, seed):
     """The same model built for both backends with identical parameters."""
     torch.manual_seed(seed)
     ref = factory("torch")

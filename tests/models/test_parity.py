@@ -20,107 +20,121 @@ from python_models.airshower_sim import simulate
 from python_models.transformer import ATTN_OPS, SeqTask, Transformer
 from python_models.vit import ViT
 
-EVENTS = simulate(6, seed=3, traces=True, n_bins=40)
+def _events(seed):
+    return simulate(6, seed=seed, traces=True, n_bins=40)
 
 
-def _transformer(pre_norm):
+def _transformer(seed, pre_norm):
     task = SeqTask("sort", max_len=7)
-    src, tgt = task.sample(5, seed=1)
+    src, tgt = task.sample(5, seed=seed)
 
     def build(backend):
         return Transformer(task.vocab, dim=32, heads=4, layers=2, hidden=48, pre_norm=pre_norm,
                            max_len=16, backend=backend)
-    return build, (src, task.decoder_input(tgt)), ATTN_OPS
+    return build, (src, task.decoder_input(tgt))
 
 
-def _vit():
-    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+def _vit(seed):
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
 
     def build(backend):
         return ViT(dim=32, heads=4, layers=2, hidden=48, backend=backend)
-    return build, (x,), ATTN_OPS + ("conv2d",)
+    return build, (x,)
 
 
-def _hexcnn(traces):
-    inputs = (A.station_features(EVENTS),) + ((A.trace_features(EVENTS),) if traces else ())
+def _hexcnn(seed, traces):
+    ev = _events(seed)
+    inputs = (A.station_features(ev),) + ((A.trace_features(ev),) if traces else ())
 
     def build(backend):
         return A.HexCNN(channels=(8, 12), hidden=16, trace_bins=40 if traces else None,
                         trace_channels=6, backend=backend)
-    return build, inputs, ("hex_conv2d", "hex_max_pool2d") + (("conv2d",) if traces else ())
+    return build, inputs
 
 
-def _shower_transformer(traces):
-    tok, xy, valid, *tr = A.station_tokens(EVENTS)
+def _shower_transformer(seed, traces):
+    tok, xy, valid, *tr = A.station_tokens(_events(seed))
     inputs = (tok, xy, valid) + ((tr[0],) if traces else ())
 
     def build(backend):
         return A.ShowerTransformer(dim=16, heads=2, layers=2, hidden=24, pair_hidden=8,
                                    trace_bins=40 if traces else None, trace_dim=8, backend=backend)
-    return build, inputs, ATTN_OPS
+    return build, inputs
 
 
 CASES = {
-    "transformer-prenorm": lambda: _transformer(True),
-    "transformer-postnorm": lambda: _transformer(False),
+    "transformer-prenorm": lambda s: _transformer(s, True),
+    "transformer-postnorm": lambda s: _transformer(s, False),
     "vit": _vit,
-    "hexcnn": lambda: _hexcnn(False),
-    "hexcnn-traces": lambda: _hexcnn(True),
-    "shower-transformer": lambda: _shower_transformer(False),
-    "shower-transformer-traces": lambda: _shower_transformer(True),
+    "hexcnn": lambda s: _hexcnn(s, False),
+    "hexcnn-traces": lambda s: _hexcnn(s, True),
+    "shower-transformer": lambda s: _shower_transformer(s, False),
+    "shower-transformer-traces": lambda s: _shower_transformer(s, True),
 }
 
 
-def _run(model, inputs, dtype):
+def _run(model, inputs, dtype, seed):
     model = model.to(dtype)
     model.zero_grad(set_to_none=True)
     inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in inputs)
     out = model(*inputs)
     # a fixed random projection of the output, so every output element gets a gradient
-    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(dtype)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
     (out * w).sum().backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
     return out.detach(), grads
 
 
-def _close(out, ref, base, what, dtype):
+def _close(out, ref, base, what, dtype, floor=0.0):
+    """`floor`: the largest gradient in the model; a tensor whose exact gradient is ~0 (e.g.
+    through a softmax's shift invariance) is judged on that scale, not on its own."""
     rep = error_report(out, ref)
     if dtype == torch.float64:
-        tol = (1e-10 if what == "output" else 1e-9) * rep["scale"] + 1e-12
+        tol = (1e-10 if what == "output" else 1e-9) * max(rep["scale"], floor) + 1e-12
         assert rep["max_abs"] <= tol, f"{what}: {rep} > {tol:.3g}"
         return
-    ok32 = rep["rel_l2"] <= 1e-5 and rep["max_abs"] <= 1e-4 * rep["scale"] + 1e-7
+    ok32 = (rep["rel_l2"] <= 1e-5 and rep["max_abs"] <= 1e-4 * rep["scale"] + 1e-7) \
+        or rep["max_abs"] <= 1e-6 * floor
     base_rep = error_report(base, ref)
     ok_rel = rep["max_abs"] <= 4 * base_rep["max_abs"] + 1e-6 * (rep["scale"] + 1e-3)
     assert ok32 or ok_rel, f"{what}: {rep}; torch float32 itself: {base_rep}"
 
 
-def _check_parity(pair, case):
-    build, inputs, _ = CASES[case]()
-    torch_model, pfa_model = pair(build)
-    ref_out, ref_grads = _run(torch_model, inputs, torch.float64)
+def _check_parity(pair, case, seed):
+    seed %= 2**31
+    build, inputs = CASES[case](seed)
+    torch_model, pfa_model = pair(build, seed)
+    ref_out, ref_grads = _run(torch_model, inputs, torch.float64, seed)
     assert all(g.abs().sum() > 0 for g in ref_grads.values()), "some parameter gets no gradient"
-    out64, grads64 = _run(pfa_model, inputs, torch.float64)
+    out64, grads64 = _run(pfa_model, inputs, torch.float64, seed)
     _close(out64, ref_out, None, "output", torch.float64)
+    floor = max(float(g.abs().max()) for g in ref_grads.values())
     for n in ref_grads:
-        _close(grads64[n], ref_grads[n], None, f"grad {n}", torch.float64)
-    base_out, base_grads = _run(torch_model, inputs, torch.float32)
-    out32, grads32 = _run(pfa_model, inputs, torch.float32)
+        _close(grads64[n], ref_grads[n], None, f"grad {n}", torch.float64, floor)
+    base_out, base_grads = _run(torch_model, inputs, torch.float32, seed)
+    out32, grads32 = _run(pfa_model, inputs, torch.float32, seed)
     _close(out32, ref_out, base_out, "output", torch.float32)
     for n in ref_grads:
-        _close(grads32[n], ref_grads[n], base_grads[n], f"grad {n}", torch.float32)
+        _close(grads32[n], ref_grads[n], base_grads[n], f"grad {n}", torch.float32, floor)
+
+
+NEEDS = {
+    "transformer-prenorm": ATTN_OPS, "transformer-postnorm": ATTN_OPS, "vit": ATTN_OPS + ("conv2d",),
+    "hexcnn": ("hex_conv2d", "hex_max_pool2d"), "hexcnn-traces": ("hex_conv2d", "hex_max_pool2d", "conv2d"),
+    "shower-transformer": ATTN_OPS, "shower-transformer-traces": ATTN_OPS,
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_backend_parity(case, pair, require_kernels):
-    require_kernels(*CASES[case]()[2])
-    _check_parity(pair, case)
+def test_backend_parity(case, pair, require_kernels, seed):
+    require_kernels(*NEEDS[case])
+    _check_parity(pair, case, seed)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_backend_parity_landed_kernels(case, pair, partial_pyfastattn):
+def test_backend_parity_landed_kernels(case, pair, partial_pyfastattn, seed):
     """The same check with the kernels that have landed (others substituted by torch's)."""
-    _check_parity(pair, case)
+    _check_parity(pair, case, seed)
 
 
 def test_missing_kernel_message():

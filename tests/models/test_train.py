@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,11 +22,17 @@ TINY = ["--n-train", "256", "--n-test", "64", "--batch-size", "32", "--max-steps
 
 
 def _cli(argv):
-    """Runs `pyfastattn train ...` through the same argparse wiring the CLI uses."""
+    """Runs `pyfastattn train ...` through pyfastattn's command line; returns metrics.json."""
+    from pyfastattn.cli import main
+    assert main(["train"] + argv) == 0
+    return json.loads((Path(argv[argv.index("--out") + 1]) / "metrics.json").read_text())
+
+
+def test_add_arguments_registers_train():
     parser = argparse.ArgumentParser(prog="pyfastattn")
     train.add_arguments(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train"] + argv)
-    return args.func(args)
+    args = parser.parse_args(["train", "vit", "--epochs", "3", "--dtype", "bf16"])
+    assert args.func is train.run and args.model == "vit" and args.epochs == 3 and args.dtype == "bf16"
 
 
 def _steps_reduce_loss(model, loss_fn, steps=15, lr=5e-3):
@@ -97,8 +104,7 @@ ALL_OPS = ("sdpa", "layer_norm", "add_layer_norm", "conv2d", "hex_conv2d", "hex_
 def test_cli_smoke(tmp_path, model, extra, backend):
     out = tmp_path / "run"
     res = _cli([model, "--backend", backend, "--epochs", "1", "--out", str(out), "--device", "cpu"] + TINY + extra)
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["history"][0]["epoch"] == 1 and metrics["final"] == res["final"]
+    assert res["history"][0]["epoch"] == 1 and res["final"] == res["history"][-1]["test"]
     assert (out / "checkpoint.pt").exists() and (out / "training_curves.png").exists()
     if model == "airshower":
         for name in ("event_display", "resolution_vs_energy", "predicted_vs_true"):
