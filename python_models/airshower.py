@@ -2,7 +2,7 @@
 `airshower_sim`: energy, arrival direction and core (and Xmax when traces are given).
 
 - `HexCNN`: hexagonal convolutions (`hex_conv2d`) and hexagonal max pooling on the 9x9 axial
-  tensor of the patch; with traces, a strided `conv2d` along time encodes each station's trace
+  tensor of the patch, with the station positions as two extra input channels; with traces, a strided `conv2d` along time encodes each station's trace
   into channels first. Feature maps are re-masked to the hexagon after every layer (cells
   outside the patch are not stations).
 - `ShowerTransformer`: stations as tokens. Pairwise geometry (offsets, distance, time and
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .airshower_sim import patch_mask
+from .airshower_sim import SPACING, patch_mask, patch_xy
 from .ops import get_ops, hex_taps
 from .transformer import ATTN_OPS, EncoderLayer, LayerNorm
 
@@ -117,7 +117,9 @@ class HexCNN(nn.Module):
         if trace_bins is not None and trace_bins < 36:
             raise ValueError(f"HexCNN: trace_bins must be >= 36 (two stride-4 convolutions of 8 bins), "
                              f"got {trace_bins}")
-        cin = 3
+        # 3 station channels + 2 constant channels of station position (CoordConv), which
+        # let the convolutions tell where in the patch a feature sits (the core regression needs it)
+        cin = 5
         if trace_bins:
             self.tw1 = nn.Parameter(torch.empty(16, 1, 8, 1))
             self.tw2 = nn.Parameter(torch.empty(trace_channels, 16, 8, 1))
@@ -128,6 +130,8 @@ class HexCNN(nn.Module):
             cin += trace_channels
         layers, masks, c = [], [], cin
         mask = torch.from_numpy(patch_mask(radius)).float()[None, None]
+        xy = torch.from_numpy(patch_xy(radius) / SPACING).permute(2, 0, 1)[None]
+        self.register_buffer("coords", xy * mask, persistent=False)
         for cout in channels:
             layers.append(nn.ModuleList([HexConv(c, cout, ops), HexConv(cout, cout, ops)]))
             masks.append(mask)
@@ -151,6 +155,7 @@ class HexCNN(nn.Module):
         return x.mean(2).reshape(N, -1, R, Q)
 
     def forward(self, x, traces=None):
+        x = torch.cat([x, self.coords.to(x.dtype).expand(x.shape[0], -1, -1, -1)], dim=1)
         if self.trace_bins:
             if traces is None:
                 raise ValueError("HexCNN: built with trace_bins, so forward needs traces")

@@ -59,8 +59,12 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--arch", choices=("cnn", "transformer"), default="cnn",
                    help="HexCNN or ShowerTransformer")
     g.add_argument("--traces", action="store_true", help="simulate and use traces (adds Xmax)")
+    g.add_argument("--width", type=int, default=None,
+                   help="HexCNN channels (w, 2w) [32]; model dim of ShowerTransformer and ViT [64]")
     g.add_argument("--n-train", type=int, default=None, help="training events / sequences")
     g.add_argument("--n-test", type=int, default=None, help="test events / sequences")
+    g = parser.add_argument_group("vit")
+    g.add_argument("--patch-size", type=int, default=2, help="ViT patch size (divides 8)")
     g = parser.add_argument_group("transformer")
     g.add_argument("--task", choices=("sort", "reverse"), default="sort")
     g.add_argument("--max-len", type=int, default=12, help="longest sequence")
@@ -132,8 +136,10 @@ class AirshowerTask(_Task):
         self.test = self._tensors(self.test_ev)
         bins = self.train_ev["traces"].shape[-1] if a.traces else None
         if a.arch == "cnn":
-            return A.HexCNN(trace_bins=bins, backend=a.backend)
-        return A.ShowerTransformer(trace_bins=bins, backend=a.backend)
+            w = a.width or 32
+            return A.HexCNN(channels=(w, 2 * w), trace_bins=bins, backend=a.backend)
+        w = a.width or 64
+        return A.ShowerTransformer(dim=w, hidden=2 * w, trace_bins=bins, backend=a.backend)
 
     def _tensors(self, ev):
         A, a = self.A, self.args
@@ -175,7 +181,8 @@ class VitTask(_Task):
         self.augment = augment
         xtr, ytr, xte, yte = load_digits_split(seed=self.args.seed)
         self.train, self.test = (xtr, ytr), (xte, yte)
-        return ViT(backend=self.args.backend, dropout=0.1)
+        return ViT(patch_size=self.args.patch_size, dim=self.args.width or 64,
+                   hidden=2 * (self.args.width or 64), backend=self.args.backend, dropout=0.1)
 
     def loss(self, model, batch):
         x, y = batch
