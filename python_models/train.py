@@ -370,7 +370,7 @@ def _device_name(device: torch.device) -> str:
 
 
 def main(argv=None):
-    parser = build_parser(argparse.ArgumentParser(prog="python -m python_models.train", description=__doc__,
+    parser = build_parser(argparse.ArgumentParser(prog="pyfastattn train", description=__doc__,
                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     run(args)
