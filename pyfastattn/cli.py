@@ -128,6 +128,10 @@ def cmd_train(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        # argparse's REMAINDER drops a leading option (`train -h`): hand everything over as is
+        return cmd_train(argparse.Namespace(train_args=argv[1:]))
     parser = argparse.ArgumentParser(prog="pyfastattn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="build, CUDA archs, devices, which ops run where")

@@ -1,0 +1,249 @@
+"""Air-shower reconstruction networks for the hexagonal surface-detector footprints of
+`airshower_sim`: energy, arrival direction and core (and Xmax when traces are given).
+
+- `HexCNN`: hexagonal convolutions (`hex_conv2d`) and hexagonal max pooling on the 9x9 axial
+  tensor of the patch, with the station positions as two extra input channels; with traces, a strided `conv2d` along time encodes each station's trace
+  into channels first. Feature maps are re-masked to the hexagon after every layer (cells
+  outside the patch are not stations).
+- `ShowerTransformer`: stations as tokens. Pairwise geometry (offsets, distance, time and
+  signal differences) passes through a small MLP into a per-head additive attention bias, as
+  Particle Transformer's interaction matrix (Qu, Li, Qian, ICML 2022) does; the bias gets
+  gradients through the attention kernel. Optionally each station's trace is encoded by an
+  attention layer along time (sequence length = trace bins, batch = events x stations), where
+  fused attention's O(L) memory matters.
+
+Both take `backend` ("pyfastattn" | "torch") and give identical parameters either way.
+Outputs are one tensor (N, 6) or (N, 7): normalised log10 energy, axis (3), core (2)[, Xmax];
+`decode` turns it into physical quantities and `shower_loss` compares it with `targets`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .airshower_sim import SPACING, patch_mask, patch_xy
+from .ops import get_ops, hex_taps
+from .transformer import ATTN_OPS, EncoderLayer, LayerNorm
+
+LG_E_MEAN, LG_E_SCALE = 19.25, 0.45
+CORE_SCALE = 750.0          # m
+XMAX_MEAN, XMAX_SCALE = 750.0, 70.0
+TIME_SCALE = 1000.0         # ns
+
+
+# ---------------------------------------------------------------- data -> tensors
+
+def station_features(events: dict) -> torch.Tensor:
+    """(N, 3, R, Q) float32: log10(1 + S/VEM), time / µs, triggered."""
+    s = np.log10(1.0 + events["signal"])
+    t = events["time"] / TIME_SCALE
+    return torch.from_numpy(np.stack([s, t, events["triggered"].astype(np.float32)], axis=1).astype(np.float32))
+
+
+def trace_features(events: dict) -> torch.Tensor:
+    """(N, T, R, Q) float32: log(1 + trace / VEM per bin)."""
+    tr = np.log1p(events["traces"].astype(np.float32))
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(tr, -1, 1)))
+
+
+def targets(events: dict, with_xmax: bool = False) -> torch.Tensor:
+    cols = [(events["log10_energy"][:, None] - LG_E_MEAN) / LG_E_SCALE, events["axis"],
+            events["core"] / CORE_SCALE]
+    if with_xmax:
+        cols.append((events["xmax"][:, None] - XMAX_MEAN) / XMAX_SCALE)
+    return torch.from_numpy(np.concatenate(cols, axis=1).astype(np.float32))
+
+
+def decode(out: torch.Tensor) -> dict:
+    out = out.detach().double()
+    d = {"log10_energy": out[:, 0] * LG_E_SCALE + LG_E_MEAN,
+         "axis": nn.functional.normalize(out[:, 1:4], dim=1),
+         "core": out[:, 4:6] * CORE_SCALE}
+    if out.shape[1] > 6:
+        d["xmax"] = out[:, 6] * XMAX_SCALE + XMAX_MEAN
+    return d
+
+
+def shower_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the normalised targets (the axis compared as a unit vector)."""
+    out = out.float()
+    axis = nn.functional.normalize(out[:, 1:4], dim=1)
+    pred = torch.cat([out[:, :1], axis, out[:, 4:]], dim=1)
+    return ((pred - target) ** 2).mean(0).sum()
+
+
+def resolutions(out: torch.Tensor, target: torch.Tensor) -> dict:
+    """Energy: std of E_rec/E - 1; direction and core: 68% quantiles; Xmax: std (g/cm²)."""
+    p, t = decode(out), decode(target)
+    rel = 10.0 ** (p["log10_energy"] - t["log10_energy"]) - 1.0
+    cos = (p["axis"] * t["axis"]).sum(1).clamp(-1.0, 1.0)
+    res = {"energy": float(rel.std()), "energy_bias": float(rel.mean()),
+           "angle_deg_68": float(torch.quantile(torch.rad2deg(torch.acos(cos)), 0.68)),
+           "core_m_68": float(torch.quantile((p["core"] - t["core"]).norm(dim=1), 0.68))}
+    if "xmax" in p:
+        res["xmax_g_cm2"] = float((p["xmax"] - t["xmax"]).std())
+    return res
+
+
+# ---------------------------------------------------------------- HexCNN
+
+class HexConv(nn.Module):
+    """Hexagonal convolution of kernel radius k, weight (Cout, Cin, T) initialised like Conv2d."""
+
+    def __init__(self, cin: int, cout: int, ops, radius: int = 1, stride: int = 1):
+        super().__init__()
+        self.ops, self.stride = ops, stride
+        taps = len(hex_taps(radius))
+        self.weight = nn.Parameter(torch.empty(cout, cin, taps))
+        self.bias = nn.Parameter(torch.empty(cout))
+        bound = 1.0 / math.sqrt(cin * taps)
+        nn.init.uniform_(self.weight, -bound * math.sqrt(3), bound * math.sqrt(3))
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x):
+        return self.ops.hex_conv2d(x, self.weight, self.bias, stride=self.stride)
+
+
+class HexCNN(nn.Module):
+    def __init__(self, radius: int = 4, channels=(64, 128), trace_bins: int | None = None,
+                 trace_channels: int = 32, hidden: int = 256, backend: str = "pyfastattn"):
+        super().__init__()
+        needs = ("hex_conv2d", "hex_max_pool2d") + (("conv2d",) if trace_bins else ())
+        self.ops = ops = get_ops(backend, needs, "HexCNN")
+        self.backend, self.trace_bins = backend, trace_bins
+        if trace_bins is not None and trace_bins < 36:
+            raise ValueError(f"HexCNN: trace_bins must be >= 36 (two stride-4 convolutions of 8 bins), "
+                             f"got {trace_bins}")
+        # 3 station channels + 2 constant channels of station position (CoordConv), which
+        # let the convolutions tell where in the patch a feature sits (the core regression needs it)
+        cin = 5
+        if trace_bins:
+            self.tw1 = nn.Parameter(torch.empty(16, 1, 8, 1))
+            self.tw2 = nn.Parameter(torch.empty(trace_channels, 16, 8, 1))
+            self.tb1 = nn.Parameter(torch.zeros(16))
+            self.tb2 = nn.Parameter(torch.zeros(trace_channels))
+            for w in (self.tw1, self.tw2):
+                nn.init.kaiming_uniform_(w, a=5 ** 0.5)
+            cin += trace_channels
+        layers, masks, c = [], [], cin
+        mask = torch.from_numpy(patch_mask(radius)).float()[None, None]
+        xy = torch.from_numpy(patch_xy(radius) / SPACING).permute(2, 0, 1)[None]
+        self.register_buffer("coords", xy * mask, persistent=False)
+        for cout in channels:
+            layers.append(nn.ModuleList([HexConv(c, cout, ops), HexConv(cout, cout, ops)]))
+            masks.append(mask)
+            # a pooled cell is a station-derived feature if any cell of its hexagon was
+            mask = get_ops("torch").hex_max_pool2d(mask, radius=1, stride=2)
+            c = cout
+        self.stages = nn.ModuleList(layers)
+        for i, m in enumerate(masks):
+            self.register_buffer(f"mask{i}", m, persistent=False)
+        side = mask.shape[-1]
+        self.act = nn.GELU()
+        self.head = nn.Sequential(nn.Linear(c * side * side, hidden), nn.GELU(),
+                                  nn.Linear(hidden, 7 if trace_bins else 6))
+
+    def encode_traces(self, traces):
+        # (N, T, R, Q) -> (N, C, R, Q): two strided convolutions along time, then a mean
+        N, T, R, Q = traces.shape
+        x = traces.reshape(N, 1, T, R * Q)
+        x = self.act(self.ops.conv2d(x, self.tw1, self.tb1, stride=(4, 1)))
+        x = self.act(self.ops.conv2d(x, self.tw2, self.tb2, stride=(4, 1)))
+        return x.mean(2).reshape(N, -1, R, Q)
+
+    def forward(self, x, traces=None):
+        x = torch.cat([x, self.coords.to(x.dtype).expand(x.shape[0], -1, -1, -1)], dim=1)
+        if self.trace_bins:
+            if traces is None:
+                raise ValueError("HexCNN: built with trace_bins, so forward needs traces")
+            x = torch.cat([x, self.encode_traces(traces).to(x.dtype)], dim=1)
+        for i, (c1, c2) in enumerate(self.stages):
+            mask = getattr(self, f"mask{i}").to(x.dtype)
+            x = self.act(c1(x)) * mask
+            x = self.act(c2(x)) * mask
+            x = self.ops.hex_max_pool2d(x, radius=1, stride=2)
+        return self.head(x.flatten(1))
+
+
+# ---------------------------------------------------------------- ShowerTransformer
+
+def station_tokens(events: dict):
+    """(tokens (N, P, 5), xy (N, P, 2) km, valid (N, P) bool[, traces (N, P, T)]) of the patch.
+
+    Token features: log10(1+S), time/µs, x/km, y/km, triggered. The centre station (the
+    largest signal) is always valid, so no event has an empty token set.
+    """
+    from .airshower_sim import station_list
+    st = station_list(events)
+    n, p = st["signal"].shape
+    xy = (st["xy"] / 1000.0).astype(np.float32)
+    trig = st["triggered"].copy()
+    trig[:, p // 2] = True
+    tok = np.concatenate([np.log10(1.0 + st["signal"])[..., None], (st["time"] / TIME_SCALE)[..., None],
+                          xy, st["triggered"][..., None].astype(np.float32)], axis=-1).astype(np.float32)
+    out = [torch.from_numpy(tok), torch.from_numpy(np.ascontiguousarray(xy)), torch.from_numpy(trig)]
+    if "traces" in st:
+        out.append(torch.from_numpy(np.log1p(st["traces"].astype(np.float32))))
+    return tuple(out)
+
+
+class TraceEncoder(nn.Module):
+    """One station's trace -> a vector: per-bin embedding, attention along time, mean pool."""
+
+    def __init__(self, bins: int, dim: int, heads: int, ops):
+        super().__init__()
+        self.embed = nn.Linear(1, dim)
+        self.pos = nn.Parameter(torch.randn(1, bins, dim) * 0.02)
+        self.layer = EncoderLayer(dim, heads, 2 * dim, ops, act=nn.GELU)
+        self.norm = LayerNorm(dim, ops)
+
+    def forward(self, traces):
+        N, P, T = traces.shape
+        x = self.embed(traces.reshape(N * P, T, 1)) + self.pos.to(traces.dtype)
+        return self.norm(self.layer(x)).mean(1).reshape(N, P, -1)
+
+
+class ShowerTransformer(nn.Module):
+    def __init__(self, dim: int = 64, heads: int = 4, layers: int = 3, hidden: int = 128,
+                 pair_hidden: int = 32, trace_bins: int | None = None, trace_dim: int = 32,
+                 backend: str = "pyfastattn"):
+        super().__init__()
+        self.ops = ops = get_ops(backend, ATTN_OPS, "ShowerTransformer")
+        self.backend, self.heads, self.trace_bins = backend, heads, trace_bins
+        self.embed = nn.Sequential(nn.Linear(5, dim), nn.GELU(), nn.Linear(dim, dim))
+        # no bias on the last layer: a per-head constant on every logit cancels in the softmax
+        self.pair = nn.Sequential(nn.Linear(5, pair_hidden), nn.GELU(), nn.Linear(pair_hidden, heads, bias=False))
+        self.traces = None
+        if trace_bins:
+            self.traces = TraceEncoder(trace_bins, trace_dim, 2, ops)
+            self.trace_proj = nn.Linear(trace_dim, dim)
+        self.blocks = nn.ModuleList(EncoderLayer(dim, heads, hidden, ops, act=nn.GELU) for _ in range(layers))
+        self.norm = LayerNorm(dim, ops)
+        self.head = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 7 if trace_bins else 6))
+
+    def interaction(self, tokens, xy, valid):
+        """(N, H, P, P) additive attention bias from pairwise geometry; -inf on padded keys."""
+        d = xy[:, :, None, :] - xy[:, None, :, :]
+        dist = d.norm(dim=-1, keepdim=True)
+        dt = tokens[:, :, None, 1:2] - tokens[:, None, :, 1:2]
+        ds = tokens[:, :, None, 0:1] - tokens[:, None, :, 0:1]
+        pair = torch.cat([d / 1.5, torch.log1p(dist / 1.5), dt, ds], dim=-1)
+        bias = self.pair(pair).permute(0, 3, 1, 2)
+        return bias.masked_fill(~valid[:, None, None, :], float("-inf"))
+
+    def forward(self, tokens, xy, valid, traces=None):
+        x = self.embed(tokens)
+        if self.traces is not None:
+            if traces is None:
+                raise ValueError("ShowerTransformer: built with trace_bins, so forward needs traces")
+            x = x + self.trace_proj(self.traces(traces.to(x.dtype)))
+        bias = self.interaction(tokens, xy, valid)
+        for block in self.blocks:
+            x = block(x, attn_mask=bias)
+        x = self.norm(x)
+        w = valid.to(x.dtype)[..., None]
+        pooled = (x * w).sum(1) / w.sum(1)
+        return self.head(pooled)
