@@ -255,19 +255,37 @@ void pack_input_planes(const TapConvParams& p, const FwdGeometry& g, int64_t n, 
 }
 
 // With few input channels per group the per-tap K (= Cig) is too short for the micro-GEMM,
-// so the taps are laid side by side first: col[p][t*Cig + ci] = plane_t[p + shift_t][ci]
-// (im2col from the packed planes; rows past M stay zero).
+// so the taps are stacked instead (im2col, position-minor, on the exact output grid):
+//   colT[t*Cig + ci][oh*Wo + ow] = x[ci, oh*s - pad + dr_t, ow*s - pad + dc_t]   (0 outside)
+// Row pitch `mpad` leaves kMaxMR columns of slack; callers allocate kMaxMR spare rows.
 constexpr int64_t kColsBelow = 8;
 
-template <class A>
-void planes_to_cols(const FwdGeometry& g, const A* planes, int64_t plane_elems, int64_t Cig, int64_t M,
-                    A* col) {
-  const int64_t K = g.T * Cig;
-  for (int64_t m = 0; m < M; ++m)
-    for (int t = 0; t < g.T; ++t) {
-      const A* src = planes + g.plane[t] * plane_elems + (g.shift[t] + m) * Cig;
-      std::copy(src, src + Cig, col + m * K + t * Cig);
+template <class T, class A = Acc<T>>
+void im2col_rows(const TapConvParams& p, int64_t n, int64_t grp, int64_t Cig, int64_t mpad, A* colT) {
+  const T* x = static_cast<const T*>(p.x) + n * p.x_strides.n + grp * Cig * p.x_strides.c;
+  const int T_ = p.taps.count();
+  for (int t = 0; t < T_; ++t) {
+    int dr, dc;
+    p.taps.offset(t, dr, dc);
+    int64_t oa, ob;  // outputs whose column lands inside the input
+    valid_out_range(p.W, p.stride_w, p.pad_w, dc, p.Wo, oa, ob);
+    for (int64_t ci = 0; ci < Cig; ++ci) {
+      A* row = colT + (t * Cig + ci) * mpad;
+      const T* xc = x + ci * p.x_strides.c;
+      for (int64_t oh = 0; oh < p.Ho; ++oh) {
+        A* d = row + oh * p.Wo;
+        const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, dr);
+        if (ih < 0 || ih >= p.H) {
+          std::fill(d, d + p.Wo, A(0));
+          continue;
+        }
+        std::fill(d, d + oa, A(0));
+        std::fill(d + ob, d + p.Wo, A(0));
+        const T* xr = xc + ih * p.x_strides.h + in_coord(0, p.stride_w, p.pad_w, dc);
+        for (int64_t ow = oa; ow < ob; ++ow) d[ow] = Storage<T>::load(xr[ow * p.stride_w]);
+      }
     }
+  }
 }
 
 // y = bias + sum_t sum_ci w[co, ci, t] * x[ci, oh*s - pad + dr_t, ow*s - pad + dc_t]
@@ -289,35 +307,37 @@ void tap_conv_forward_typed(const TapConvParams& p) {
               Storage<T>::load(w[((grp * Cog + co) * Cig + ci) * T_ + t]);
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
-  const int64_t M = p.Ho * geo.Wq;
   const int64_t plane_elems = geo.rows * geo.Wq * Cig;
   const int nplanes = p.stride_h * p.stride_w;
   const bool cols = Cig < kColsBelow;
   const int64_t Kc = T_ * Cig;
+  const int64_t pitch = cols ? p.Wo : geo.Wq;  // output positions are oh*pitch + ow
+  const int64_t M = p.Ho * pitch, mpad = M + kMaxMR;
 #pragma omp parallel
   {
-    std::vector<A> planes(size_t(nplanes * plane_elems));
-    std::vector<A> col(size_t(cols ? (M + kMaxMR) * Kc : 0), A(0));
+    std::vector<A> planes(size_t(cols ? 0 : nplanes * plane_elems));
+    std::vector<A> col(size_t(cols ? (Kc + kMaxMR) * mpad : 0), A(0));
     std::vector<A> cbuf(size_t(M * CogP));
     std::vector<const A*> ap(T_), bp(T_);
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < p.N * G; ++item) {
       const int64_t n = item / G, grp = item % G;
-      pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
       Gemm<A> gm;
       gm.M = M;
       gm.NP = CogP;
       gm.bk = CogP;
       gm.c = cbuf.data();
       gm.cm = CogP;
-      if (cols) {  // one K = T*Cig product over the columns
-        planes_to_cols(geo, planes.data(), plane_elems, Cig, M, col.data());
+      if (cols) {  // one K = T*Cig product over the stacked taps
+        im2col_rows<T>(p, n, grp, Cig, mpad, col.data());
         ap[0] = col.data();
         bp[0] = wf.data() + grp * T_ * Cig * CogP;
         gm.K = Kc;
         gm.ntaps = 1;
-        gm.am = Kc;
+        gm.am = 1;
+        gm.ak = mpad;
       } else {     // T products of K = Cig over shifted planes
+        pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
         for (int t = 0; t < T_; ++t) {
           ap[t] = planes.data() + geo.plane[t] * plane_elems + geo.shift[t] * Cig;
           bp[t] = wf.data() + (grp * T_ + t) * Cig * CogP;
@@ -325,10 +345,10 @@ void tap_conv_forward_typed(const TapConvParams& p) {
         gm.K = Cig;
         gm.ntaps = T_;
         gm.am = Cig;
+        gm.ak = 1;
       }
       gm.a = ap.data();
       gm.b = bp.data();
-      gm.ak = 1;
       gemm_run(gm);
       // Channel-last tile -> NCHW, plus bias.
       for (int64_t co = 0; co < Cog; ++co) {
@@ -336,7 +356,7 @@ void tap_conv_forward_typed(const TapConvParams& p) {
         T* yc = y + ((n * p.Cout) + grp * Cog + co) * p.Ho * p.Wo;
         for (int64_t oh = 0; oh < p.Ho; ++oh)
           for (int64_t ow = 0; ow < p.Wo; ++ow)
-            yc[oh * p.Wo + ow] = Storage<T>::store(cbuf[size_t((oh * geo.Wq + ow) * CogP + co)] + b0);
+            yc[oh * p.Wo + ow] = Storage<T>::store(cbuf[size_t((oh * pitch + ow) * CogP + co)] + b0);
       }
     }
   }
@@ -543,7 +563,6 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
   const int64_t CogP = padded_lanes<A>(Cog);
   const FwdGeometry geo = fwd_geometry(p);
   const int T_ = geo.T;
-  const int64_t M = p.Ho * geo.Wq;
   const int64_t plane_elems = geo.rows * geo.Wq * Cig;
   const int nplanes = p.stride_h * p.stride_w;
   const int64_t wcount = p.Cout * Cig * T_;
@@ -552,10 +571,12 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
   const int64_t chunks = p.partial_chunks;
   const bool cols = Cig < kColsBelow;
   const int64_t Kc = T_ * Cig;
+  const int64_t pitch = cols ? p.Wo : geo.Wq;  // as in the forward pass
+  const int64_t M = p.Ho * pitch, mpad = M + kMaxMR;
 #pragma omp parallel
   {
-    std::vector<A> planes(size_t(p.dw ? nplanes * plane_elems : 0));
-    std::vector<A> col(size_t(p.dw && cols ? (M + kMaxMR) * Kc : 0), A(0));
+    std::vector<A> planes(size_t(p.dw && !cols ? nplanes * plane_elems : 0));
+    std::vector<A> col(size_t(p.dw && cols ? (Kc + kMaxMR) * mpad : 0), A(0));
     std::vector<A> dyp(size_t(M * CogP));
     std::vector<A> acc(size_t(G * T_ * Cig * CogP));  // [g][t][ci][co]
     std::vector<A> bacc(size_t(p.Cout));
@@ -573,18 +594,17 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
           s.sC = p.dy_strides.c;
           s.sH = p.dy_strides.h;
           s.rows = p.Ho;
-          s.cols = geo.Wq;
+          s.cols = pitch;
           s.cpitch = CogP;
           pack_plane<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c,
                         s, dyp.data());
           for (int64_t m = 0; m < M; ++m)
             for (int64_t co = 0; co < Cog; ++co) bacc[size_t(grp * Cog + co)] += dyp[size_t(m * CogP + co)];
           if (!p.dw) continue;
-          pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
-          if (cols) {  // dw[(t, ci)][co] = sum_p col[p][(t, ci)] * dy[p][co]: one product
-            planes_to_cols(geo, planes.data(), plane_elems, Cig, M, col.data());
+          if (cols) {  // dw[(t, ci)][co] = sum_p colT[(t, ci)][p] * dy[p][co]: one product
+            im2col_rows<T>(p, n, grp, Cig, mpad, col.data());
             for (int64_t k0 = 0; k0 < M; k0 += kPosBlock) {
-              const A* a0 = col.data() + k0 * Kc;
+              const A* a0 = col.data() + k0;
               const A* b0 = dyp.data() + k0 * CogP;
               Gemm<A> gm;
               gm.M = Kc;
@@ -592,8 +612,8 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
               gm.K = std::min<int64_t>(kPosBlock, M - k0);
               gm.a = &a0;
               gm.b = &b0;
-              gm.am = 1;
-              gm.ak = Kc;
+              gm.am = mpad;
+              gm.ak = 1;
               gm.bk = CogP;
               gm.c = acc.data() + grp * T_ * Cig * CogP;
               gm.cm = CogP;
@@ -602,6 +622,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
             }
             continue;
           }
+          pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
           // Position blocks outermost, so that the dy block stays in L1 across the taps.
           for (int64_t k0 = 0; k0 < M; k0 += kPosBlock)
             for (int t = 0; t < T_; ++t) {
