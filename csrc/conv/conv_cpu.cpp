@@ -288,11 +288,70 @@ void im2col_rows(const TapConvParams& p, int64_t n, int64_t grp, int64_t Cig, in
   }
 }
 
+// wc[g][co][t*Cig + ci] (row pitch Kc rounded up to the vector width, kMaxMR spare rows).
+template <class T, class A = Acc<T>>
+std::vector<A> pack_weight_rows(const TapConvParams& p, int64_t KcP) {
+  const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
+  const int T_ = p.taps.count();
+  std::vector<A> wc(size_t((G * Cog + kMaxMR) * KcP), A(0));
+  const T* w = static_cast<const T*>(p.w);
+  for (int64_t co = 0; co < G * Cog; ++co)
+    for (int64_t ci = 0; ci < Cig; ++ci)
+      for (int t = 0; t < T_; ++t)
+        wc[size_t(co * KcP + t * Cig + ci)] = Storage<T>::load(w[(co * Cig + ci) * T_ + t]);
+  return wc;
+}
+
+// Few input channels: positions are the vector dimension, straight in NCHW order:
+//   y[co][p] = bias[co] + sum_{(t, ci)} wc[co][(t, ci)] * colT[(t, ci)][p]
+template <class T>
+void tap_conv_forward_cols(const TapConvParams& p) {
+  using A = Acc<T>;
+  const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
+  const int T_ = p.taps.count();
+  const int64_t Kc = T_ * Cig, KcP = padded_lanes<A>(Kc);
+  const std::vector<A> wc = pack_weight_rows<T>(p, KcP);
+  const int64_t M = p.Ho * p.Wo, MP = padded_lanes<A>(M), mpad = M + kMaxMR;
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+#pragma omp parallel
+  {
+    std::vector<A> col(size_t(Kc * mpad), A(0));
+    std::vector<A> cbuf(size_t(Cog * MP));
+#pragma omp for schedule(dynamic)
+    for (int64_t item = 0; item < p.N * G; ++item) {
+      const int64_t n = item / G, grp = item % G;
+      im2col_rows<T>(p, n, grp, Cig, mpad, col.data());
+      const A* a0 = wc.data() + grp * Cog * KcP;
+      const A* b0 = col.data();
+      Gemm<A> gm;
+      gm.M = Cog;
+      gm.NP = MP;
+      gm.K = Kc;
+      gm.a = &a0;
+      gm.b = &b0;
+      gm.am = KcP;
+      gm.ak = 1;
+      gm.bk = mpad;
+      gm.c = cbuf.data();
+      gm.cm = MP;
+      gemm_run(gm);
+      for (int64_t co = 0; co < Cog; ++co) {
+        const A b = bias ? Storage<T>::load(bias[grp * Cog + co]) : A(0);
+        T* yc = y + (n * p.Cout + grp * Cog + co) * M;
+        const A* cc = cbuf.data() + co * MP;
+        for (int64_t i = 0; i < M; ++i) yc[i] = Storage<T>::store(cc[i] + b);
+      }
+    }
+  }
+}
+
 // y = bias + sum_t sum_ci w[co, ci, t] * x[ci, oh*s - pad + dr_t, ow*s - pad + dc_t]
 template <class T>
 void tap_conv_forward_typed(const TapConvParams& p) {
   using A = Acc<T>;
   const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
+  if (Cig < kColsBelow) return tap_conv_forward_cols<T>(p);
   const int64_t CogP = padded_lanes<A>(Cog);
   const FwdGeometry geo = fwd_geometry(p);
   const int T_ = geo.T;
@@ -309,46 +368,32 @@ void tap_conv_forward_typed(const TapConvParams& p) {
   T* y = static_cast<T*>(p.y);
   const int64_t plane_elems = geo.rows * geo.Wq * Cig;
   const int nplanes = p.stride_h * p.stride_w;
-  const bool cols = Cig < kColsBelow;
-  const int64_t Kc = T_ * Cig;
-  const int64_t pitch = cols ? p.Wo : geo.Wq;  // output positions are oh*pitch + ow
-  const int64_t M = p.Ho * pitch, mpad = M + kMaxMR;
+  const int64_t M = p.Ho * geo.Wq;
 #pragma omp parallel
   {
-    std::vector<A> planes(size_t(cols ? 0 : nplanes * plane_elems));
-    std::vector<A> col(size_t(cols ? (Kc + kMaxMR) * mpad : 0), A(0));
+    std::vector<A> planes(size_t(nplanes * plane_elems));
     std::vector<A> cbuf(size_t(M * CogP));
     std::vector<const A*> ap(T_), bp(T_);
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < p.N * G; ++item) {
       const int64_t n = item / G, grp = item % G;
+      pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
+      for (int t = 0; t < T_; ++t) {
+        ap[t] = planes.data() + geo.plane[t] * plane_elems + geo.shift[t] * Cig;
+        bp[t] = wf.data() + (grp * T_ + t) * Cig * CogP;
+      }
       Gemm<A> gm;
       gm.M = M;
       gm.NP = CogP;
+      gm.K = Cig;
+      gm.ntaps = T_;
+      gm.a = ap.data();
+      gm.b = bp.data();
+      gm.am = Cig;
+      gm.ak = 1;
       gm.bk = CogP;
       gm.c = cbuf.data();
       gm.cm = CogP;
-      if (cols) {  // one K = T*Cig product over the stacked taps
-        im2col_rows<T>(p, n, grp, Cig, mpad, col.data());
-        ap[0] = col.data();
-        bp[0] = wf.data() + grp * T_ * Cig * CogP;
-        gm.K = Kc;
-        gm.ntaps = 1;
-        gm.am = 1;
-        gm.ak = mpad;
-      } else {     // T products of K = Cig over shifted planes
-        pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
-        for (int t = 0; t < T_; ++t) {
-          ap[t] = planes.data() + geo.plane[t] * plane_elems + geo.shift[t] * Cig;
-          bp[t] = wf.data() + (grp * T_ + t) * Cig * CogP;
-        }
-        gm.K = Cig;
-        gm.ntaps = T_;
-        gm.am = Cig;
-        gm.ak = 1;
-      }
-      gm.a = ap.data();
-      gm.b = bp.data();
       gemm_run(gm);
       // Channel-last tile -> NCHW, plus bias.
       for (int64_t co = 0; co < Cog; ++co) {
@@ -356,7 +401,7 @@ void tap_conv_forward_typed(const TapConvParams& p) {
         T* yc = y + ((n * p.Cout) + grp * Cog + co) * p.Ho * p.Wo;
         for (int64_t oh = 0; oh < p.Ho; ++oh)
           for (int64_t ow = 0; ow < p.Wo; ++ow)
-            yc[oh * p.Wo + ow] = Storage<T>::store(cbuf[size_t((oh * pitch + ow) * CogP + co)] + b0);
+            yc[oh * p.Wo + ow] = Storage<T>::store(cbuf[size_t((oh * geo.Wq + ow) * CogP + co)] + b0);
       }
     }
   }
@@ -373,15 +418,7 @@ void tap_conv_backward_input_cols(const TapConvParams& p) {
   const int64_t Kc = T_ * Cig, KcP = padded_lanes<A>(Kc);
   std::vector<int> dr(T_), dc(T_);
   for (int t = 0; t < T_; ++t) p.taps.offset(t, dr[t], dc[t]);
-  // wc[g][co][t*Cig + ci]
-  std::vector<A> wc(size_t(G * Cog * KcP), A(0));
-  const T* w = static_cast<const T*>(p.w);
-  for (int64_t grp = 0; grp < G; ++grp)
-    for (int64_t co = 0; co < Cog; ++co)
-      for (int64_t ci = 0; ci < Cig; ++ci)
-        for (int t = 0; t < T_; ++t)
-          wc[size_t((grp * Cog + co) * KcP + t * Cig + ci)] =
-              Storage<T>::load(w[((grp * Cog + co) * Cig + ci) * T_ + t]);
+  const std::vector<A> wc = pack_weight_rows<T>(p, KcP);
   const int64_t M = p.Ho * p.Wo;
   T* dx = static_cast<T*>(p.dx);
 #pragma omp parallel
