@@ -407,64 +407,65 @@ void tap_conv_forward_typed(const TapConvParams& p) {
   }
 }
 
-// Few input channels: g[p][(t, ci)] = sum_co dy[co, p] * w[co, ci, t] on the output grid,
-// then each (p, t) adds into the input cell it read (col2im, in a fixed order per sample):
-//   dx[ci, oh*s - pad + dr_t, ow*s - pad + dc_t] += g[(oh, ow)][(t, ci)]
+// Few input channels: gT[(t, ci)][p] = sum_co w[co, ci, t] * dy[co, p] with positions as the
+// vector dimension, then each tap row adds back into the input cells it read (col2im, row
+// segments in a fixed order per sample):
+//   dx[ci, oh*s - pad + dr_t, ow*s - pad + dc_t] += gT[(t, ci)][oh*Wo + ow]
 template <class T>
 void tap_conv_backward_input_cols(const TapConvParams& p) {
   using A = Acc<T>;
   const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
   const int T_ = p.taps.count();
   const int64_t Kc = T_ * Cig, KcP = padded_lanes<A>(Kc);
-  std::vector<int> dr(T_), dc(T_);
-  for (int t = 0; t < T_; ++t) p.taps.offset(t, dr[t], dc[t]);
   const std::vector<A> wc = pack_weight_rows<T>(p, KcP);
-  const int64_t M = p.Ho * p.Wo;
+  const int64_t M = p.Ho * p.Wo, MP = padded_lanes<A>(M), mpad = M + kMaxMR;
   T* dx = static_cast<T*>(p.dx);
 #pragma omp parallel
   {
-    std::vector<A> dyp(size_t((M + kMaxMR) * Cog), A(0));
-    std::vector<A> g(size_t(M * KcP));
+    std::vector<A> dyT(size_t(Cog * mpad), A(0));  // dy[co][p], planar
+    std::vector<A> g(size_t(Kc * MP));
     std::vector<A> acc(size_t(Cig * p.H * p.W));
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < p.N * G; ++item) {
       const int64_t n = item / G, grp = item % G;
-      PlaneSpec s;
-      s.C = Cog;
-      s.H = p.Ho;
-      s.W = p.Wo;
-      s.sC = p.dy_strides.c;
-      s.sH = p.dy_strides.h;
-      s.rows = p.Ho;
-      s.cols = p.Wo;
-      s.cpitch = Cog;
-      pack_plane<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s,
-                    dyp.data());
-      const A* a0 = dyp.data();
-      const A* b0 = wc.data() + grp * Cog * KcP;
+      const T* dy = static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c;
+      for (int64_t co = 0; co < Cog; ++co)
+        for (int64_t oh = 0; oh < p.Ho; ++oh) {
+          const T* src = dy + co * p.dy_strides.c + oh * p.dy_strides.h;
+          A* d = dyT.data() + co * mpad + oh * p.Wo;
+          for (int64_t ow = 0; ow < p.Wo; ++ow) d[ow] = Storage<T>::load(src[ow]);
+        }
+      const A* a0 = wc.data() + grp * Cog * KcP;
+      const A* b0 = dyT.data();
       Gemm<A> gm;
-      gm.M = M;
-      gm.NP = KcP;
+      gm.M = Kc;
+      gm.NP = MP;
       gm.K = Cog;
       gm.a = &a0;
       gm.b = &b0;
-      gm.am = Cog;
-      gm.ak = 1;
-      gm.bk = KcP;
+      gm.am = 1;
+      gm.ak = KcP;
+      gm.bk = mpad;
       gm.c = g.data();
-      gm.cm = KcP;
+      gm.cm = MP;
       gemm_run(gm);
       std::fill(acc.begin(), acc.end(), A(0));
-      for (int64_t oh = 0; oh < p.Ho; ++oh)
-        for (int64_t ow = 0; ow < p.Wo; ++ow) {
-          const A* gp = g.data() + (oh * p.Wo + ow) * KcP;
-          for (int t = 0; t < T_; ++t) {
-            const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, dr[t]);
-            const int64_t iw = in_coord(ow, p.stride_w, p.pad_w, dc[t]);
-            if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) continue;
-            for (int64_t ci = 0; ci < Cig; ++ci) acc[size_t((ci * p.H + ih) * p.W + iw)] += gp[t * Cig + ci];
+      for (int t = 0; t < T_; ++t) {
+        int dr, dc;
+        p.taps.offset(t, dr, dc);
+        int64_t oa, ob;
+        valid_out_range(p.W, p.stride_w, p.pad_w, dc, p.Wo, oa, ob);
+        for (int64_t ci = 0; ci < Cig; ++ci) {
+          const A* gr = g.data() + (t * Cig + ci) * MP;
+          for (int64_t oh = 0; oh < p.Ho; ++oh) {
+            const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, dr);
+            if (ih < 0 || ih >= p.H) continue;
+            A* d = acc.data() + (ci * p.H + ih) * p.W + in_coord(0, p.stride_w, p.pad_w, dc);
+            const A* gp = gr + oh * p.Wo;
+            for (int64_t ow = oa; ow < ob; ++ow) d[ow * p.stride_w] += gp[ow];
           }
         }
+      }
       T* dxg = dx + (n * p.Cin + grp * Cig) * p.H * p.W;
       for (int64_t i = 0; i < Cig * p.H * p.W; ++i) dxg[i] = Storage<T>::store(acc[size_t(i)]);
     }
