@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from ._backend import BUILD_INFO, cuda_built
 from .norm import add_layer_norm, layer_norm, rms_norm
+from .attention import scaled_dot_product_attention, varlen_attention
 from .conv import conv2d, hex_avg_pool2d, hex_conv2d, hex_max_pool2d, indexed_conv
 from . import hex, nn, testing
 
@@ -18,6 +19,8 @@ __all__ = [
     "layer_norm",
     "rms_norm",
     "add_layer_norm",
+    "scaled_dot_product_attention",
+    "varlen_attention",
     "conv2d",
     "hex_conv2d",
     "hex_max_pool2d",

@@ -29,7 +29,8 @@ def _norm_forward(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Opt
     xv, rows, cols, xs, xst = row_view(x, inner)
     acc = _acc_dtype(x.dtype)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    mean = torch.empty(rows if center else 0, dtype=acc, device=x.device)
+    # the mean as hi + lo (csrc/norm/norm_math.h), saved for backward
+    mean = torch.empty((rows, 2) if center else (0,), dtype=acc, device=x.device)
     rstd = torch.empty(rows, dtype=acc, device=x.device)
     if residual is not None:
         rv, _, _, rs, rst = row_view(residual, inner)
@@ -50,7 +51,7 @@ def _(x, residual, weight, bias, inner, eps, center):
         rows *= s
     acc = _acc_dtype(x.dtype)
     total = torch.empty_like(x) if residual is not None else x.new_empty(0)
-    return (torch.empty_like(x), x.new_empty(rows if center else 0, dtype=acc),
+    return (torch.empty_like(x), x.new_empty((rows, 2) if center else (0,), dtype=acc),
             x.new_empty(rows, dtype=acc), total)
 
 

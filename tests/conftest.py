@@ -6,8 +6,16 @@ import zlib
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 import pyfastattn
+
+# Property tests: a bounded, derandomized profile for CI; `HYPOTHESIS_PROFILE=long` on demand.
+settings.register_profile("ci", max_examples=20, derandomize=True, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("long", max_examples=400, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HAVE_CUDA = torch.cuda.is_available() and pyfastattn.cuda_built()
 

@@ -19,7 +19,8 @@ struct ForwardParams {
   const void* weight = nullptr;    // (cols,) or null
   const void* bias = nullptr;      // (cols,) or null
   void* y = nullptr;               // (rows, cols) contiguous
-  void* mean = nullptr;            // (rows,) accumulation type, null for RMS norm
+  void* mean = nullptr;            // (rows, 2) accumulation type: the mean as hi + lo
+                                   // (norm_math.h row_statistics); null for RMS norm
   void* rstd = nullptr;            // (rows,) accumulation type
   double eps = 1e-5;
   bool center = true;              // layer norm subtracts the mean; RMS norm does not
@@ -33,7 +34,7 @@ struct BackwardParams {
   const void* x = nullptr;         // what was normalized (x + residual for add_layer_norm)
   RowLayout x_rows;
   const void* weight = nullptr;
-  const void* mean = nullptr;      // null for RMS norm
+  const void* mean = nullptr;      // (rows, 2) hi + lo as saved by forward; null for RMS norm
   const void* rstd = nullptr;
   const void* dsum = nullptr;      // (rows, cols) contiguous gradient of sum_out, added to dx
   void* dx = nullptr;              // (rows, cols) contiguous

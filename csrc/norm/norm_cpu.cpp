@@ -79,9 +79,9 @@ void forward_typed(const ForwardParams& p) {
       src = sr;
     }
     const A shift = ld(src, 0);
-    A hi, lo, mean, rstd;
-    row_statistics(row_welford(src, n, shift), shift, eps, p.center, hi, lo, mean, rstd);
-    if (p.mean) static_cast<A*>(p.mean)[r] = mean;
+    A hi, lo, rstd;
+    row_statistics(row_welford(src, n, shift), shift, eps, p.center, hi, lo, rstd);
+    if (p.mean) static_cast<A*>(p.mean)[2 * r] = hi, static_cast<A*>(p.mean)[2 * r + 1] = lo;
     static_cast<A*>(p.rstd)[r] = rstd;
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
@@ -117,13 +117,13 @@ void backward_typed(const BackwardParams& p) {
       for (int64_t r = r0; r < r1; ++r) {
         const T* dyr = static_cast<const T*>(p.dy) + p.dy_rows.offset(r);
         const T* xr = static_cast<const T*>(p.x) + p.x_rows.offset(r);
-        const A mean = means ? means[r] : A(0), rstd = rstds[r];
+        const A hi = means ? means[2 * r] : A(0), lo = means ? means[2 * r + 1] : A(0), rstd = rstds[r];
         // sum_g = sum(dy * w); sum_gx = sum(dy * w * xhat)
         A sum_g = 0, sum_gx = 0;
 #pragma omp simd reduction(+ : sum_g, sum_gx)
         for (int64_t j = 0; j < n; ++j) {
           const A dyj = ld(dyr, j);
-          xhat[j] = (ld(xr, j) - mean) * rstd;
+          xhat[j] = normalized(ld(xr, j), hi, lo, rstd);
           g[j] = dyj * (w ? ld(w, j) : A(1));
           sum_g += g[j];
           sum_gx += g[j] * xhat[j];

@@ -111,6 +111,10 @@ __device__ float2 group_sum2(float2 s) {
   return total;
 }
 
+// Row groups of up to 512 threads: 1024 x 72 registers exceeds the register file (seen on
+// an H100: "too many resources requested for launch").
+constexpr int kMaxRowThreads = 512;
+
 template <class T, int V, bool kResidual>
 __global__ void forward_kernel(const ForwardParams p) {
   const int64_t n = p.cols, nvec = n / V;
@@ -146,10 +150,10 @@ __global__ void forward_kernel(const ForwardParams p) {
       welford_push(acc, v - shift);
     }
     acc = group_merge(acc);
-    float hi, lo, mean, rstd;
-    row_statistics(acc, shift, float(p.eps), p.center, hi, lo, mean, rstd);
+    float hi, lo, rstd;
+    row_statistics(acc, shift, float(p.eps), p.center, hi, lo, rstd);
     if (tid == 0) {
-      if (p.mean) static_cast<float*>(p.mean)[row] = mean;
+      if (p.mean) static_cast<float2*>(p.mean)[row] = make_float2(hi, lo);
       static_cast<float*>(p.rstd)[row] = rstd;
     }
     // Pass 2: y = (s - mean) * rstd * w + b. Each thread re-reads only what it wrote or read.
@@ -172,19 +176,24 @@ __global__ void forward_kernel(const ForwardParams p) {
   }
 }
 
+// g = dy * w rounded once (no FMA contraction), so both passes see the same g and a row
+// whose dx is exactly 0 (one element) gets 0, as on the CPU.
+__device__ __forceinline__ float scaled_grad(float dy, float w) { return __fmul_rn(dy, w); }
+
 template <class T, int V>
 __global__ void backward_input_kernel(const BackwardParams p) {
   const int64_t n = p.cols, nvec = n / V;
   const int tid = threadIdx.x, G = blockDim.x;
   const T* w = static_cast<const T*>(p.weight);
-  const float* means = static_cast<const float*>(p.mean);
+  const float2* means = static_cast<const float2*>(p.mean);
   const float* rstds = static_cast<const float*>(p.rstd);
   const float inv_n = 1.f / float(n);
   for (int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; row < p.rows;
        row += int64_t(gridDim.x) * blockDim.y) {
     const T* dyr = static_cast<const T*>(p.dy) + p.dy_rows.offset(row);
     const T* xr = static_cast<const T*>(p.x) + p.x_rows.offset(row);
-    const float mean = means ? means[row] : 0.f, rstd = rstds[row];
+    const float2 c = means ? means[row] : make_float2(0.f, 0.f);
+    const float rstd = rstds[row];
     // Pass 1: sum(g) and sum(g * xhat) with g = dy * w, xhat = (x - mean) * rstd.
     float2 sums = make_float2(0.f, 0.f);
     for (int64_t i = tid; i < nvec; i += G) {
@@ -194,15 +203,15 @@ __global__ void backward_input_kernel(const BackwardParams p) {
       if (w) load_f32<T, V>(w + i * V, wv);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        const float g = dy[k] * (w ? wv[k] : 1.f);
+        const float g = scaled_grad(dy[k], w ? wv[k] : 1.f);
         sums.x += g;
-        sums.y += g * (x[k] - mean) * rstd;
+        sums.y += g * normalized(x[k], c.x, c.y, rstd);
       }
     }
     for (int64_t j = nvec * V + tid; j < n; j += G) {
-      const float g = to_f32(dyr[j]) * (w ? to_f32(w[j]) : 1.f);
+      const float g = scaled_grad(to_f32(dyr[j]), w ? to_f32(w[j]) : 1.f);
       sums.x += g;
-      sums.y += g * (to_f32(xr[j]) - mean) * rstd;
+      sums.y += g * normalized(to_f32(xr[j]), c.x, c.y, rstd);
     }
     sums = group_sum2(sums);
     const float mean_g = sums.x * inv_n, mean_gx = sums.y * inv_n;
@@ -217,14 +226,15 @@ __global__ void backward_input_kernel(const BackwardParams p) {
       if (dsr) load_f32<T, V>(dsr + i * V, ds);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        const float g = dy[k] * (w ? wv[k] : 1.f);
-        x[k] = input_gradient(g, (x[k] - mean) * rstd, rstd, mean_g, mean_gx, p.center) + (dsr ? ds[k] : 0.f);
+        const float g = scaled_grad(dy[k], w ? wv[k] : 1.f);
+        x[k] = input_gradient(g, normalized(x[k], c.x, c.y, rstd), rstd, mean_g, mean_gx, p.center) +
+               (dsr ? ds[k] : 0.f);
       }
       store_f32<T, V>(dxr + i * V, x);
     }
     for (int64_t j = nvec * V + tid; j < n; j += G) {
-      const float g = to_f32(dyr[j]) * (w ? to_f32(w[j]) : 1.f);
-      float d = input_gradient(g, (to_f32(xr[j]) - mean) * rstd, rstd, mean_g, mean_gx, p.center);
+      const float g = scaled_grad(to_f32(dyr[j]), w ? to_f32(w[j]) : 1.f);
+      float d = input_gradient(g, normalized(to_f32(xr[j]), c.x, c.y, rstd), rstd, mean_g, mean_gx, p.center);
       if (dsr) d += to_f32(dsr[j]);
       dxr[j] = from_f32<T>(d);
     }
@@ -242,7 +252,7 @@ __global__ void param_grad_partials_kernel(const BackwardParams p) {
   const int64_t j = int64_t(blockIdx.x) * kColsPerBlock + threadIdx.x;
   const int64_t c = blockIdx.y;
   const int64_t r0 = p.rows * c / chunks, r1 = p.rows * (c + 1) / chunks;
-  const float* means = static_cast<const float*>(p.mean);
+  const float2* means = static_cast<const float2*>(p.mean);
   const float* rstds = static_cast<const float*>(p.rstd);
   float dw = 0.f, db = 0.f;
   if (j < n) {
@@ -250,7 +260,8 @@ __global__ void param_grad_partials_kernel(const BackwardParams p) {
     for (int64_t r = r0 + threadIdx.y; r < r1; r += kRowLanes) {
       const float dy = to_f32(static_cast<const T*>(p.dy)[p.dy_rows.offset(r) + j]);
       const float x = to_f32(static_cast<const T*>(p.x)[p.x_rows.offset(r) + j]);
-      dw += dy * (x - (means ? means[r] : 0.f)) * rstds[r];
+      const float2 c = means ? means[r] : make_float2(0.f, 0.f);
+      dw += dy * normalized(x, c.x, c.y, rstds[r]);
       db += dy;
     }
   }
@@ -295,7 +306,7 @@ Launch row_launch(int64_t rows, int64_t cols, int vec) {
             dim3(32, rows_per_block)};
   }
   const int64_t want = (vecs + 7) / 8;  // about 8 vectors per thread
-  const int g = int(std::min<int64_t>(1024, std::max<int64_t>(64, (want + 31) / 32 * 32)));
+  const int g = int(std::min<int64_t>(kMaxRowThreads, std::max<int64_t>(64, (want + 31) / 32 * 32)));
   return {dim3(unsigned(std::min(rows, kMaxGrid))), dim3(g, 1)};
 }
 

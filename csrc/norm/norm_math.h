@@ -39,29 +39,33 @@ PFA_HD Welford<A> welford_merge(const Welford<A>& a, const Welford<A>& b) {
 }
 
 // Layer norm: mean and 1/sqrt(var + eps). RMS norm: mean 0 and 1/sqrt(mean(x^2) + eps).
-// `w` holds the statistics of x - shift. Normalizing subtracts the mean in two steps,
-// (x - center_hi) - center_lo, with center_hi + center_lo = mean (both 0 for RMS norm);
-// `mean` is the rounded sum, stored for backward.
+// `w` holds the statistics of x - shift. The mean is kept as hi + lo (hi = shift, lo = the
+// shifted mean; both 0 for RMS norm) and subtracted in two steps, in forward and backward,
+// so that neither loses the digits a single rounded float mean of 1e4 would.
 template <class A>
-PFA_HD void row_statistics(const Welford<A>& w, A shift, A eps, bool center, A& center_hi,
-                           A& center_lo, A& mean, A& rstd) {
+PFA_HD void row_statistics(const Welford<A>& w, A shift, A eps, bool center, A& hi, A& lo, A& rstd) {
   const A var = w.count > A(0) ? w.m2 / w.count : A(0);  // biased, as torch
   if (center) {
-    center_hi = shift;
-    center_lo = w.mean;
-    mean = shift + w.mean;
+    hi = shift;
+    lo = w.mean;
     rstd = A(1) / sqrt(var + eps);
   } else {
     const A m = shift + w.mean;
-    center_hi = center_lo = mean = A(0);
+    hi = lo = A(0);
     rstd = A(1) / sqrt(var + m * m + eps);
   }
 }
 
-// y = ((x - center_hi) - center_lo) * rstd * w + b   (w = 1, b = 0 when absent)
+// xhat = ((x - hi) - lo) * rstd
 template <class A>
-PFA_HD A normalize_affine(A x, A center_hi, A center_lo, A rstd, A w, A b) {
-  return ((x - center_hi) - center_lo) * rstd * w + b;
+PFA_HD A normalized(A x, A hi, A lo, A rstd) {
+  return ((x - hi) - lo) * rstd;
+}
+
+// y = xhat * w + b   (w = 1, b = 0 when absent)
+template <class A>
+PFA_HD A normalize_affine(A x, A hi, A lo, A rstd, A w, A b) {
+  return normalized(x, hi, lo, rstd) * w + b;
 }
 
 // Backward of one row, with g = dy * w and xhat = (x - mean) * rstd:

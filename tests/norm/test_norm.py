@@ -17,8 +17,10 @@ def dtypes_for(device):
     return [torch.float64, torch.float32, *HALF] if device == "cpu" else [torch.float32, *HALF]
 
 
-def _torch_add_ln(x, r, w, b, eps=1e-5):
+def _torch_add_ln(x, r, w, b, eps=1e-5, sum_dtype=None):
     s = x + r
+    if sum_dtype is not None:  # the op normalizes the sum as stored: round it (straight-through)
+        s = s + (s.to(sum_dtype).to(s.dtype) - s).detach()
     return F.layer_norm(s, s.shape[-1:], w, b, eps), s
 
 
@@ -61,17 +63,24 @@ def check_op(name, x, shape, weight=True, bias=True, device="cpu", dtype=torch.f
     def cast(t):
         return None if t is None else t.to(device, dtype)
 
-    def with_layout(t):
-        # x keeps its (possibly non-contiguous) layout on the target device/dtype
+    def with_layout(t, like):
+        # the kernel's input keeps the (possibly non-contiguous) layout of the original view
         if t is None:
             return None
-        out = torch.empty_strided(t.shape, t.stride(), dtype=dtype, device=device)
+        out = torch.empty_strided(like.shape, like.stride(), dtype=dtype, device=device)
         out.copy_(t)
         return out
 
+    # the reference sees exactly the values the kernel sees: inputs rounded to dtype first
+    x0, r0 = x, r
+    x, r, w, b = (None if t is None else t.to(dtype).double() for t in (x, r, w, b))
     ref_in = [x, r, w, b]
-    ref_out, ref_grad = _run(theirs, ref_in, shape, gouts)
-    our_in = [with_layout(x), with_layout(r), cast(w), cast(b)]
+    if name == "add_layer_norm":
+        ref_out, ref_grad = _run(lambda x, r, w, b, shape: _torch_add_ln(x, r, w, b, sum_dtype=dtype),
+                                 ref_in, shape, gouts)
+    else:
+        ref_out, ref_grad = _run(theirs, ref_in, shape, gouts)
+    our_in = [with_layout(x, x0), with_layout(r, r0), cast(w), cast(b)]
     our_out, our_grad = _run(ours, our_in, shape, gouts)
     same_out, same_grad = (None, None)
     loose = ill_conditioned and dtype == torch.float32
@@ -256,3 +265,19 @@ def test_empty_and_nonfinite(device):
 def test_bad_input(call, exc, words):
     with pytest.raises(exc, match=words):
         call()
+
+
+def test_row_offsets_past_2_31_elements(seed):
+    # A view whose second row starts 2^31 + 5 elements in: 32-bit offsets would wrap.
+    # torch.empty does not touch the pages, so only the rows written below cost memory.
+    stride = 2**31 + 5
+    base = torch.empty(stride + 64, dtype=torch.bfloat16)
+    x = base.as_strided((2, 64), (stride, 1))
+    x.copy_(torch.randn(2, 64))
+    w = torch.randn(64, dtype=torch.bfloat16)
+    y = pyfastattn.layer_norm(x, (64,), w)
+    ref = F.layer_norm(x.double(), (64,), w.double())
+    assert_matches_reference(y, ref, F.layer_norm(x.contiguous(), (64,), w))
+    xg = x.detach().requires_grad_(True)
+    g = torch.autograd.grad(pyfastattn.layer_norm(xg, (64,)).float().sum(), xg)[0]
+    assert g.shape == x.shape and torch.isfinite(g).all()

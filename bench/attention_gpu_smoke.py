@@ -1,0 +1,93 @@
+"""GPU smoke test of CUDA attention against a float64 reference: dtypes, head dims, causal,
+masks, GQA, fully masked rows, varlen, bitwise-deterministic backward. Run by gpu_check.sh."""
+import sys
+import itertools, torch, pyfastattn
+torch.manual_seed(0)
+dev = "cuda"
+def ref(q, k, v, mask, causal, scale):
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    s = q @ k.transpose(-1, -2) * scale
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.double()
+    if causal:
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).triu(1), float("-inf"))
+    return torch.nan_to_num(torch.softmax(s, -1), nan=0.0) @ v
+fails = 0
+for dt, D, causal, mk, (lq, lk), gqa in itertools.product(
+        [torch.float16, torch.bfloat16, torch.float32], [8, 40, 64, 128, 256], [False, True],
+        [None, "bool", "float"], [(1, 1), (77, 130), (256, 256)], [False, True]):
+    B, Hq = 2, 4
+    Hkv = 2 if gqa else Hq
+    q = torch.randn(B, Hq, lq, D, device=dev, dtype=dt, requires_grad=True)
+    k = torch.randn(B, Hkv, lk, D, device=dev, dtype=dt, requires_grad=True)
+    v = torch.randn(B, Hkv, lk, D, device=dev, dtype=dt, requires_grad=True)
+    mask = None
+    if mk == "bool":
+        mask = torch.rand(B, 1, 1, lk, device=dev) > 0.3
+        mask[..., 0] = True  # no fully masked rows here: torch's own output would be NaN
+    elif mk == "float":
+        mask = torch.randn(B, Hq, lq, lk, device=dev, dtype=dt, requires_grad=True)
+    scale = D ** -0.5
+    out = pyfastattn.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    do = torch.randn_like(out)
+    ins = [q, k, v] + ([mask] if mk == "float" else [])
+    grads = torch.autograd.grad(out, ins, do)
+    leaves = [t.detach().double().requires_grad_() for t in ins]
+    r = ref(*leaves[:3], leaves[3] if mk == "float" else mask, causal, scale)
+    rg = torch.autograd.grad(r, leaves, do.double())
+    if dt == torch.float32:
+        # (absolute floor 1e-5: a gradient that is exactly 0, e.g. dq with one key, is O(1) rounding noise)
+        ok = lambda a, b, c: ((a.double() - b).abs().max() <= 1e-5 or
+                              ((a.double() - b).norm() <= 1e-5 * b.norm() and
+                               (a.double() - b).abs().max() <= 1e-4 * b.abs().max()))
+        outs = [(out, r, None)] + [(a, b, None) for a, b in zip(grads, rg)]
+    else:
+        tq, tk, tv = (t.detach().requires_grad_() for t in (q, k, v))
+        tm = mask.detach().requires_grad_() if mk == "float" else mask
+        to = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=tm, is_causal=causal, enable_gqa=gqa)
+        tg = torch.autograd.grad(to, [tq, tk, tv] + ([tm] if mk == "float" else []), do)
+        ok = lambda a, b, c: (a.double() - b).abs().max() <= 2 * (c.double() - b).abs().max() + 1e-5
+        outs = [(out, r, to)] + list(zip(grads, rg, tg))
+    for name, (a, b, c) in zip(["out", "dq", "dk", "dv", "dmask"], outs):
+        good = bool(torch.isfinite(a).all()) and bool(ok(a, b, c))
+        if not good:
+            fails += 1
+            print("FAIL", name, dt, D, "causal" if causal else "", mk, lq, lk, "gqa" if gqa else "",
+                  float((a.double() - b).abs().max()))
+# fully masked rows: zeros and LSE -inf, never NaN
+q = torch.randn(1, 2, 33, 64, device=dev, dtype=torch.float16, requires_grad=True)
+k = torch.randn(1, 2, 70, 64, device=dev, dtype=torch.float16, requires_grad=True)
+v = torch.randn_like(k, requires_grad=True)
+m = torch.rand(1, 1, 33, 70, device=dev) > 0.5
+m[:, :, 5] = False
+o, lse = pyfastattn.scaled_dot_product_attention(q, k, v, attn_mask=m, return_lse=True)
+g = torch.autograd.grad(o, [q, k, v], torch.randn_like(o))
+assert (o[:, :, 5] == 0).all() and torch.isneginf(lse[:, :, 5]).all(), "fully masked row"
+assert all(torch.isfinite(t).all() for t in (o,) + g), "NaN/inf with a fully masked row"
+# varlen with lengths 0, 1 and uneven, against dense per sequence
+for dt in (torch.float16, torch.bfloat16, torch.float32):
+    lens = [0, 1, 37, 64, 129]
+    cu = torch.tensor([0] + list(itertools.accumulate(lens)), device=dev, dtype=torch.int32)
+    q = torch.randn(cu[-1].item(), 4, 64, device=dev, dtype=dt)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    o = pyfastattn.varlen_attention(q, k, v, cu, cu, max(lens), max(lens), is_causal=True)
+    for i, L in enumerate(lens):
+        if L == 0: continue
+        s = slice(cu[i].item(), cu[i + 1].item())
+        d = pyfastattn.scaled_dot_product_attention(*(t[s].transpose(0, 1)[None] for t in (q, k, v)), is_causal=True)
+        err = (o[s] - d[0].transpose(0, 1)).abs().max().item()
+        if err > (1e-5 if dt == torch.float32 else 1e-2):
+            fails += 1; print("FAIL varlen", dt, L, err)
+# determinism: two backward runs must be bitwise equal
+q = torch.randn(2, 8, 300, 128, device=dev, dtype=torch.bfloat16, requires_grad=True)
+k = torch.randn(2, 2, 300, 128, device=dev, dtype=torch.bfloat16, requires_grad=True)
+v = torch.randn_like(k, requires_grad=True)
+bias = torch.randn(2, 8, 300, 300, device=dev, dtype=torch.bfloat16, requires_grad=True)
+do = torch.randn_like(q)
+g1 = torch.autograd.grad(pyfastattn.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True), [q, k, v, bias], do)
+g2 = torch.autograd.grad(pyfastattn.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True), [q, k, v, bias], do)
+if not all(torch.equal(a, b) for a, b in zip(g1, g2)):
+    fails += 1; print("FAIL nondeterministic backward")
+print("failures:", fails)
+sys.exit(1 if fails else 0)

@@ -1,0 +1,655 @@
+// CPU kernels of the attention family: FlashAttention-2 on tiles, like attention_cuda.cu,
+// with the per-element math of attention_math.h.
+//
+// Forward: one task per (batch, query head, query block of kBQ rows); it streams key/value
+// blocks of kBK rows through an online softmax and writes out and the LSE.
+// Backward: one task per (batch, kv head, chunk of key blocks); for each key block it loops
+// over the GQA group's query heads and all query blocks, recomputes P from the LSE and
+// accumulates dK/dV for the block (so the group is summed in a fixed order) and dQ into the
+// chunk's own partial buffer; a last pass sums the chunks' dQ in chunk order. No race, no
+// atomics, the same bits on every run. No (Lq, Lk) matrix exists, only kBQ x kBK tiles.
+//
+// Tiles are converted to the accumulation type A (float, or double for float64) and padded
+// with zeros to kMR rows and kNB columns, so the tile products below need no edge cases.
+// The tile product keeps a kMR x kNB block of C in GCC vector registers (AVX-512 when the
+// CPU has it: the hot functions are cloned per x86 level and picked at load time).
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "attention/attention.h"
+#include "attention/attention_math.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(PFA_SANITIZE)
+#define PFA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
+#else
+#define PFA_CPU_CLONES
+#endif
+
+namespace pfa::attention {
+namespace {
+
+template <class T>
+using Acc = typename Storage<T>::acc;
+
+constexpr int kBQ = 64;  // query rows per tile
+constexpr int kBK = 64;  // key rows per tile
+constexpr int kMR = 4;   // rows of C per register block
+
+template <class A>
+struct Vec {
+  static constexpr int lanes = 64 / int(sizeof(A));
+  typedef A type __attribute__((vector_size(64)));
+};
+// Columns per register block: 4 vectors (64 floats, 32 doubles); kBK is a multiple of both.
+template <class A>
+constexpr int kNB = 4 * Vec<A>::lanes;
+
+template <class A>
+int padded_dim(int d) {
+  return (d + kNB<A> - 1) / kNB<A> * kNB<A>;
+}
+
+// 2^x as Cody-Waite range reduction + degree-6 Taylor polynomial on [-1/2, 1/2] (relative
+// error < 2e-7), written with plain arithmetic so `omp simd` loops vectorize it; scores far
+// below the masked threshold never reach it (masked_exp2 returns 0 for them).
+struct FastExp2 {
+  float operator()(float x) const {
+    x = x < -126.f ? -126.f : x;  // exp2(-126) ~ 1e-38: below anything that matters next to 1
+    const float n = (x + 12582912.f) - 12582912.f;  // round to nearest (1.5 * 2^23 trick)
+    const float f = (x - n) * 0.69314718056f;
+    float p = 1.f / 720.f;
+    p = p * f + 1.f / 120.f;
+    p = p * f + 1.f / 24.f;
+    p = p * f + 1.f / 6.f;
+    p = p * f + 0.5f;
+    p = p * f + 1.f;
+    p = p * f + 1.f;
+    const int32_t bits = (int32_t(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, 4);
+    return p * scale;
+  }
+  double operator()(double x) const { return std::exp2(x); }
+};
+
+// C (m x n) {=, +=} X (m x k) * Y (k x n). X element (r, kk) is X[r * xr + kk * xk] (so X may
+// be a transposed tile); Y and C are row-major with leading dims ldy, ldc. m % kMR == 0,
+// n % kNB == 0, and every element read exists (the tiles are padded).
+template <bool kAccumulate, class A>
+inline void tile_gemm(int m, int n, int k, const A* X, int64_t xr, int64_t xk, const A* Y, int64_t ldy,
+                      A* C, int64_t ldc) {
+  using V = typename Vec<A>::type;
+  constexpr int L = Vec<A>::lanes;
+  for (int j0 = 0; j0 < n; j0 += kNB<A>) {
+    for (int i0 = 0; i0 < m; i0 += kMR) {
+      V acc[kMR][4];
+      for (int r = 0; r < kMR; ++r)
+        for (int v = 0; v < 4; ++v) {
+          if (kAccumulate)
+            std::memcpy(&acc[r][v], C + int64_t(i0 + r) * ldc + j0 + v * L, sizeof(V));
+          else
+            acc[r][v] = V{};
+        }
+      for (int kk = 0; kk < k; ++kk) {
+        V y[4];
+        for (int v = 0; v < 4; ++v) std::memcpy(&y[v], Y + int64_t(kk) * ldy + j0 + v * L, sizeof(V));
+        for (int r = 0; r < kMR; ++r) {
+          const A x = X[(i0 + r) * xr + kk * xk];
+          for (int v = 0; v < 4; ++v) acc[r][v] += x * y[v];
+        }
+      }
+      for (int r = 0; r < kMR; ++r)
+        for (int v = 0; v < 4; ++v)
+          std::memcpy(C + int64_t(i0 + r) * ldc + j0 + v * L, &acc[r][v], sizeof(V));
+    }
+  }
+}
+
+int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+// Waking a thread team costs microseconds (far more on a loaded machine): tiny problems,
+// such as gradcheck's, run on the calling thread.
+bool worth_threads(const ForwardParams& p) {
+  return double(p.batch) * p.heads_q * p.len_q * double(p.len_k) * p.head_dim > double(1 << 20);
+}
+
+// Where sequence b lives: dense rows start at 0 in their own (b, h) slice; varlen rows are
+// tokens cu[b] + i with stride_b unused.
+struct Seq {
+  int64_t q0 = 0, k0 = 0;  // first token (varlen) or 0 (dense)
+  int len_q = 0, len_k = 0;
+};
+
+Seq sequence(const ForwardParams& p, int b) {
+  Seq s;
+  if (p.cu_seqlens_q) {
+    s.q0 = p.cu_seqlens_q[b];
+    s.k0 = p.cu_seqlens_k[b];
+    s.len_q = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
+    s.len_k = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
+  } else {
+    s.len_q = p.len_q;
+    s.len_k = p.len_k;
+  }
+  return s;
+}
+
+// Element offset of row i of (b, h) in a strided operand (varlen: stride_b is ignored).
+int64_t row_offset(const ForwardParams& p, int64_t sb, int64_t sh, int64_t sl, int b, int h,
+                   int64_t first, int64_t i) {
+  return (p.cu_seqlens_q ? 0 : int64_t(b) * sb) + int64_t(h) * sh + (first + i) * sl;
+}
+
+// Index of query row i of (b, h) in the LSE and in any per-row buffer: (B, Hq, Lq) dense,
+// (Hq, total_q) varlen.
+int64_t lse_index(const ForwardParams& p, int64_t total_q, int b, int h, const Seq& s, int64_t i) {
+  if (p.cu_seqlens_q) return int64_t(h) * total_q + s.q0 + i;
+  return (int64_t(b) * p.heads_q + h) * p.len_q + i;
+}
+
+int64_t total_rows_q(const ForwardParams& p) {
+  return p.cu_seqlens_q ? int64_t(p.cu_seqlens_q[p.batch]) : int64_t(p.len_q);
+}
+
+// Loads rows [r0, r0 + n) of a (b, h) slice into a zero-padded tile: row-major (ld) or
+// transposed (tile[d * ld + r]).
+template <class T, class A>
+void load_tile(const T* base, int64_t stride_l, int n, int d, A* tile, int rows, int ld, bool transposed) {
+  if (transposed) {
+    std::fill(tile, tile + int64_t(ld) * rows, A(0));  // rows = padded head dim here
+    for (int r = 0; r < n; ++r) {
+      const T* src = base + r * stride_l;
+      for (int c = 0; c < d; ++c) tile[int64_t(c) * ld + r] = Storage<T>::load(src[c]);
+    }
+    return;
+  }
+  for (int r = 0; r < rows; ++r) {
+    A* dst = tile + int64_t(r) * ld;
+    if (r < n) {
+      const T* src = base + r * stride_l;
+#pragma omp simd
+      for (int c = 0; c < d; ++c) dst[c] = Storage<T>::load(src[c]);
+      std::fill(dst + d, dst + ld, A(0));
+    } else {
+      std::fill(dst, dst + ld, A(0));
+    }
+  }
+}
+
+// s2 for one tile: score_log2 of the raw products, then the bool/causal/bounds rules set
+// kMaskedScore. Rows >= qm are left alone (their P is zeroed by the caller).
+template <class T, class A>
+void scores_log2(const ForwardParams& p, A* S, int qm, int kn, int b, int h, int64_t i0, int64_t j0) {
+  const A scale_log2 = A(p.scale * kLog2e);
+  const A masked = masked_score<A>();
+  for (int i = 0; i < qm; ++i) {
+    A* s = S + i * kBK;
+    const int64_t gi = i0 + i;
+    if (p.mask_kind == MaskKind::Float) {
+      const T* m = static_cast<const T*>(p.mask) + b * p.mask_stride_b + h * p.mask_stride_h +
+                   gi * p.mask_stride_q + j0 * p.mask_stride_k;
+      const int64_t ms = p.mask_stride_k;
+#pragma omp simd
+      for (int j = 0; j < kn; ++j) s[j] = score_log2(s[j], scale_log2, A(Storage<T>::load(m[j * ms])));
+    } else {
+#pragma omp simd
+      for (int j = 0; j < kn; ++j) s[j] = score_log2(s[j], scale_log2, A(0));
+      if (p.mask_kind == MaskKind::Bool) {
+        const uint8_t* m = static_cast<const uint8_t*>(p.mask) + b * p.mask_stride_b +
+                           h * p.mask_stride_h + gi * p.mask_stride_q + j0 * p.mask_stride_k;
+        const int64_t ms = p.mask_stride_k;
+#pragma omp simd
+        for (int j = 0; j < kn; ++j) s[j] = m[j * ms] ? s[j] : masked;
+      }
+    }
+    if (p.causal) {
+      // key j0 + j visible iff j0 + j <= gi
+      const int64_t first_hidden = std::max<int64_t>(0, gi - j0 + 1);
+      for (int64_t j = first_hidden; j < kn; ++j) s[j] = masked;
+    }
+    for (int j = kn; j < kBK; ++j) s[j] = masked;
+  }
+}
+
+// max_j s[j] over one tile row, in independent lanes (a scalar max chain does not vectorize).
+template <class A>
+inline A tile_row_max(const A* s) {
+  constexpr int L = Vec<A>::lanes;
+  A m[L];
+  for (int c = 0; c < L; ++c) m[c] = s[c];
+  for (int j = L; j < kBK; j += L)
+    for (int c = 0; c < L; ++c) m[c] = m[c] > s[j + c] ? m[c] : s[j + c];
+  A r = m[0];
+  for (int c = 1; c < L; ++c) r = r > m[c] ? r : m[c];
+  return r;
+}
+
+// ---------------------------------------------------------------- forward
+
+template <class T>
+struct FwdScratch {
+  using A = Acc<T>;
+  int dp;
+  std::vector<A> qt, k, v, st, o, m, l, m_new, tile_sum;
+  explicit FwdScratch(int d)
+      : dp(padded_dim<A>(d)), qt(size_t(d) * kBQ), k(size_t(kBK) * dp), v(size_t(kBK) * dp),
+        st(size_t(kBK) * kBQ), o(size_t(kBQ) * dp), m(kBQ), l(kBQ), m_new(kBQ), tile_sum(kBQ) {}
+};
+
+// s2 for a transposed score tile ST[j][i] (forward): as scores_log2, vectorized along queries.
+// Columns i >= qm (past the block's last query) are set to 0: finite, and never stored.
+template <class T, class A>
+void scores_log2_t(const ForwardParams& p, A* ST, int qm, int kn, int b, int h, int64_t i0, int64_t j0) {
+  const A scale_log2 = A(p.scale * kLog2e);
+  const A masked = masked_score<A>();
+  for (int j = 0; j < kn; ++j) {
+    A* s = ST + j * kBQ;
+    const int64_t gj = j0 + j;
+    if (p.mask_kind == MaskKind::Float) {
+      const T* m = static_cast<const T*>(p.mask) + b * p.mask_stride_b + h * p.mask_stride_h +
+                   i0 * p.mask_stride_q + gj * p.mask_stride_k;
+      const int64_t ms = p.mask_stride_q;
+#pragma omp simd
+      for (int i = 0; i < qm; ++i) s[i] = score_log2(s[i], scale_log2, A(Storage<T>::load(m[i * ms])));
+    } else {
+#pragma omp simd
+      for (int i = 0; i < qm; ++i) s[i] = score_log2(s[i], scale_log2, A(0));
+      if (p.mask_kind == MaskKind::Bool) {
+        const uint8_t* m = static_cast<const uint8_t*>(p.mask) + b * p.mask_stride_b +
+                           h * p.mask_stride_h + i0 * p.mask_stride_q + gj * p.mask_stride_k;
+        const int64_t ms = p.mask_stride_q;
+#pragma omp simd
+        for (int i = 0; i < qm; ++i) s[i] = m[i * ms] ? s[i] : masked;
+      }
+    }
+    if (p.causal) {
+      // key gj visible to query i0 + i iff gj <= i0 + i
+      const int64_t first_visible = std::min<int64_t>(qm, std::max<int64_t>(0, gj - i0));
+      for (int64_t i = 0; i < first_visible; ++i) s[i] = masked;
+    }
+    for (int i = qm; i < kBQ; ++i) s[i] = A(0);
+  }
+}
+
+// One query block: Q^T is loaded once; for each key block S^T = K Q^T (K read in place when it
+// is already in the accumulation type), so the softmax runs along contiguous query columns.
+template <class T>
+void forward_block(const ForwardParams& p, FwdScratch<T>& w, int b, int h, int qb, int64_t total_q) {
+  using A = Acc<T>;
+  constexpr bool kDirect = std::is_same<T, A>::value;
+  const Seq sq = sequence(p, b);
+  const int64_t i0 = int64_t(qb) * kBQ;
+  if (i0 >= sq.len_q) return;
+  const int qm = int(std::min<int64_t>(kBQ, sq.len_q - i0)), qmr = round_up(qm, kMR);
+  const int d = p.head_dim, dp = w.dp;
+  const int hk = h / (p.heads_q / p.heads_kv);
+  const T* q = static_cast<const T*>(p.q.ptr) +
+               row_offset(p, p.q.stride_b, p.q.stride_h, p.q.stride_l, b, h, sq.q0, i0);
+  load_tile<T, A>(q, p.q.stride_l, qm, d, w.qt.data(), d, kBQ, true);
+  std::fill(w.o.begin(), w.o.end(), A(0));
+  for (int i = 0; i < kBQ; ++i) {
+    const SoftmaxState<A> st = softmax_init<A>();
+    w.m[i] = st.m;
+    w.l[i] = st.l;
+  }
+  // Causal: key blocks that start after the block's last query row are all hidden.
+  const int64_t k_end = p.causal ? std::min<int64_t>(sq.len_k, i0 + qm) : sq.len_k;
+  for (int64_t j0 = 0; j0 < k_end; j0 += kBK) {
+    const int kn = int(std::min<int64_t>(kBK, k_end - j0)), knr = round_up(kn, kMR);
+    const T* k = static_cast<const T*>(p.k.ptr) +
+                 row_offset(p, p.k.stride_b, p.k.stride_h, p.k.stride_l, b, hk, sq.k0, j0);
+    const T* v = static_cast<const T*>(p.v.ptr) +
+                 row_offset(p, p.v.stride_b, p.v.stride_h, p.v.stride_l, b, hk, sq.k0, j0);
+    // S^T = K Q^T (kn x kBQ)
+    if (kDirect && kn % kMR == 0) {
+      tile_gemm<false>(kn, kBQ, d, reinterpret_cast<const A*>(k), p.k.stride_l, 1, w.qt.data(), kBQ,
+                       w.st.data(), kBQ);
+    } else {
+      load_tile<T, A>(k, p.k.stride_l, kn, d, w.k.data(), knr, dp, false);
+      tile_gemm<false>(knr, kBQ, d, w.k.data(), dp, 1, w.qt.data(), kBQ, w.st.data(), kBQ);
+    }
+    scores_log2_t<T, A>(p, w.st.data(), qm, kn, b, h, i0, j0);
+    // Online softmax per query column i: m_new = max(m, max_j S); P = exp2(S - m_new);
+    // l = l * alpha + sum_j P; O *= alpha.
+    A* mn = w.m_new.data();
+    A* ts = w.tile_sum.data();
+    for (int i = 0; i < kBQ; ++i) mn[i] = w.m[i], ts[i] = A(0);
+    for (int j = 0; j < kn; ++j) {
+      const A* s = w.st.data() + j * kBQ;
+#pragma omp simd
+      for (int i = 0; i < kBQ; ++i) mn[i] = mn[i] > s[i] ? mn[i] : s[i];
+    }
+    for (int j = 0; j < kn; ++j) {
+      A* s = w.st.data() + j * kBQ;
+#pragma omp simd
+      for (int i = 0; i < kBQ; ++i) {
+        s[i] = masked_exp2(s[i], mn[i], FastExp2{});
+        ts[i] += s[i];
+      }
+    }
+    for (int i = 0; i < qm; ++i) {
+      SoftmaxState<A> st{w.m[i], w.l[i]};
+      const A alpha = softmax_update(st, softmax_new_max(st, mn[i]), ts[i]);
+      w.m[i] = st.m;
+      w.l[i] = st.l;
+      if (alpha != A(1)) {
+        A* o = w.o.data() + int64_t(i) * dp;
+#pragma omp simd
+        for (int c = 0; c < dp; ++c) o[c] *= alpha;
+      }
+    }
+    // O += P V   (P element (i, j) at S^T[j * kBQ + i])
+    if (kDirect && d == dp) {
+      tile_gemm<true>(qmr, dp, kn, w.st.data(), 1, kBQ, reinterpret_cast<const A*>(v), p.v.stride_l,
+                      w.o.data(), dp);
+    } else {
+      load_tile<T, A>(v, p.v.stride_l, kn, d, w.v.data(), kn, dp, false);
+      tile_gemm<true>(qmr, dp, kn, w.st.data(), 1, kBQ, w.v.data(), dp, w.o.data(), dp);
+    }
+  }
+  // out = O / l (0 for a row with no key); LSE = (m + log2 l) ln 2 (-inf for such a row).
+  T* out = static_cast<T*>(p.out.ptr) +
+           row_offset(p, p.out.stride_b, p.out.stride_h, p.out.stride_l, b, h, sq.q0, i0);
+  for (int i = 0; i < qm; ++i) {
+    const SoftmaxState<A> st{w.m[i], w.l[i]};
+    const A inv = softmax_out_scale(st);
+    const A* o = w.o.data() + int64_t(i) * dp;
+    T* dst = out + i * p.out.stride_l;
+#pragma omp simd
+    for (int c = 0; c < d; ++c) dst[c] = Storage<T>::store(o[c] * inv);
+    const int64_t li = lse_index(p, total_q, b, h, sq, i0 + i);
+    if (p.lse_f64)
+      p.lse_f64[li] = double(softmax_lse(st));
+    else
+      p.lse[li] = float(softmax_lse(st));
+  }
+}
+
+#define PFA_FORWARD_TASK(T)                                                                   \
+  PFA_CPU_CLONES void forward_task_##T(const ForwardParams& p, FwdScratch<T>& w, int b, int h, \
+                                       int qb, int64_t total_q) {                              \
+    forward_block<T>(p, w, b, h, qb, total_q);                                                 \
+  }
+PFA_FORWARD_TASK(float)
+PFA_FORWARD_TASK(double)
+PFA_FORWARD_TASK(half_t)
+PFA_FORWARD_TASK(bfloat16_t)
+#undef PFA_FORWARD_TASK
+
+void forward_task(const ForwardParams& p, FwdScratch<float>& w, int b, int h, int qb, int64_t t) {
+  forward_task_float(p, w, b, h, qb, t);
+}
+void forward_task(const ForwardParams& p, FwdScratch<double>& w, int b, int h, int qb, int64_t t) {
+  forward_task_double(p, w, b, h, qb, t);
+}
+void forward_task(const ForwardParams& p, FwdScratch<half_t>& w, int b, int h, int qb, int64_t t) {
+  forward_task_half_t(p, w, b, h, qb, t);
+}
+void forward_task(const ForwardParams& p, FwdScratch<bfloat16_t>& w, int b, int h, int qb, int64_t t) {
+  forward_task_bfloat16_t(p, w, b, h, qb, t);
+}
+
+template <class T>
+void forward_typed(const ForwardParams& p) {
+  const int nqb = (p.len_q + kBQ - 1) / kBQ;
+  const int64_t tasks = int64_t(p.batch) * p.heads_q * nqb;
+  const int64_t total_q = total_rows_q(p);
+#pragma omp parallel if (worth_threads(p))
+  {
+    FwdScratch<T> w(p.head_dim);
+    // Causal and varlen blocks differ in cost: hand them out dynamically.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int qb = int(t % nqb);
+      const int h = int((t / nqb) % p.heads_q);
+      const int b = int(t / (int64_t(nqb) * p.heads_q));
+      forward_task(p, w, b, h, qb, total_q);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- backward
+
+template <class T>
+struct BwdScratch {
+  using A = Acc<T>;
+  int dp;
+  std::vector<A> q, dout, kt, k, vt, s, dpm, dq, dk, dv, delta, lse2;
+  explicit BwdScratch(int d)
+      : dp(padded_dim<A>(d)), q(size_t(kBQ) * dp), dout(size_t(kBQ) * dp), kt(size_t(dp) * kBK),
+        k(size_t(kBK) * dp), vt(size_t(dp) * kBK), s(size_t(kBQ) * kBK), dpm(size_t(kBQ) * kBK),
+        dq(size_t(kBQ) * dp), dk(size_t(kBK) * dp), dv(size_t(kBK) * dp), delta(kBQ), lse2(kBQ) {}
+};
+
+// Number of key chunks per (batch, kv head): enough tasks for a many-core CPU, fixed by the
+// shapes alone so the dQ summation order (and so the result) never depends on the threads.
+int key_chunks(const ForwardParams& p) {
+  const int nkb = (p.len_k + kBK - 1) / kBK;
+  const int64_t units = int64_t(p.batch) * p.heads_kv;
+  const int64_t want = (32 + units - 1) / units;
+  return int(std::max<int64_t>(1, std::min<int64_t>(nkb, want)));
+}
+
+// One query block against the loaded key block: P from the LSE, dP = dO V^T,
+// dS = P (dP - D), then dV += P^T dO, dK += dS^T Q (scale applied at the end), dQ_part += dS K.
+template <class T>
+void backward_qblock(const BackwardParams& bp, BwdScratch<T>& w, int b, int h, const Seq& sq,
+                     int64_t i0, int64_t j0, int kn, Acc<T>* dq_part, int64_t total_q) {
+  using A = Acc<T>;
+  const ForwardParams& p = bp.fwd;
+  const int d = p.head_dim, dp = w.dp;
+  const int qm = int(std::min<int64_t>(kBQ, sq.len_q - i0)), qmr = round_up(qm, kMR);
+  const T* q = static_cast<const T*>(p.q.ptr) +
+               row_offset(p, p.q.stride_b, p.q.stride_h, p.q.stride_l, b, h, sq.q0, i0);
+  const T* dout = static_cast<const T*>(bp.dout.ptr) +
+                  row_offset(p, bp.dout.stride_b, bp.dout.stride_h, bp.dout.stride_l, b, h, sq.q0, i0);
+  const T* out = static_cast<const T*>(p.out.ptr) +
+                 row_offset(p, p.out.stride_b, p.out.stride_h, p.out.stride_l, b, h, sq.q0, i0);
+  load_tile<T, A>(q, p.q.stride_l, qm, d, w.q.data(), qmr, dp, false);
+  load_tile<T, A>(dout, bp.dout.stride_l, qm, d, w.dout.data(), qmr, dp, false);
+  // D_i = rowsum(dO * O) (recomputed per key block: O(Lq D) next to O(Lq Lk D) work)
+  for (int i = 0; i < qm; ++i) {
+    const T* o = out + i * p.out.stride_l;
+    const A* g = w.dout.data() + int64_t(i) * dp;
+    A acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int c = 0; c < d; ++c) acc += g[c] * A(Storage<T>::load(o[c]));
+    w.delta[i] = acc;
+    const int64_t li = lse_index(p, total_q, b, h, sq, i0 + i);
+    w.lse2[i] = lse_log2(p.lse_f64 ? A(p.lse_f64[li]) : A(p.lse[li]));
+  }
+  A* S = w.s.data();
+  A* dP = w.dpm.data();
+  tile_gemm<false>(qmr, kBK, d, w.q.data(), dp, 1, w.kt.data(), kBK, S, kBK);
+  tile_gemm<false>(qmr, kBK, d, w.dout.data(), dp, 1, w.vt.data(), kBK, dP, kBK);
+  scores_log2<T, A>(p, S, qm, kn, b, h, i0, j0);
+  const int64_t dm_off = b * bp.dmask_stride_b + h * bp.dmask_stride_h + i0 * bp.dmask_stride_q + j0;
+  T* dmask = bp.dmask && !bp.dmask_f32 ? static_cast<T*>(bp.dmask) + dm_off : nullptr;
+  float* dmask_f32 = bp.dmask && bp.dmask_f32 ? static_cast<float*>(bp.dmask) + dm_off : nullptr;
+  for (int i = 0; i < qm; ++i) {
+    A* s = S + i * kBK;
+    A* g = dP + i * kBK;
+    const A l2 = w.lse2[i], di = w.delta[i];
+#pragma omp simd
+    for (int j = 0; j < kBK; ++j) {
+      const A pij = masked_exp2(s[j], l2, FastExp2{});
+      s[j] = pij;
+      g[j] = softmax_grad(pij, g[j], di);
+    }
+    if (dmask) {
+      T* dm = dmask + i * bp.dmask_stride_q;
+#pragma omp simd
+      for (int j = 0; j < kn; ++j) dm[j] = Storage<T>::store(g[j]);
+    } else if (dmask_f32) {
+      float* dm = dmask_f32 + i * bp.dmask_stride_q;
+#pragma omp simd
+      for (int j = 0; j < kn; ++j) dm[j] = float(g[j]);
+    }
+  }
+  for (int i = qm; i < qmr; ++i) {
+    std::fill(S + i * kBK, S + (i + 1) * kBK, A(0));
+    std::fill(dP + i * kBK, dP + (i + 1) * kBK, A(0));
+  }
+  // dV += P^T dO; dK += dS^T Q   (X transposed: element (j, i) at i * kBK + j)
+  tile_gemm<true>(kBK, dp, qmr, S, 1, kBK, w.dout.data(), dp, w.dv.data(), dp);
+  tile_gemm<true>(kBK, dp, qmr, dP, 1, kBK, w.q.data(), dp, w.dk.data(), dp);
+  // dQ_part += dS K   (scale applied in the final sum)
+  tile_gemm<false>(qmr, dp, kBK, dP, kBK, 1, w.k.data(), dp, w.dq.data(), dp);
+  A* part = dq_part + lse_index(p, total_q, b, h, sq, i0) * d;
+  for (int i = 0; i < qm; ++i) {
+    A* dst = part + int64_t(i) * d;
+    const A* src = w.dq.data() + int64_t(i) * dp;
+#pragma omp simd
+    for (int c = 0; c < d; ++c) dst[c] += src[c];
+  }
+}
+
+// All key blocks of chunk c for (b, kv head hk).
+template <class T>
+void backward_unit(const BackwardParams& bp, BwdScratch<T>& w, int b, int hk, int c, int chunks,
+                   Acc<T>* dq_parts, int64_t total_q) {
+  using A = Acc<T>;
+  const ForwardParams& p = bp.fwd;
+  const Seq sq = sequence(p, b);
+  const int d = p.head_dim, dp = w.dp;
+  const int group = p.heads_q / p.heads_kv;
+  const int nkb = (p.len_k + kBK - 1) / kBK;
+  const int64_t rows_q = int64_t(p.heads_q) * (p.cu_seqlens_q ? total_q : int64_t(p.batch) * p.len_q);
+  A* dq_part = dq_parts + int64_t(c) * rows_q * d;
+  const A scale = A(p.scale);
+  for (int kb = int(int64_t(nkb) * c / chunks); kb < int(int64_t(nkb) * (c + 1) / chunks); ++kb) {
+    const int64_t j0 = int64_t(kb) * kBK;
+    if (j0 >= sq.len_k) break;
+    const int kn = int(std::min<int64_t>(kBK, sq.len_k - j0));
+    const T* k = static_cast<const T*>(p.k.ptr) +
+                 row_offset(p, p.k.stride_b, p.k.stride_h, p.k.stride_l, b, hk, sq.k0, j0);
+    const T* v = static_cast<const T*>(p.v.ptr) +
+                 row_offset(p, p.v.stride_b, p.v.stride_h, p.v.stride_l, b, hk, sq.k0, j0);
+    load_tile<T, A>(k, p.k.stride_l, kn, d, w.kt.data(), dp, kBK, true);
+    load_tile<T, A>(k, p.k.stride_l, kn, d, w.k.data(), kBK, dp, false);
+    load_tile<T, A>(v, p.v.stride_l, kn, d, w.vt.data(), dp, kBK, true);
+    std::fill(w.dk.begin(), w.dk.end(), A(0));
+    std::fill(w.dv.begin(), w.dv.end(), A(0));
+    // Causal: query rows before j0 see none of these keys.
+    const int64_t i_start = p.causal ? j0 / kBQ * kBQ : 0;
+    for (int g = 0; g < group; ++g)
+      for (int64_t i0 = i_start; i0 < sq.len_q; i0 += kBQ)
+        backward_qblock<T>(bp, w, b, hk * group + g, sq, i0, j0, kn, dq_part, total_q);
+    // dK = scale * sum dS^T Q; dV = sum P^T dO, for the kv head (the group summed above)
+    T* dk = static_cast<T*>(bp.dk.ptr) +
+            row_offset(p, bp.dk.stride_b, bp.dk.stride_h, bp.dk.stride_l, b, hk, sq.k0, j0);
+    T* dv = static_cast<T*>(bp.dv.ptr) +
+            row_offset(p, bp.dv.stride_b, bp.dv.stride_h, bp.dv.stride_l, b, hk, sq.k0, j0);
+    for (int j = 0; j < kn; ++j) {
+      const A* sk = w.dk.data() + int64_t(j) * dp;
+      const A* sv = w.dv.data() + int64_t(j) * dp;
+      T* ok = dk + j * bp.dk.stride_l;
+      T* ov = dv + j * bp.dv.stride_l;
+#pragma omp simd
+      for (int x = 0; x < d; ++x) {
+        ok[x] = Storage<T>::store(sk[x] * scale);
+        ov[x] = Storage<T>::store(sv[x]);
+      }
+    }
+  }
+}
+
+#define PFA_BACKWARD_TASK(T)                                                                   \
+  PFA_CPU_CLONES void backward_task_##T(const BackwardParams& bp, BwdScratch<T>& w, int b,      \
+                                        int hk, int c, int chunks, Acc<T>* parts, int64_t tq) { \
+    backward_unit<T>(bp, w, b, hk, c, chunks, parts, tq);                                       \
+  }
+PFA_BACKWARD_TASK(float)
+PFA_BACKWARD_TASK(double)
+PFA_BACKWARD_TASK(half_t)
+PFA_BACKWARD_TASK(bfloat16_t)
+#undef PFA_BACKWARD_TASK
+
+void backward_task(const BackwardParams& bp, BwdScratch<float>& w, int b, int hk, int c, int n,
+                   float* parts, int64_t tq) {
+  backward_task_float(bp, w, b, hk, c, n, parts, tq);
+}
+void backward_task(const BackwardParams& bp, BwdScratch<double>& w, int b, int hk, int c, int n,
+                   double* parts, int64_t tq) {
+  backward_task_double(bp, w, b, hk, c, n, parts, tq);
+}
+void backward_task(const BackwardParams& bp, BwdScratch<half_t>& w, int b, int hk, int c, int n,
+                   float* parts, int64_t tq) {
+  backward_task_half_t(bp, w, b, hk, c, n, parts, tq);
+}
+void backward_task(const BackwardParams& bp, BwdScratch<bfloat16_t>& w, int b, int hk, int c, int n,
+                   float* parts, int64_t tq) {
+  backward_task_bfloat16_t(bp, w, b, hk, c, n, parts, tq);
+}
+
+template <class T>
+void backward_typed(const BackwardParams& bp) {
+  using A = Acc<T>;
+  const ForwardParams& p = bp.fwd;
+  const int d = p.head_dim;
+  const int64_t total_q = total_rows_q(p);
+  const int64_t rows_q = int64_t(p.heads_q) * (p.cu_seqlens_q ? total_q : int64_t(p.batch) * p.len_q);
+  const int chunks = key_chunks(p);
+  // dQ partial sums, one per key chunk: chunks x (rows of q) x D. Host scratch of the size of
+  // dQ itself (times the few chunks), O(B H L D), not a device allocation.
+  std::vector<A> parts(size_t(chunks) * rows_q * d, A(0));
+  const int64_t units = int64_t(p.batch) * p.heads_kv * chunks;
+#pragma omp parallel if (worth_threads(p))
+  {
+    BwdScratch<T> w(d);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < units; ++t) {
+      const int c = int(t % chunks);
+      const int hk = int((t / chunks) % p.heads_kv);
+      const int b = int(t / (int64_t(chunks) * p.heads_kv));
+      backward_task(bp, w, b, hk, c, chunks, parts.data(), total_q);
+    }
+  }
+  // dQ = scale * sum_c part_c, summed in chunk order.
+  const A scale = A(p.scale);
+  const int64_t per_b = p.cu_seqlens_q ? 0 : int64_t(p.heads_q) * p.len_q;
+#pragma omp parallel for schedule(static) if (worth_threads(p))
+  for (int64_t r = 0; r < rows_q; ++r) {
+    // r = lse_index(b, h, i): dense (b * Hq + h) * Lq + i; varlen h * total_q + token
+    int b = 0, h;
+    int64_t token;
+    if (p.cu_seqlens_q) {
+      h = int(r / total_q);
+      token = r % total_q;
+    } else {
+      b = int(r / per_b);
+      h = int((r % per_b) / p.len_q);
+      token = r % p.len_q;
+    }
+    T* dst = static_cast<T*>(bp.dq.ptr) + (p.cu_seqlens_q ? 0 : int64_t(b) * bp.dq.stride_b) +
+             int64_t(h) * bp.dq.stride_h + token * bp.dq.stride_l;
+    const A* src = parts.data() + r * d;
+#pragma omp simd
+    for (int x = 0; x < d; ++x) {
+      A acc = src[x];
+      for (int c = 1; c < chunks; ++c) acc += src[int64_t(c) * rows_q * d + x];
+      dst[x] = Storage<T>::store(acc * scale);
+    }
+  }
+}
+
+}  // namespace
+
+void forward_cpu(const ForwardParams& p) {
+  if (p.batch == 0 || p.heads_q == 0 || p.len_q == 0) return;
+  dispatch_cpu_dtype(p.dtype, [&](auto t) { forward_typed<decltype(t)>(p); });
+}
+
+void backward_cpu(const BackwardParams& bp) {
+  const ForwardParams& p = bp.fwd;
+  if (p.batch == 0 || p.heads_q == 0 || (p.len_q == 0 && p.len_k == 0)) return;
+  check(bp.dkv_heads == p.heads_kv, "attention backward (CPU): dk/dv must have heads_kv heads");
+  dispatch_cpu_dtype(p.dtype, [&](auto t) { backward_typed<decltype(t)>(bp); });
+}
+
+}  // namespace pfa::attention

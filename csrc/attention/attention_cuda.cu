@@ -1,0 +1,827 @@
+// CUDA attention, FlashAttention-2 structure.
+//
+// fp16/bf16 (tensor cores, sm_80+): a block owns a 64-row tile (4 warps x 16 rows); K/V (or
+// Q/dO in the dK/dV pass) stream through double-buffered cp.async tiles; scores, softmax
+// and the P / dS operands stay in registers (attention_mma.cuh).
+//   forward: S = Q K^T -> online softmax -> O += P V; saves O and the LSE.
+//   backward: delta = rowsum(dO * O); a key-block pass (rows = keys) recomputes
+//     P^T = exp2(S^T - LSE) and accumulates dV += P^T dO, dK += dS^T Q; a separate
+//     query-block pass (rows = queries) accumulates dQ += dS K and writes dMask = dS.
+//     Nothing is accumulated with atomics, so gradients are bitwise deterministic; GQA
+//     groups are summed inside the key-block pass in head order when dk/dv have heads_kv heads.
+// float32 (CUDA cores): the same passes with 16-row blocks (8 threads per row) and FFMA.
+//
+// Per-element math (scores, masking, softmax state, dS) comes from attention_math.h, the
+// header the CPU kernels use.
+#include <climits>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "attention/attention.h"
+#include "attention/attention_math.h"
+#include "attention/attention_mma.cuh"
+#include "common/cuda_utils.cuh"
+
+namespace pfa::attention {
+namespace {
+
+constexpr float kLog2eF = float(kLog2e);
+constexpr int kThreads = 128;
+
+// One sequence of the batch: first token of q and k, and the lengths.
+struct Seq {
+  int64_t q_tok, k_tok;
+  int lq, lk;
+};
+
+__device__ __forceinline__ Seq sequence_of(const ForwardParams& p, int b) {
+  if (p.cu_seqlens_q) {
+    const int q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
+    return {q0, k0, p.cu_seqlens_q[b + 1] - q0, p.cu_seqlens_k[b + 1] - k0};
+  }
+  return {0, 0, p.len_q, p.len_k};
+}
+
+// Element offset of token `tok` of head h in batch b (varlen tokens are global).
+template <class S>
+__device__ __forceinline__ int64_t token_offset(const S& t, const ForwardParams& p, int b, int h,
+                                                int64_t tok) {
+  return (p.cu_seqlens_q ? 0 : int64_t(b) * t.stride_b) + int64_t(h) * t.stride_h + tok * t.stride_l;
+}
+
+// Index of row i of (b, h) in lse / delta: (B, Hq, Lq), or (Hq, total_q) for varlen.
+__device__ __forceinline__ int64_t stat_index(const ForwardParams& p, const Seq& s, int b, int h,
+                                              int i) {
+  if (p.cu_seqlens_q) return int64_t(h) * p.cu_seqlens_q[p.batch] + s.q_tok + i;
+  return (int64_t(b) * p.heads_q + h) * p.len_q + i;
+}
+
+// The log2-unit score of query i / key j (sequence-relative) from q.k: kMaskedScore when the
+// pair is outside the sequence, above the causal diagonal or off in a bool mask; else
+// q.k * scale * log2 e plus the float mask in log2 units.
+template <class T>
+__device__ __forceinline__ float score_at(const ForwardParams& p, float qk, float scale_log2, int b,
+                                          int h, int i, int j, const Seq& s) {
+  if (i >= s.lq || j >= s.lk || (p.causal && !causal_visible(i, j))) return masked_score<float>();
+  float bias = 0.f;
+  if (p.mask_kind != MaskKind::None) {
+    const int64_t off = int64_t(b) * p.mask_stride_b + int64_t(h) * p.mask_stride_h +
+                        int64_t(i) * p.mask_stride_q + int64_t(j) * p.mask_stride_k;
+    if (p.mask_kind == MaskKind::Bool) {
+      if (!static_cast<const uint8_t*>(p.mask)[off]) return masked_score<float>();
+    } else {
+      bias = to_f32(static_cast<const T*>(p.mask)[off]);
+    }
+  }
+  return score_log2(qk, scale_log2, bias);
+}
+
+// dMask(b, h, i, j) = dS: float32 when the caller asks (the broadcast sums round once), else T.
+template <class T>
+__device__ __forceinline__ void store_dmask(const BackwardParams& bp, int b, int h, int i, int j, float ds) {
+  const int64_t off = int64_t(b) * bp.dmask_stride_b + int64_t(h) * bp.dmask_stride_h +
+                      int64_t(i) * bp.dmask_stride_q + j;
+  if (bp.dmask_f32)
+    static_cast<float*>(bp.dmask)[off] = ds;
+  else
+    static_cast<T*>(bp.dmask)[off] = from_f32<T>(ds);
+}
+
+// Query blocks run last first: under causal masking the last rows see the most keys, so the
+// longest blocks start first and the short ones fill the tail of the grid.
+__device__ __forceinline__ int query_block() { return int(gridDim.x - 1 - blockIdx.x); }
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// fp16 / bf16 tensor-core kernels. D: padded head dim (32, 64, 96, 128, 256); columns past
+// head_dim are zero-filled on load and never stored. `aligned`: every operand's base and
+// row strides are 16-byte aligned (cp.async and vector stores), otherwise scalar copies.
+
+// Forward: grid (q blocks of 64 MT, Hq, B); each warp owns MT m-tiles (16 MT consecutive rows),
+// which reuse every K/V fragment MT times. Per tile of BK keys, for each row:
+//   S = Q K^T; s2 = score_at(S); m_new = max(m, rowmax s2); P = exp2(s2 - m_new);
+//   l = l alpha + rowsum P; O = O alpha + P V   (alpha = exp2(m - m_new))
+template <class T, int D, int MT, int BK>
+__global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool aligned) {
+  constexpr int WR = 16 * MT, BQ = 4 * WR, LD = mma::padded_ld<D>();
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* qs = reinterpret_cast<T*>(smem_raw);
+  T* ks = qs + BQ * LD;      // [2][BK][LD]
+  T* vs = ks + 2 * BK * LD;  // [2][BK][LD]
+
+  const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * BQ;
+  const Seq s = sequence_of(p, b);
+  if (q0 >= s.lq) return;
+  const int hk = h / (p.heads_q / p.heads_kv);
+  const T* qg = static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, h, s.q_tok + q0);
+  const T* kg = static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok);
+  const T* vg = static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok);
+  const int kv_end = p.causal ? min(s.lk, min(q0 + BQ, s.lq)) : s.lk;
+  const int nkb = (kv_end + BK - 1) / BK;
+  auto load_kv = [&](int kb) {
+    const int64_t r0 = int64_t(kb) * BK;
+    mma::load_tile<T, BK, D, kThreads>(ks + (kb & 1) * BK * LD, kg + r0 * p.k.stride_l, p.k.stride_l,
+                                       s.lk - kb * BK, p.head_dim, aligned, p.k.ptr);
+    mma::load_tile<T, BK, D, kThreads>(vs + (kb & 1) * BK * LD, vg + r0 * p.v.stride_l, p.v.stride_l,
+                                       s.lk - kb * BK, p.head_dim, aligned, p.v.ptr);
+  };
+  mma::load_tile<T, BQ, D, kThreads>(qs, qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned, p.q.ptr);
+  if (nkb > 0) load_kv(0);
+  mma::cp_async_commit();
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+  const int wrow = q0 + warp * WR, row = wrow + (lane >> 2);  // rows row + 8 r, r < 2 MT
+  const T* qw = qs + warp * WR * LD;
+  const float scale_log2 = p.scale * kLog2eF;
+  float o[MT][D / 8][4] = {};
+  SoftmaxState<float> st[2 * MT];
+#pragma unroll
+  for (int r = 0; r < 2 * MT; ++r) st[r] = softmax_init<float>();
+
+  for (int kb = 0; kb < nkb; ++kb) {
+    __syncthreads();  // every warp is done with tile kb - 1: its buffer takes tile kb + 1
+    if (kb + 1 < nkb) load_kv(kb + 1);
+    mma::cp_async_commit();
+    mma::cp_async_wait<1>();
+    __syncthreads();
+    const int k0 = kb * BK;
+    if (p.causal && k0 > wrow + WR - 1) continue;  // the whole tile is above this warp's diagonal
+    const T* kt = ks + (kb & 1) * BK * LD;
+    const T* vt = vs + (kb & 1) * BK * LD;
+    float sc[MT][BK / 8][4] = {};
+    mma::warp_mma_abt<T, MT, BK, D, LD>(sc, qw, kt);
+
+    const bool edge = p.mask_kind != MaskKind::None || k0 + BK > s.lk || (p.causal && k0 + BK - 1 > wrow);
+    float tmax[2 * MT], m_new[2 * MT], tsum[2 * MT];
+#pragma unroll
+    for (int r = 0; r < 2 * MT; ++r) {
+      tmax[r] = masked_score<float>();
+      tsum[r] = 0.f;
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < BK / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = 2 * mt + (e >> 1);
+          const float x = edge ? score_at<T>(p, sc[mt][j][e], scale_log2, b, h, row + 8 * r,
+                                             k0 + 8 * j + 2 * t + (e & 1), s)
+                               : sc[mt][j][e] * scale_log2;
+          sc[mt][j][e] = x;
+          tmax[r] = fmaxf(tmax[r], x);
+        }
+#pragma unroll
+    for (int r = 0; r < 2 * MT; ++r) m_new[r] = softmax_new_max(st[r], quad_max(tmax[r]));
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < BK / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = 2 * mt + (e >> 1);
+          sc[mt][j][e] = masked_exp2(sc[mt][j][e], m_new[r]);
+          tsum[r] += sc[mt][j][e];
+        }
+#pragma unroll
+    for (int r = 0; r < 2 * MT; ++r) {
+      // l stays a per-thread partial sum (alpha is the same across the quad); summed at the end
+      const float alpha = softmax_update(st[r], m_new[r], tsum[r]);
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        o[r / 2][j][2 * (r % 2)] *= alpha;
+        o[r / 2][j][2 * (r % 2) + 1] *= alpha;
+      }
+    }
+    mma::warp_mma_rb<T, MT, D, BK, LD>(o, sc, vt);
+  }
+  mma::cp_async_wait<0>();
+
+  // out = O / l (0 for a row that saw no key), staged through smem for 16-byte stores
+  float mul[2 * MT];
+#pragma unroll
+  for (int r = 0; r < 2 * MT; ++r) {
+    st[r].l = quad_sum(st[r].l);
+    mul[r] = softmax_out_scale(st[r]);
+    const int i = row + 8 * r;
+    if (t == 0 && i < s.lq) p.lse[stat_index(p, s, b, h, i)] = softmax_lse(st[r]);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+    mma::fragment_to_smem<T, D, LD>(qs + (warp * WR + 16 * mt) * LD, o[mt], mul[2 * mt], mul[2 * mt + 1]);
+  __syncthreads();
+  T* og = static_cast<T*>(p.out.ptr) + token_offset(p.out, p, b, h, s.q_tok + q0);
+  mma::store_tile<T, BQ, D, kThreads>(og, p.out.stride_l, qs, s.lq - q0, p.head_dim, aligned);
+}
+
+// Backward key-block pass: grid (key blocks of 64, dkv_heads, B); rows = keys. For each
+// query head of the group and each query tile of BQ (double-buffered with its lse, delta):
+//   P^T = exp2(score(K Q^T) - lse2);  dV += P^T dO;
+//   dP^T = V dO^T;  dS^T = P^T (dP^T - delta);  dK += dS^T Q;   dK *= scale at the end.
+// DK / DV select the accumulators (head dim 256 runs the pass twice, one each, to fit
+// registers).
+template <class T, int D, int BQ, bool DK, bool DV>
+__global__ void __launch_bounds__(kThreads) bwd_dkdv_mma(const BackwardParams bp, bool aligned) {
+  constexpr int BKEY = 64, LD = mma::padded_ld<D>();
+  const ForwardParams& p = bp.fwd;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* kst = reinterpret_cast<T*>(smem_raw);
+  T* vst = kst + BKEY * LD;
+  T* qs = vst + BKEY * LD;      // [2][BQ][LD]
+  T* dos = qs + 2 * BQ * LD;    // [2][BQ][LD]
+  float* lse_s = reinterpret_cast<float*>(dos + 2 * BQ * LD);  // [2][BQ], log2 units
+  float* dl_s = lse_s + 2 * BQ;                                // [2][BQ]
+
+  const int b = blockIdx.z, hout = blockIdx.y, k0 = blockIdx.x * BKEY;
+  const Seq s = sequence_of(p, b);
+  if (k0 >= s.lk) return;
+  const int group = p.heads_q / p.heads_kv;
+  const bool reduce = bp.dkv_heads == p.heads_kv;  // sum the group here, else one query head
+  const int h_first = reduce ? hout * group : hout, nh = reduce ? group : 1;
+  const int hk = h_first / group;
+  const int qb0 = p.causal ? k0 / BQ : 0;  // earlier queries see none of these keys
+  const int tiles = max(0, (s.lq + BQ - 1) / BQ - qb0);
+  const int total = nh * tiles;
+
+  mma::load_tile<T, BKEY, D, kThreads>(
+      kst, static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok + k0), p.k.stride_l,
+      s.lk - k0, p.head_dim, aligned, p.k.ptr);
+  if (DK)
+    mma::load_tile<T, BKEY, D, kThreads>(
+        vst, static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok + k0), p.v.stride_l,
+        s.lk - k0, p.head_dim, aligned, p.v.ptr);
+  auto load_q = [&](int it) {
+    const int hq = h_first + it / tiles, q0 = (qb0 + it % tiles) * BQ, buf = it & 1;
+    mma::load_tile<T, BQ, D, kThreads>(
+        qs + buf * BQ * LD, static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, hq, s.q_tok + q0),
+        p.q.stride_l, s.lq - q0, p.head_dim, aligned, p.q.ptr);
+    mma::load_tile<T, BQ, D, kThreads>(
+        dos + buf * BQ * LD,
+        static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, hq, s.q_tok + q0),
+        bp.dout.stride_l, s.lq - q0, p.head_dim, aligned, bp.dout.ptr);
+    for (int i = threadIdx.x; i < BQ; i += kThreads) {
+      const bool ok = q0 + i < s.lq;  // rows past the end are masked by score_at
+      const int64_t idx = ok ? stat_index(p, s, b, hq, q0 + i) : 0;
+      lse_s[buf * BQ + i] = ok ? lse_log2(p.lse[idx]) : 0.f;
+      dl_s[buf * BQ + i] = ok ? bp.delta[idx] : 0.f;
+    }
+  };
+  if (total > 0) load_q(0);
+  mma::cp_async_commit();
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+  const int wkey = k0 + warp * 16, key = wkey + (lane >> 2);  // keys key and key + 8
+  const float scale_log2 = p.scale * kLog2eF;
+  float dk[1][D / 8][4] = {}, dv[1][D / 8][4] = {};  // one m-tile per warp
+
+  for (int it = 0; it < total; ++it) {
+    __syncthreads();
+    if (it + 1 < total) load_q(it + 1);
+    mma::cp_async_commit();
+    mma::cp_async_wait<1>();
+    __syncthreads();
+    const int hq = h_first + it / tiles, q0 = (qb0 + it % tiles) * BQ, buf = it & 1;
+    if (p.causal && q0 + BQ - 1 < wkey) continue;  // every query precedes this warp's keys
+    const T* qt = qs + buf * BQ * LD;
+    const T* dot = dos + buf * BQ * LD;
+    const float* lt = lse_s + buf * BQ;
+    const float* dlt = dl_s + buf * BQ;
+
+    float sc[1][BQ / 8][4] = {};
+    mma::warp_mma_abt<T, 1, BQ, D, LD>(sc, kst + warp * 16 * LD, qt);
+    const bool edge = p.mask_kind != MaskKind::None || q0 + BQ > s.lq || wkey + 16 > s.lk ||
+                      (p.causal && q0 < wkey + 15);
+#pragma unroll
+    for (int j = 0; j < BQ / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = 8 * j + 2 * t + (e & 1);
+        const float x = edge ? score_at<T>(p, sc[0][j][e], scale_log2, b, hq, q0 + c, key + 8 * (e >> 1), s)
+                             : sc[0][j][e] * scale_log2;
+        sc[0][j][e] = masked_exp2(x, lt[c]);
+      }
+    if (DV) mma::warp_mma_rb<T, 1, D, BQ, LD>(dv, sc, dot);
+    if (DK) {
+      float dp[1][BQ / 8][4] = {};
+      mma::warp_mma_abt<T, 1, BQ, D, LD>(dp, vst + warp * 16 * LD, dot);
+#pragma unroll
+      for (int j = 0; j < BQ / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dp[0][j][e] = softmax_grad(sc[0][j][e], dp[0][j][e], dlt[8 * j + 2 * t + (e & 1)]);
+      mma::warp_mma_rb<T, 1, D, BQ, LD>(dk, dp, qt);
+    }
+  }
+  mma::cp_async_wait<0>();
+
+  // Each warp stages its own 16 rows (only it read them as the A operand).
+  __syncthreads();
+  if (DK) mma::fragment_to_smem<T, D, LD>(kst + warp * 16 * LD, dk[0], p.scale, p.scale);
+  if (DV) mma::fragment_to_smem<T, D, LD>(vst + warp * 16 * LD, dv[0], 1.f, 1.f);
+  __syncthreads();
+  if (DK)
+    mma::store_tile<T, BKEY, D, kThreads>(
+        static_cast<T*>(bp.dk.ptr) + token_offset(bp.dk, p, b, hout, s.k_tok + k0), bp.dk.stride_l, kst,
+        s.lk - k0, p.head_dim, aligned);
+  if (DV)
+    mma::store_tile<T, BKEY, D, kThreads>(
+        static_cast<T*>(bp.dv.ptr) + token_offset(bp.dv, p, b, hout, s.k_tok + k0), bp.dv.stride_l, vst,
+        s.lk - k0, p.head_dim, aligned);
+}
+
+// Backward query-block pass: grid (q blocks of 64, Hq, B); rows = queries. Per key tile:
+//   P = exp2(score(Q K^T) - lse2); dP = dO V^T; dS = P (dP - delta); dQ += dS K; dMask = dS.
+// dQ *= scale at the end. With dMask every key tile is visited (masked pairs give dS = 0),
+// so the whole (Lq, Lk) gradient is written.
+template <class T, int D, int BK>
+__global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams bp, bool aligned) {
+  constexpr int BQ = 64, LD = mma::padded_ld<D>();
+  const ForwardParams& p = bp.fwd;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* qs = reinterpret_cast<T*>(smem_raw);
+  T* dos = qs + BQ * LD;
+  T* ks = dos + BQ * LD;     // [2][BK][LD]
+  T* vs = ks + 2 * BK * LD;  // [2][BK][LD]
+
+  const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * BQ;
+  const Seq s = sequence_of(p, b);
+  if (q0 >= s.lq) return;
+  const int hk = h / (p.heads_q / p.heads_kv);
+  const bool full = bp.dmask != nullptr;
+  const int kv_end = (p.causal && !full) ? min(s.lk, min(q0 + BQ, s.lq)) : s.lk;
+  const int nkb = (kv_end + BK - 1) / BK;
+  const T* kg = static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok);
+  const T* vg = static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok);
+  auto load_kv = [&](int kb) {
+    const int64_t r0 = int64_t(kb) * BK;
+    mma::load_tile<T, BK, D, kThreads>(ks + (kb & 1) * BK * LD, kg + r0 * p.k.stride_l, p.k.stride_l,
+                                       s.lk - kb * BK, p.head_dim, aligned, p.k.ptr);
+    mma::load_tile<T, BK, D, kThreads>(vs + (kb & 1) * BK * LD, vg + r0 * p.v.stride_l, p.v.stride_l,
+                                       s.lk - kb * BK, p.head_dim, aligned, p.v.ptr);
+  };
+  mma::load_tile<T, BQ, D, kThreads>(
+      qs, static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, h, s.q_tok + q0), p.q.stride_l,
+      s.lq - q0, p.head_dim, aligned, p.q.ptr);
+  mma::load_tile<T, BQ, D, kThreads>(
+      dos, static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, h, s.q_tok + q0),
+      bp.dout.stride_l, s.lq - q0, p.head_dim, aligned, bp.dout.ptr);
+  if (nkb > 0) load_kv(0);
+  mma::cp_async_commit();
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+  const int wrow = q0 + warp * 16, row = wrow + (lane >> 2);
+  const float scale_log2 = p.scale * kLog2eF;
+  float lse2[2], dl[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const bool ok = row + 8 * r < s.lq;  // rows past the end are masked by score_at
+    const int64_t idx = ok ? stat_index(p, s, b, h, row + 8 * r) : 0;
+    lse2[r] = ok ? lse_log2(p.lse[idx]) : 0.f;
+    dl[r] = ok ? bp.delta[idx] : 0.f;
+  }
+  float dq[1][D / 8][4] = {};  // one m-tile per warp
+
+  for (int kb = 0; kb < nkb; ++kb) {
+    __syncthreads();
+    if (kb + 1 < nkb) load_kv(kb + 1);
+    mma::cp_async_commit();
+    mma::cp_async_wait<1>();
+    __syncthreads();
+    const int k0 = kb * BK;
+    if (!full && p.causal && k0 > wrow + 15) continue;
+    const T* kt = ks + (kb & 1) * BK * LD;
+    const T* vt = vs + (kb & 1) * BK * LD;
+    float sc[1][BK / 8][4] = {}, dp[1][BK / 8][4] = {};
+    mma::warp_mma_abt<T, 1, BK, D, LD>(sc, qs + warp * 16 * LD, kt);
+    mma::warp_mma_abt<T, 1, BK, D, LD>(dp, dos + warp * 16 * LD, vt);
+    const bool edge = p.mask_kind != MaskKind::None || k0 + BK > s.lk || (p.causal && k0 + BK - 1 > wrow);
+#pragma unroll
+    for (int j = 0; j < BK / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = row + 8 * (e >> 1), kj = k0 + 8 * j + 2 * t + (e & 1);
+        const float x = edge ? score_at<T>(p, sc[0][j][e], scale_log2, b, h, i, kj, s) : sc[0][j][e] * scale_log2;
+        dp[0][j][e] = softmax_grad(masked_exp2(x, lse2[e >> 1]), dp[0][j][e], dl[e >> 1]);
+        if (full && i < s.lq && kj < s.lk) store_dmask<T>(bp, b, h, i, kj, dp[0][j][e]);
+      }
+    mma::warp_mma_rb<T, 1, D, BK, LD>(dq, dp, kt);
+  }
+  mma::cp_async_wait<0>();
+
+  __syncthreads();
+  mma::fragment_to_smem<T, D, LD>(qs + warp * 16 * LD, dq[0], p.scale, p.scale);
+  __syncthreads();
+  mma::store_tile<T, BQ, D, kThreads>(static_cast<T*>(bp.dq.ptr) + token_offset(bp.dq, p, b, h, s.q_tok + q0),
+                                      bp.dq.stride_l, qs, s.lq - q0, p.head_dim, aligned);
+}
+
+// delta = rowsum(dO * O), one warp per row: grid (q blocks of 4, Hq, B).
+template <class T>
+__global__ void __launch_bounds__(kThreads) bwd_delta(const BackwardParams bp) {
+  const ForwardParams& p = bp.fwd;
+  const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
+  const int i = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5);
+  const Seq s = sequence_of(p, b);
+  if (i >= s.lq) return;
+  const T* o = static_cast<const T*>(p.out.ptr) + token_offset(p.out, p, b, h, s.q_tok + i);
+  const T* d = static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, h, s.q_tok + i);
+  float acc = 0.f;
+  for (int c = lane; c < p.head_dim; c += 32) acc += to_f32(o[c]) * to_f32(d[c]);
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+  if (lane == 0) bp.delta[stat_index(p, s, b, h, i)] = acc;
+}
+
+// ---------------------------------------------------------------------------------------
+// float32 CUDA-core kernels: 16 rows per block, 8 consecutive lanes per row; a thread owns
+// 4 columns of each 32-wide score tile (sub + 8 i) and head-dim columns sub + 8 j of its
+// row's accumulators. Tiles are float in smem with rows padded to D + 1 words.
+
+// Rows [0, ROWS) of a (rows, dim) operand into smem as float, zero past valid_rows / dim.
+template <class T, int ROWS, int D>
+__device__ __forceinline__ void load_rows_f32(float* s, const T* g, int64_t ld_g, int valid_rows, int dim) {
+  for (int idx = threadIdx.x; idx < ROWS * D; idx += kThreads) {
+    const int r = idx / D, c = idx % D;
+    s[r * (D + 1) + c] = (r < valid_rows && c < dim) ? to_f32(g[r * ld_g + c]) : 0.f;
+  }
+}
+
+__device__ __forceinline__ float dot_f32(const float* a, const float* b, int dim) {
+  float acc = 0.f;
+#pragma unroll 8
+  for (int d = 0; d < dim; ++d) acc = fmaf(a[d], b[d], acc);
+  return acc;
+}
+
+__device__ __forceinline__ float row8_max(float x) {
+#pragma unroll
+  for (int m = 1; m < 8; m <<= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, m));
+  return x;
+}
+__device__ __forceinline__ float row8_sum(float x) {
+#pragma unroll
+  for (int m = 1; m < 8; m <<= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
+  return x;
+}
+
+constexpr int kFRows = 16, kFCols = 32, kFPad = kFCols + 1;
+
+// Forward, same recurrence as fwd_mma: grid (q blocks of 16, Hq, B).
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads, 1) fwd_ffma(const ForwardParams p) {
+  constexpr int LDF = D + 1;
+  extern __shared__ float smf[];
+  float* qs = smf;
+  float* ks = qs + kFRows * LDF;
+  float* vs = ks + kFCols * LDF;
+  float* ps = vs + kFCols * LDF;  // [kFRows][kFPad]
+
+  const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * kFRows;
+  const Seq s = sequence_of(p, b);
+  if (q0 >= s.lq) return;
+  const int hk = h / (p.heads_q / p.heads_kv);
+  const int r = threadIdx.x >> 3, sub = threadIdx.x & 7, i = q0 + r;
+  load_rows_f32<T, kFRows, D>(qs, static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, h, s.q_tok + q0),
+                              p.q.stride_l, s.lq - q0, p.head_dim);
+  const T* kg = static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok);
+  const T* vg = static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok);
+  const int kv_end = p.causal ? min(s.lk, min(q0 + kFRows, s.lq)) : s.lk;
+  const float scale_log2 = p.scale * kLog2eF;
+  float o[D / 8] = {};
+  SoftmaxState<float> st = softmax_init<float>();
+
+  for (int k0 = 0; k0 < kv_end; k0 += kFCols) {
+    __syncthreads();
+    load_rows_f32<T, kFCols, D>(ks, kg + int64_t(k0) * p.k.stride_l, p.k.stride_l, s.lk - k0, p.head_dim);
+    load_rows_f32<T, kFCols, D>(vs, vg + int64_t(k0) * p.v.stride_l, p.v.stride_l, s.lk - k0, p.head_dim);
+    __syncthreads();
+    float x[4], tmax = masked_score<float>(), tsum = 0.f;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int kl = sub + 8 * c;
+      x[c] = score_at<T>(p, dot_f32(qs + r * LDF, ks + kl * LDF, p.head_dim), scale_log2, b, h, i, k0 + kl, s);
+      tmax = fmaxf(tmax, x[c]);
+    }
+    const float m_new = softmax_new_max(st, row8_max(tmax));
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const float pe = masked_exp2(x[c], m_new);
+      ps[r * kFPad + sub + 8 * c] = pe;
+      tsum += pe;
+    }
+    const float alpha = softmax_update(st, m_new, tsum);  // per-thread partial l
+    __syncwarp();
+#pragma unroll
+    for (int jd = 0; jd < D / 8; ++jd) {
+      float acc = o[jd] * alpha;
+#pragma unroll 8
+      for (int k = 0; k < kFCols; ++k) acc = fmaf(ps[r * kFPad + k], vs[k * LDF + sub + 8 * jd], acc);
+      o[jd] = acc;
+    }
+  }
+  st.l = row8_sum(st.l);
+  if (i >= s.lq) return;
+  const float mul = softmax_out_scale(st);
+  T* og = static_cast<T*>(p.out.ptr) + token_offset(p.out, p, b, h, s.q_tok + i);
+#pragma unroll
+  for (int jd = 0; jd < D / 8; ++jd)
+    if (sub + 8 * jd < p.head_dim) og[sub + 8 * jd] = from_f32<T>(o[jd] * mul);
+  if (sub == 0) p.lse[stat_index(p, s, b, h, i)] = softmax_lse(st);
+}
+
+// Key-block pass, as bwd_dkdv_mma with 16 keys per block and 32-query tiles.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_ffma(const BackwardParams bp) {
+  constexpr int LDF = D + 1;
+  const ForwardParams& p = bp.fwd;
+  extern __shared__ float smf[];
+  float* kst = smf;
+  float* vst = kst + kFRows * LDF;
+  float* qs = vst + kFRows * LDF;
+  float* dos = qs + kFCols * LDF;
+  float* ps = dos + kFCols * LDF;   // [kFRows][kFPad]
+  float* dss = ps + kFRows * kFPad;  // [kFRows][kFPad]
+  float* lse_s = dss + kFRows * kFPad;
+  float* dl_s = lse_s + kFCols;
+
+  const int b = blockIdx.z, hout = blockIdx.y, k0 = blockIdx.x * kFRows;
+  const Seq s = sequence_of(p, b);
+  if (k0 >= s.lk) return;
+  const int group = p.heads_q / p.heads_kv;
+  const bool reduce = bp.dkv_heads == p.heads_kv;
+  const int h_first = reduce ? hout * group : hout, nh = reduce ? group : 1;
+  const int hk = h_first / group;
+  const int r = threadIdx.x >> 3, sub = threadIdx.x & 7, key = k0 + r;
+  load_rows_f32<T, kFRows, D>(kst, static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok + k0),
+                              p.k.stride_l, s.lk - k0, p.head_dim);
+  load_rows_f32<T, kFRows, D>(vst, static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok + k0),
+                              p.v.stride_l, s.lk - k0, p.head_dim);
+  const int q_first = p.causal ? k0 : 0;  // earlier queries see none of these keys
+  const float scale_log2 = p.scale * kLog2eF;
+  float dk[D / 8] = {}, dv[D / 8] = {};
+
+  for (int hq = h_first; hq < h_first + nh; ++hq)
+    for (int q0 = q_first - q_first % kFCols; q0 < s.lq; q0 += kFCols) {
+      __syncthreads();
+      load_rows_f32<T, kFCols, D>(qs, static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, hq, s.q_tok + q0),
+                                  p.q.stride_l, s.lq - q0, p.head_dim);
+      load_rows_f32<T, kFCols, D>(dos,
+                                  static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, hq, s.q_tok + q0),
+                                  bp.dout.stride_l, s.lq - q0, p.head_dim);
+      for (int c = threadIdx.x; c < kFCols; c += kThreads) {
+        const bool ok = q0 + c < s.lq;
+        const int64_t idx = ok ? stat_index(p, s, b, hq, q0 + c) : 0;
+        lse_s[c] = ok ? lse_log2(p.lse[idx]) : 0.f;
+        dl_s[c] = ok ? bp.delta[idx] : 0.f;
+      }
+      __syncthreads();
+      // P^T = exp2(score - lse2); dS^T = P^T (V dO^T - delta)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int ql = sub + 8 * c;
+        const float x = score_at<T>(p, dot_f32(kst + r * LDF, qs + ql * LDF, p.head_dim), scale_log2, b, hq,
+                                    q0 + ql, key, s);
+        const float pe = masked_exp2(x, lse_s[ql]);
+        ps[r * kFPad + ql] = pe;
+        dss[r * kFPad + ql] = softmax_grad(pe, dot_f32(vst + r * LDF, dos + ql * LDF, p.head_dim), dl_s[ql]);
+      }
+      __syncwarp();
+      // dV += P^T dO; dK += dS^T Q
+#pragma unroll
+      for (int jd = 0; jd < D / 8; ++jd) {
+        float av = dv[jd], ak = dk[jd];
+#pragma unroll 8
+        for (int q = 0; q < kFCols; ++q) {
+          av = fmaf(ps[r * kFPad + q], dos[q * LDF + sub + 8 * jd], av);
+          ak = fmaf(dss[r * kFPad + q], qs[q * LDF + sub + 8 * jd], ak);
+        }
+        dv[jd] = av;
+        dk[jd] = ak;
+      }
+    }
+  if (key >= s.lk) return;
+  T* dkg = static_cast<T*>(bp.dk.ptr) + token_offset(bp.dk, p, b, hout, s.k_tok + key);
+  T* dvg = static_cast<T*>(bp.dv.ptr) + token_offset(bp.dv, p, b, hout, s.k_tok + key);
+#pragma unroll
+  for (int jd = 0; jd < D / 8; ++jd)
+    if (sub + 8 * jd < p.head_dim) {
+      dkg[sub + 8 * jd] = from_f32<T>(dk[jd] * p.scale);
+      dvg[sub + 8 * jd] = from_f32<T>(dv[jd]);
+    }
+}
+
+// Query-block pass, as bwd_dq_mma with 16 queries per block and 32-key tiles.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads, 1) bwd_dq_ffma(const BackwardParams bp) {
+  constexpr int LDF = D + 1;
+  const ForwardParams& p = bp.fwd;
+  extern __shared__ float smf[];
+  float* qs = smf;
+  float* dos = qs + kFRows * LDF;
+  float* ks = dos + kFRows * LDF;
+  float* vs = ks + kFCols * LDF;
+  float* dss = vs + kFCols * LDF;  // [kFRows][kFPad]
+
+  const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * kFRows;
+  const Seq s = sequence_of(p, b);
+  if (q0 >= s.lq) return;
+  const int hk = h / (p.heads_q / p.heads_kv);
+  const int r = threadIdx.x >> 3, sub = threadIdx.x & 7, i = q0 + r;
+  load_rows_f32<T, kFRows, D>(qs, static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, h, s.q_tok + q0),
+                              p.q.stride_l, s.lq - q0, p.head_dim);
+  load_rows_f32<T, kFRows, D>(dos, static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, h, s.q_tok + q0),
+                              bp.dout.stride_l, s.lq - q0, p.head_dim);
+  const bool ok = i < s.lq;  // rows past the end are masked by score_at
+  const int64_t idx = ok ? stat_index(p, s, b, h, i) : 0;
+  const float lse2 = ok ? lse_log2(p.lse[idx]) : 0.f, dl = ok ? bp.delta[idx] : 0.f;
+  const bool full = bp.dmask != nullptr;
+  const int kv_end = (p.causal && !full) ? min(s.lk, min(q0 + kFRows, s.lq)) : s.lk;
+  const T* kg = static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok);
+  const T* vg = static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok);
+  const float scale_log2 = p.scale * kLog2eF;
+  float dq[D / 8] = {};
+
+  for (int k0 = 0; k0 < kv_end; k0 += kFCols) {
+    __syncthreads();
+    load_rows_f32<T, kFCols, D>(ks, kg + int64_t(k0) * p.k.stride_l, p.k.stride_l, s.lk - k0, p.head_dim);
+    load_rows_f32<T, kFCols, D>(vs, vg + int64_t(k0) * p.v.stride_l, p.v.stride_l, s.lk - k0, p.head_dim);
+    __syncthreads();
+    // dS = P (dO V^T - delta), P = exp2(score - lse2)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int kl = sub + 8 * c, kj = k0 + kl;
+      const float x = score_at<T>(p, dot_f32(qs + r * LDF, ks + kl * LDF, p.head_dim), scale_log2, b, h, i, kj, s);
+      const float ds = softmax_grad(masked_exp2(x, lse2), dot_f32(dos + r * LDF, vs + kl * LDF, p.head_dim), dl);
+      dss[r * kFPad + kl] = ds;
+      if (full && ok && kj < s.lk) store_dmask<T>(bp, b, h, i, kj, ds);
+    }
+    __syncwarp();
+    // dQ += dS K
+#pragma unroll
+    for (int jd = 0; jd < D / 8; ++jd) {
+      float acc = dq[jd];
+#pragma unroll 8
+      for (int k = 0; k < kFCols; ++k) acc = fmaf(dss[r * kFPad + k], ks[k * LDF + sub + 8 * jd], acc);
+      dq[jd] = acc;
+    }
+  }
+  if (!ok) return;
+  T* dqg = static_cast<T*>(bp.dq.ptr) + token_offset(bp.dq, p, b, h, s.q_tok + i);
+#pragma unroll
+  for (int jd = 0; jd < D / 8; ++jd)
+    if (sub + 8 * jd < p.head_dim) dqg[sub + 8 * jd] = from_f32<T>(dq[jd] * p.scale);
+}
+
+// ---------------------------------------------------------------------------------------
+// Host side.
+
+template <int V>
+using Int = std::integral_constant<int, V>;
+
+// Tensor-core head dims: 32, 64, 96, 128, 256 (others pad up).
+template <class F>
+void with_mma_dim(int d, F&& f) {
+  if (d <= 32) return f(Int<32>{});
+  if (d <= 64) return f(Int<64>{});
+  if (d <= 96) return f(Int<96>{});
+  if (d <= 128) return f(Int<128>{});
+  return f(Int<256>{});
+}
+// CUDA-core head dims bound the per-thread accumulators only: 64, 128, 256.
+template <class F>
+void with_ffma_dim(int d, F&& f) {
+  if (d <= 64) return f(Int<64>{});
+  if (d <= 128) return f(Int<128>{});
+  return f(Int<256>{});
+}
+
+// cp.async and 16-byte stores need every row of the operand 16-byte aligned.
+bool rows_aligned(const void* ptr, int64_t sb, int64_t sh, int64_t sl, bool varlen) {
+  constexpr int64_t kElems = 8;  // 16 bytes of 16-bit elements
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && (varlen || sb % kElems == 0) && sh % kElems == 0 &&
+         sl % kElems == 0;
+}
+template <class S>
+bool rows_aligned(const S& t, bool varlen) {
+  return rows_aligned(t.ptr, t.stride_b, t.stride_h, t.stride_l, varlen);
+}
+
+dim3 grid_for(int64_t rows, int rows_per_block, int heads, int batch) {
+  const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
+  check(blocks <= INT_MAX, "attention (CUDA): sequence too long for the grid");
+  return dim3(unsigned(blocks), unsigned(heads), unsigned(batch));
+}
+
+template <class... KArgs, class... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, size_t smem, cudaStream_t stream, Args&&... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  if (smem > 48 * 1024) {
+    int dev = 0, max_smem = 0;
+    PFA_CUDA_CHECK(cudaGetDevice(&dev));
+    PFA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if (smem > size_t(max_smem))
+      throw std::runtime_error("attention (CUDA): this head dim needs " + std::to_string(smem) +
+                               " bytes of shared memory per block; the device allows " +
+                               std::to_string(max_smem));
+    PFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  }
+  kernel<<<grid, kThreads, smem, stream>>>(std::forward<Args>(args)...);
+  PFA_CHECK_LAUNCH();
+}
+
+void check_params(const ForwardParams& p) {
+  check(p.head_dim >= 1 && p.head_dim <= 256, "attention (CUDA): head_dim must be in [1, 256]");
+  check(p.heads_kv > 0 && p.heads_q % p.heads_kv == 0,
+        "attention (CUDA): heads_q must be a positive multiple of heads_kv");
+  check((p.cu_seqlens_q == nullptr) == (p.cu_seqlens_k == nullptr),
+        "attention (CUDA): cu_seqlens_q and cu_seqlens_k must both be given or both be null");
+  check(p.batch >= 0 && p.batch <= 65535 && p.heads_q <= 65535,
+        "attention (CUDA): batch and heads must be at most 65535");
+  check(p.len_q >= 0 && p.len_k >= 0, "attention (CUDA): negative length");
+  check(p.dtype != DType::Float64, "attention (CUDA): float64 is not supported on CUDA");
+}
+
+}  // namespace
+
+void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
+  check_params(p);
+  if (p.batch == 0 || p.heads_q == 0 || p.len_q == 0) return;
+  const cudaStream_t stream = as_stream(stream_handle);
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  dispatch_cuda_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<T, float>) {
+      with_ffma_dim(p.head_dim, [&](auto dc) {
+        constexpr int D = decltype(dc)::value;
+        const size_t smem = ((kFRows + 2 * kFCols) * (D + 1) + kFRows * kFPad) * sizeof(float);
+        launch(fwd_ffma<T, D>, grid_for(p.len_q, kFRows, p.heads_q, p.batch), smem, stream, p);
+      });
+    } else {
+      const bool aligned = rows_aligned(p.q, varlen) && rows_aligned(p.k, varlen) &&
+                           rows_aligned(p.v, varlen) && rows_aligned(p.out, varlen);
+      with_mma_dim(p.head_dim, [&](auto dc) {
+        // 128-row Q tiles (two m-tiles per warp) halve the K/V shared-memory reads per row;
+        // D = 256 keeps one m-tile so its 16 x 256 output accumulator fits in registers.
+        constexpr int D = decltype(dc)::value, MT = D <= 128 ? 2 : 1, BK = D <= 64 ? 64 : 32;
+        const size_t smem = size_t(64 * MT + 4 * BK) * mma::padded_ld<D>() * sizeof(T);
+        launch(fwd_mma<T, D, MT, BK>, grid_for(p.len_q, 64 * MT, p.heads_q, p.batch), smem, stream, p,
+               aligned);
+      });
+    }
+  });
+}
+
+void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
+  const ForwardParams& p = bp.fwd;
+  check_params(p);
+  check(bp.dkv_heads == p.heads_kv || bp.dkv_heads == p.heads_q,
+        "attention (CUDA): dkv_heads must be heads_kv or heads_q");
+  if (p.batch == 0 || p.heads_q == 0) return;
+  const cudaStream_t stream = as_stream(stream_handle);
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  dispatch_cuda_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    launch(bwd_delta<T>, grid_for(p.len_q, kThreads / 32, p.heads_q, p.batch), 0, stream, bp);
+    if constexpr (std::is_same_v<T, float>) {
+      with_ffma_dim(p.head_dim, [&](auto dc) {
+        constexpr int D = decltype(dc)::value;
+        const size_t kv_smem =
+            (size_t(2 * kFRows + 2 * kFCols) * (D + 1) + 2 * kFRows * kFPad + 2 * kFCols) * sizeof(float);
+        launch(bwd_dkdv_ffma<T, D>, grid_for(p.len_k, kFRows, bp.dkv_heads, p.batch), kv_smem, stream, bp);
+        const size_t q_smem = (size_t(2 * kFRows + 2 * kFCols) * (D + 1) + kFRows * kFPad) * sizeof(float);
+        launch(bwd_dq_ffma<T, D>, grid_for(p.len_q, kFRows, p.heads_q, p.batch), q_smem, stream, bp);
+      });
+    } else {
+      const bool aligned = rows_aligned(p.q, varlen) && rows_aligned(p.k, varlen) && rows_aligned(p.v, varlen) &&
+                           rows_aligned(bp.dout, varlen) && rows_aligned(bp.dq, varlen) &&
+                           rows_aligned(bp.dk, varlen) && rows_aligned(bp.dv, varlen);
+      with_mma_dim(p.head_dim, [&](auto dc) {
+        constexpr int D = decltype(dc)::value, LD = mma::padded_ld<D>();
+        // Rows of the streamed tiles (Q/dO in the key pass, K/V in the query pass): 32 for
+        // D >= 96 keeps the registers spill-free and D = 128 within 100 KB of shared memory.
+        constexpr int BS = D <= 64 ? 64 : 32;
+        const size_t kv_smem = size_t(2 * 64 + 4 * BS) * LD * sizeof(T) + 4 * BS * sizeof(float);
+        const dim3 kv_grid = grid_for(p.len_k, 64, bp.dkv_heads, p.batch);
+        if constexpr (D == 256) {  // dK and dV accumulators do not both fit in registers
+          launch(bwd_dkdv_mma<T, D, BS, false, true>, kv_grid, kv_smem, stream, bp, aligned);
+          launch(bwd_dkdv_mma<T, D, BS, true, false>, kv_grid, kv_smem, stream, bp, aligned);
+        } else {
+          launch(bwd_dkdv_mma<T, D, BS, true, true>, kv_grid, kv_smem, stream, bp, aligned);
+        }
+        const size_t q_smem = size_t(2 * 64 + 4 * BS) * LD * sizeof(T);
+        launch(bwd_dq_mma<T, D, BS>, grid_for(p.len_q, 64, p.heads_q, p.batch), q_smem, stream, bp, aligned);
+      });
+    }
+  });
+}
+
+}  // namespace pfa::attention

@@ -1,0 +1,203 @@
+// Warp-level tensor-core building blocks for the fp16/bf16 attention kernels (sm_80+):
+// cp.async tile loads into padded shared memory, ldmatrix fragment loads and
+// mma.sync.m16n8k16 with float accumulators.
+//
+// Every matmul of forward and backward is one of two shapes, with a warp owning MT m-tiles
+// of 16 consecutive rows:
+//   warp_mma_abt:  C(16 MT x N) += A(16 MT x K) * B^T, A and B both row-major tiles in smem
+//                  (B stored [n][k], e.g. K for S = Q K^T);
+//   warp_mma_rb:   C(16 MT x N) += A(16 MT x K) * B,   A accumulator fragments from a previous
+//                  warp_mma_abt (P or dS, rounded to T), B stored [k][n] in smem (e.g. V).
+//
+// Accumulator fragment c[mt][j][e] (j = 8-column block) holds row 16 mt + g + 8 (e / 2), column
+// 8 * j + 2 * t + (e % 2), with g = lane / 4 and t = lane % 4 (the PTX m16n8 C layout).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace pfa::attention::mma {
+
+// Shared-memory rows are padded by 16 bytes: a row stride of 2 * D + 16 bytes (D a multiple
+// of 32) puts the 8 rows of every ldmatrix phase in 8 distinct 16-byte bank groups.
+template <int D>
+__host__ __device__ constexpr int padded_ld() {
+  return D + 8;
+}
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte asynchronous copy; bytes < 16 zero-fills the rest (bytes = 0: pure zero fill,
+// nothing is read from src).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+template <class T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1);
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t (&a)[4],
+                                                  uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4],
+                                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats -> one register of two T, the lower column in the low half (fragment order).
+template <class T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+// C(16 MT x N) += A(16 MT x K) B^T: A = the warp's MT m-tiles of 16 rows at `a` (row stride
+// LD), B = N rows at `b` stored [n][k]. x4 ldmatrix of A gives the four 8x8 quadrants of an
+// m-tile; of B, two n-blocks x two k-halves, each reused by the MT m-tiles.
+template <class T, int MT, int N, int K, int LD>
+__device__ __forceinline__ void warp_mma_abt(float (&c)[MT][N / 8][4], const T* a, const T* b) {
+  const int lane = threadIdx.x & 31;
+  const T* a_lane = a + (lane & 15) * LD + (lane >> 4) * 8;
+  const T* b_lane = b + ((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8;
+#pragma unroll
+  for (int ks = 0; ks < K / 16; ++ks) {
+    uint32_t af[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(af[mt], a_lane + mt * 16 * LD + ks * 16);
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {
+      uint32_t bf[4];
+      ldmatrix_x4(bf, b_lane + np * 16 * LD + ks * 16);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_16816<T>(c[mt][2 * np], af[mt], bf[0], bf[1]);
+        mma_16816<T>(c[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+      }
+    }
+  }
+}
+
+// C(16 MT x N) += A(16 MT x K) B: A = the float fragments `s` (as left by warp_mma_abt),
+// rounded to T; B = K rows at `b` stored [k][n], read transposed by ldmatrix.trans.
+template <class T, int MT, int N, int K, int LD>
+__device__ __forceinline__ void warp_mma_rb(float (&c)[MT][N / 8][4], const float (&s)[MT][K / 8][4],
+                                            const T* b) {
+  const int lane = threadIdx.x & 31;
+  const T* b_lane = b + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
+#pragma unroll
+  for (int ks = 0; ks < K / 16; ++ks) {
+    uint32_t af[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      af[mt][0] = pack2<T>(s[mt][2 * ks][0], s[mt][2 * ks][1]);
+      af[mt][1] = pack2<T>(s[mt][2 * ks][2], s[mt][2 * ks][3]);
+      af[mt][2] = pack2<T>(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
+      af[mt][3] = pack2<T>(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
+    }
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {
+      uint32_t bf[4];
+      ldmatrix_x4_trans(bf, b_lane + ks * 16 * LD + np * 16);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_16816<T>(c[mt][2 * np], af[mt], bf[0], bf[1]);
+        mma_16816<T>(c[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+      }
+    }
+  }
+}
+
+// Copies `ROWS` rows (global row stride `ld_g` elements) into a padded smem tile, zero-filling
+// rows >= `valid_rows` and columns >= `dim`. With `async_ok` (base and strides 16-byte aligned)
+// it issues cp.async (the caller commits and waits); otherwise plain loads and stores.
+// `safe` is any readable address, passed to zero-byte copies.
+template <class T, int ROWS, int D, int NT>
+__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld_g, int valid_rows, int dim,
+                                          bool async_ok, const void* safe) {
+  constexpr int LD = padded_ld<D>(), CH = D / 8;
+  for (int idx = threadIdx.x; idx < ROWS * CH; idx += NT) {
+    const int r = idx / CH, c = (idx % CH) * 8;
+    T* dst = s + r * LD + c;
+    const T* src = g + r * ld_g + c;
+    const int n = r < valid_rows ? min(8, max(0, dim - c)) : 0;
+    if (async_ok) {
+      cp_async16(dst, n > 0 ? static_cast<const void*>(src) : safe, n * int(sizeof(T)));
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dst[e] = e < n ? src[e] : T(0.f);
+    }
+  }
+}
+
+// Writes `ROWS` rows of a padded smem tile to global memory (row stride `ld_g`): rows
+// < `valid_rows`, columns < `dim` only, 16-byte stores where `vec_ok` (aligned) allows.
+template <class T, int ROWS, int D, int NT>
+__device__ __forceinline__ void store_tile(T* g, int64_t ld_g, const T* s, int valid_rows, int dim,
+                                           bool vec_ok) {
+  constexpr int LD = padded_ld<D>(), CH = D / 8;
+  for (int idx = threadIdx.x; idx < ROWS * CH; idx += NT) {
+    const int r = idx / CH, c = (idx % CH) * 8;
+    if (r >= valid_rows || c >= dim) continue;
+    const T* src = s + r * LD + c;
+    T* dst = g + r * ld_g + c;
+    if (vec_ok && c + 8 <= dim) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+      for (int e = 0; e < min(8, dim - c); ++e) dst[e] = src[e];
+    }
+  }
+}
+
+// A warp's float fragment (16 x N), rows g scaled by mul_lo and rows g + 8 by mul_hi, rounded
+// to T into the warp's 16 smem rows at `s` (staging for coalesced stores).
+template <class T, int N, int LD>
+__device__ __forceinline__ void fragment_to_smem(T* s, const float (&c)[N / 8][4], float mul_lo,
+                                                 float mul_hi) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < N / 8; ++j) {
+    *reinterpret_cast<uint32_t*>(s + g * LD + 8 * j + 2 * t) = pack2<T>(c[j][0] * mul_lo, c[j][1] * mul_lo);
+    *reinterpret_cast<uint32_t*>(s + (g + 8) * LD + 8 * j + 2 * t) =
+        pack2<T>(c[j][2] * mul_hi, c[j][3] * mul_hi);
+  }
+}
+
+}  // namespace pfa::attention::mma
