@@ -24,6 +24,7 @@ from ._C import conv as _conv
 __all__ = ["conv2d", "hex_conv2d", "hex_max_pool2d", "hex_avg_pool2d", "indexed_conv"]
 
 _GRID, _HEX = 0, 1
+_MAX_TAPS = 4096  # csrc/conv/conv_bindings.cpp: kMaxTaps
 _MAX, _AVG = 0, 1
 
 
@@ -224,6 +225,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     kh, kw = weight.shape[2], weight.shape[3]
     if kh == 0 or kw == 0:
         raise ValueError(f"{op}: weight has an empty kernel {tuple(weight.shape)}")
+    if kh * kw > _MAX_TAPS:
+        raise ValueError(f"{op}: kernel {kh}x{kw} has more than {_MAX_TAPS} taps")
     ext = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
     if isinstance(padding, str):
         if padding == "valid":
@@ -264,7 +267,8 @@ def hex_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
                stride: int = 1, groups: int = 1) -> torch.Tensor:
     """Hexagonal convolution on axial grids (N, Cin, R, Q); weight (Cout, Cin/groups, T) with
     T = 3k(k+1)+1 taps in pyfastattn.hex.taps(k) order; cells outside the grid are zero.
-    stride s keeps the cells with r and q multiples of s (output (ceil(R/s), ceil(Q/s)))."""
+    stride s keeps the cells with r and q multiples of s (output (ceil(R/s), ceil(Q/s))).
+    A kernel whose diameter 2k+1 exceeds both grid sizes is rejected (ValueError)."""
     op = "hex_conv2d"
     x, unbatched = _check_input(op, input, weight, bias, weight_ndim=3)
     groups = _check_groups(op, x, weight, groups)

@@ -255,19 +255,95 @@ void pack_input_planes(const TapConvParams& p, const FwdGeometry& g, int64_t n, 
 }
 
 // With few input channels per group the per-tap K (= Cig) is too short for the micro-GEMM,
-// so the taps are laid side by side first: col[p][t*Cig + ci] = plane_t[p + shift_t][ci]
-// (im2col from the packed planes; rows past M stay zero).
+// so the taps are stacked instead (im2col, position-minor, on the exact output grid):
+//   colT[t*Cig + ci][oh*Wo + ow] = x[ci, oh*s - pad + dr_t, ow*s - pad + dc_t]   (0 outside)
+// Row pitch `mpad` leaves kMaxMR columns of slack; callers allocate kMaxMR spare rows.
 constexpr int64_t kColsBelow = 8;
 
-template <class A>
-void planes_to_cols(const FwdGeometry& g, const A* planes, int64_t plane_elems, int64_t Cig, int64_t M,
-                    A* col) {
-  const int64_t K = g.T * Cig;
-  for (int64_t m = 0; m < M; ++m)
-    for (int t = 0; t < g.T; ++t) {
-      const A* src = planes + g.plane[t] * plane_elems + (g.shift[t] + m) * Cig;
-      std::copy(src, src + Cig, col + m * K + t * Cig);
+template <class T, class A = Acc<T>>
+void im2col_rows(const TapConvParams& p, int64_t n, int64_t grp, int64_t Cig, int64_t mpad, A* colT) {
+  const T* x = static_cast<const T*>(p.x) + n * p.x_strides.n + grp * Cig * p.x_strides.c;
+  const int T_ = p.taps.count();
+  for (int t = 0; t < T_; ++t) {
+    int dr, dc;
+    p.taps.offset(t, dr, dc);
+    int64_t oa, ob;  // outputs whose column lands inside the input
+    valid_out_range(p.W, p.stride_w, p.pad_w, dc, p.Wo, oa, ob);
+    for (int64_t ci = 0; ci < Cig; ++ci) {
+      A* row = colT + (t * Cig + ci) * mpad;
+      const T* xc = x + ci * p.x_strides.c;
+      for (int64_t oh = 0; oh < p.Ho; ++oh) {
+        A* d = row + oh * p.Wo;
+        const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, dr);
+        if (ih < 0 || ih >= p.H) {
+          std::fill(d, d + p.Wo, A(0));
+          continue;
+        }
+        std::fill(d, d + oa, A(0));
+        std::fill(d + ob, d + p.Wo, A(0));
+        const T* xr = xc + ih * p.x_strides.h + in_coord(0, p.stride_w, p.pad_w, dc);
+        for (int64_t ow = oa; ow < ob; ++ow) d[ow] = Storage<T>::load(xr[ow * p.stride_w]);
+      }
     }
+  }
+}
+
+// wc[g][co][t*Cig + ci] (row pitch Kc rounded up to the vector width, kMaxMR spare rows).
+template <class T, class A = Acc<T>>
+std::vector<A> pack_weight_rows(const TapConvParams& p, int64_t KcP) {
+  const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
+  const int T_ = p.taps.count();
+  std::vector<A> wc(size_t((G * Cog + kMaxMR) * KcP), A(0));
+  const T* w = static_cast<const T*>(p.w);
+  for (int64_t co = 0; co < G * Cog; ++co)
+    for (int64_t ci = 0; ci < Cig; ++ci)
+      for (int t = 0; t < T_; ++t)
+        wc[size_t(co * KcP + t * Cig + ci)] = Storage<T>::load(w[(co * Cig + ci) * T_ + t]);
+  return wc;
+}
+
+// Few input channels: positions are the vector dimension, straight in NCHW order:
+//   y[co][p] = bias[co] + sum_{(t, ci)} wc[co][(t, ci)] * colT[(t, ci)][p]
+template <class T>
+void tap_conv_forward_cols(const TapConvParams& p) {
+  using A = Acc<T>;
+  const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
+  const int T_ = p.taps.count();
+  const int64_t Kc = T_ * Cig, KcP = padded_lanes<A>(Kc);
+  const std::vector<A> wc = pack_weight_rows<T>(p, KcP);
+  const int64_t M = p.Ho * p.Wo, MP = padded_lanes<A>(M), mpad = M + kMaxMR;
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+#pragma omp parallel
+  {
+    std::vector<A> col(size_t(Kc * mpad), A(0));
+    std::vector<A> cbuf(size_t(Cog * MP));
+#pragma omp for schedule(dynamic)
+    for (int64_t item = 0; item < p.N * G; ++item) {
+      const int64_t n = item / G, grp = item % G;
+      im2col_rows<T>(p, n, grp, Cig, mpad, col.data());
+      const A* a0 = wc.data() + grp * Cog * KcP;
+      const A* b0 = col.data();
+      Gemm<A> gm;
+      gm.M = Cog;
+      gm.NP = MP;
+      gm.K = Kc;
+      gm.a = &a0;
+      gm.b = &b0;
+      gm.am = KcP;
+      gm.ak = 1;
+      gm.bk = mpad;
+      gm.c = cbuf.data();
+      gm.cm = MP;
+      gemm_run(gm);
+      for (int64_t co = 0; co < Cog; ++co) {
+        const A b = bias ? Storage<T>::load(bias[grp * Cog + co]) : A(0);
+        T* yc = y + (n * p.Cout + grp * Cog + co) * M;
+        const A* cc = cbuf.data() + co * MP;
+        for (int64_t i = 0; i < M; ++i) yc[i] = Storage<T>::store(cc[i] + b);
+      }
+    }
+  }
 }
 
 // y = bias + sum_t sum_ci w[co, ci, t] * x[ci, oh*s - pad + dr_t, ow*s - pad + dc_t]
@@ -275,6 +351,7 @@ template <class T>
 void tap_conv_forward_typed(const TapConvParams& p) {
   using A = Acc<T>;
   const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
+  if (Cig < kColsBelow) return tap_conv_forward_cols<T>(p);
   const int64_t CogP = padded_lanes<A>(Cog);
   const FwdGeometry geo = fwd_geometry(p);
   const int T_ = geo.T;
@@ -289,46 +366,34 @@ void tap_conv_forward_typed(const TapConvParams& p) {
               Storage<T>::load(w[((grp * Cog + co) * Cig + ci) * T_ + t]);
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
-  const int64_t M = p.Ho * geo.Wq;
   const int64_t plane_elems = geo.rows * geo.Wq * Cig;
   const int nplanes = p.stride_h * p.stride_w;
-  const bool cols = Cig < kColsBelow;
-  const int64_t Kc = T_ * Cig;
+  const int64_t M = p.Ho * geo.Wq;
 #pragma omp parallel
   {
     std::vector<A> planes(size_t(nplanes * plane_elems));
-    std::vector<A> col(size_t(cols ? (M + kMaxMR) * Kc : 0), A(0));
     std::vector<A> cbuf(size_t(M * CogP));
     std::vector<const A*> ap(T_), bp(T_);
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < p.N * G; ++item) {
       const int64_t n = item / G, grp = item % G;
       pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
+      for (int t = 0; t < T_; ++t) {
+        ap[t] = planes.data() + geo.plane[t] * plane_elems + geo.shift[t] * Cig;
+        bp[t] = wf.data() + (grp * T_ + t) * Cig * CogP;
+      }
       Gemm<A> gm;
       gm.M = M;
       gm.NP = CogP;
+      gm.K = Cig;
+      gm.ntaps = T_;
+      gm.a = ap.data();
+      gm.b = bp.data();
+      gm.am = Cig;
+      gm.ak = 1;
       gm.bk = CogP;
       gm.c = cbuf.data();
       gm.cm = CogP;
-      if (cols) {  // one K = T*Cig product over the columns
-        planes_to_cols(geo, planes.data(), plane_elems, Cig, M, col.data());
-        ap[0] = col.data();
-        bp[0] = wf.data() + grp * T_ * Cig * CogP;
-        gm.K = Kc;
-        gm.ntaps = 1;
-        gm.am = Kc;
-      } else {     // T products of K = Cig over shifted planes
-        for (int t = 0; t < T_; ++t) {
-          ap[t] = planes.data() + geo.plane[t] * plane_elems + geo.shift[t] * Cig;
-          bp[t] = wf.data() + (grp * T_ + t) * Cig * CogP;
-        }
-        gm.K = Cig;
-        gm.ntaps = T_;
-        gm.am = Cig;
-      }
-      gm.a = ap.data();
-      gm.b = bp.data();
-      gm.ak = 1;
       gemm_run(gm);
       // Channel-last tile -> NCHW, plus bias.
       for (int64_t co = 0; co < Cog; ++co) {
@@ -342,72 +407,65 @@ void tap_conv_forward_typed(const TapConvParams& p) {
   }
 }
 
-// Few input channels: g[p][(t, ci)] = sum_co dy[co, p] * w[co, ci, t] on the output grid,
-// then each (p, t) adds into the input cell it read (col2im, in a fixed order per sample):
-//   dx[ci, oh*s - pad + dr_t, ow*s - pad + dc_t] += g[(oh, ow)][(t, ci)]
+// Few input channels: gT[(t, ci)][p] = sum_co w[co, ci, t] * dy[co, p] with positions as the
+// vector dimension, then each tap row adds back into the input cells it read (col2im, row
+// segments in a fixed order per sample):
+//   dx[ci, oh*s - pad + dr_t, ow*s - pad + dc_t] += gT[(t, ci)][oh*Wo + ow]
 template <class T>
 void tap_conv_backward_input_cols(const TapConvParams& p) {
   using A = Acc<T>;
   const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
   const int T_ = p.taps.count();
   const int64_t Kc = T_ * Cig, KcP = padded_lanes<A>(Kc);
-  std::vector<int> dr(T_), dc(T_);
-  for (int t = 0; t < T_; ++t) p.taps.offset(t, dr[t], dc[t]);
-  // wc[g][co][t*Cig + ci]
-  std::vector<A> wc(size_t(G * Cog * KcP), A(0));
-  const T* w = static_cast<const T*>(p.w);
-  for (int64_t grp = 0; grp < G; ++grp)
-    for (int64_t co = 0; co < Cog; ++co)
-      for (int64_t ci = 0; ci < Cig; ++ci)
-        for (int t = 0; t < T_; ++t)
-          wc[size_t((grp * Cog + co) * KcP + t * Cig + ci)] =
-              Storage<T>::load(w[((grp * Cog + co) * Cig + ci) * T_ + t]);
-  const int64_t M = p.Ho * p.Wo;
+  const std::vector<A> wc = pack_weight_rows<T>(p, KcP);
+  const int64_t M = p.Ho * p.Wo, MP = padded_lanes<A>(M), mpad = M + kMaxMR;
   T* dx = static_cast<T*>(p.dx);
 #pragma omp parallel
   {
-    std::vector<A> dyp(size_t((M + kMaxMR) * Cog), A(0));
-    std::vector<A> g(size_t(M * KcP));
+    std::vector<A> dyT(size_t(Cog * mpad), A(0));  // dy[co][p], planar
+    std::vector<A> g(size_t(Kc * MP));
     std::vector<A> acc(size_t(Cig * p.H * p.W));
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < p.N * G; ++item) {
       const int64_t n = item / G, grp = item % G;
-      PlaneSpec s;
-      s.C = Cog;
-      s.H = p.Ho;
-      s.W = p.Wo;
-      s.sC = p.dy_strides.c;
-      s.sH = p.dy_strides.h;
-      s.rows = p.Ho;
-      s.cols = p.Wo;
-      s.cpitch = Cog;
-      pack_plane<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s,
-                    dyp.data());
-      const A* a0 = dyp.data();
-      const A* b0 = wc.data() + grp * Cog * KcP;
+      const T* dy = static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c;
+      for (int64_t co = 0; co < Cog; ++co)
+        for (int64_t oh = 0; oh < p.Ho; ++oh) {
+          const T* src = dy + co * p.dy_strides.c + oh * p.dy_strides.h;
+          A* d = dyT.data() + co * mpad + oh * p.Wo;
+          for (int64_t ow = 0; ow < p.Wo; ++ow) d[ow] = Storage<T>::load(src[ow]);
+        }
+      const A* a0 = wc.data() + grp * Cog * KcP;
+      const A* b0 = dyT.data();
       Gemm<A> gm;
-      gm.M = M;
-      gm.NP = KcP;
+      gm.M = Kc;
+      gm.NP = MP;
       gm.K = Cog;
       gm.a = &a0;
       gm.b = &b0;
-      gm.am = Cog;
-      gm.ak = 1;
-      gm.bk = KcP;
+      gm.am = 1;
+      gm.ak = KcP;
+      gm.bk = mpad;
       gm.c = g.data();
-      gm.cm = KcP;
+      gm.cm = MP;
       gemm_run(gm);
       std::fill(acc.begin(), acc.end(), A(0));
-      for (int64_t oh = 0; oh < p.Ho; ++oh)
-        for (int64_t ow = 0; ow < p.Wo; ++ow) {
-          const A* gp = g.data() + (oh * p.Wo + ow) * KcP;
-          for (int t = 0; t < T_; ++t) {
-            const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, dr[t]);
-            const int64_t iw = in_coord(ow, p.stride_w, p.pad_w, dc[t]);
-            if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) continue;
-            for (int64_t ci = 0; ci < Cig; ++ci) acc[size_t((ci * p.H + ih) * p.W + iw)] += gp[t * Cig + ci];
+      for (int t = 0; t < T_; ++t) {
+        int dr, dc;
+        p.taps.offset(t, dr, dc);
+        int64_t oa, ob;
+        valid_out_range(p.W, p.stride_w, p.pad_w, dc, p.Wo, oa, ob);
+        for (int64_t ci = 0; ci < Cig; ++ci) {
+          const A* gr = g.data() + (t * Cig + ci) * MP;
+          for (int64_t oh = 0; oh < p.Ho; ++oh) {
+            const int64_t ih = in_coord(oh, p.stride_h, p.pad_h, dr);
+            if (ih < 0 || ih >= p.H) continue;
+            A* d = acc.data() + (ci * p.H + ih) * p.W + in_coord(0, p.stride_w, p.pad_w, dc);
+            const A* gp = gr + oh * p.Wo;
+            for (int64_t ow = oa; ow < ob; ++ow) d[ow * p.stride_w] += gp[ow];
           }
         }
+      }
       T* dxg = dx + (n * p.Cin + grp * Cig) * p.H * p.W;
       for (int64_t i = 0; i < Cig * p.H * p.W; ++i) dxg[i] = Storage<T>::store(acc[size_t(i)]);
     }
@@ -543,7 +601,6 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
   const int64_t CogP = padded_lanes<A>(Cog);
   const FwdGeometry geo = fwd_geometry(p);
   const int T_ = geo.T;
-  const int64_t M = p.Ho * geo.Wq;
   const int64_t plane_elems = geo.rows * geo.Wq * Cig;
   const int nplanes = p.stride_h * p.stride_w;
   const int64_t wcount = p.Cout * Cig * T_;
@@ -552,10 +609,12 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
   const int64_t chunks = p.partial_chunks;
   const bool cols = Cig < kColsBelow;
   const int64_t Kc = T_ * Cig;
+  const int64_t pitch = cols ? p.Wo : geo.Wq;  // as in the forward pass
+  const int64_t M = p.Ho * pitch, mpad = M + kMaxMR;
 #pragma omp parallel
   {
-    std::vector<A> planes(size_t(p.dw ? nplanes * plane_elems : 0));
-    std::vector<A> col(size_t(p.dw && cols ? (M + kMaxMR) * Kc : 0), A(0));
+    std::vector<A> planes(size_t(p.dw && !cols ? nplanes * plane_elems : 0));
+    std::vector<A> col(size_t(p.dw && cols ? (Kc + kMaxMR) * mpad : 0), A(0));
     std::vector<A> dyp(size_t(M * CogP));
     std::vector<A> acc(size_t(G * T_ * Cig * CogP));  // [g][t][ci][co]
     std::vector<A> bacc(size_t(p.Cout));
@@ -573,18 +632,17 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
           s.sC = p.dy_strides.c;
           s.sH = p.dy_strides.h;
           s.rows = p.Ho;
-          s.cols = geo.Wq;
+          s.cols = pitch;
           s.cpitch = CogP;
           pack_plane<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c,
                         s, dyp.data());
           for (int64_t m = 0; m < M; ++m)
             for (int64_t co = 0; co < Cog; ++co) bacc[size_t(grp * Cog + co)] += dyp[size_t(m * CogP + co)];
           if (!p.dw) continue;
-          pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
-          if (cols) {  // dw[(t, ci)][co] = sum_p col[p][(t, ci)] * dy[p][co]: one product
-            planes_to_cols(geo, planes.data(), plane_elems, Cig, M, col.data());
+          if (cols) {  // dw[(t, ci)][co] = sum_p colT[(t, ci)][p] * dy[p][co]: one product
+            im2col_rows<T>(p, n, grp, Cig, mpad, col.data());
             for (int64_t k0 = 0; k0 < M; k0 += kPosBlock) {
-              const A* a0 = col.data() + k0 * Kc;
+              const A* a0 = col.data() + k0;
               const A* b0 = dyp.data() + k0 * CogP;
               Gemm<A> gm;
               gm.M = Kc;
@@ -592,8 +650,8 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
               gm.K = std::min<int64_t>(kPosBlock, M - k0);
               gm.a = &a0;
               gm.b = &b0;
-              gm.am = 1;
-              gm.ak = Kc;
+              gm.am = mpad;
+              gm.ak = 1;
               gm.bk = CogP;
               gm.c = acc.data() + grp * T_ * Cig * CogP;
               gm.cm = CogP;
@@ -602,6 +660,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
             }
             continue;
           }
+          pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
           // Position blocks outermost, so that the dy block stays in L1 across the taps.
           for (int64_t k0 = 0; k0 < M; k0 += kPosBlock)
             for (int t = 0; t < T_; ++t) {

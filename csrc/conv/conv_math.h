@@ -18,27 +18,12 @@ namespace pfa::conv {
 enum class TapKind : int { Grid = 0, Hex = 1 };
 
 PFA_HD int iabs(int v) { return v < 0 ? -v : v; }
-PFA_HD int imin(int a, int b) { return a < b ? a : b; }
 PFA_HD int imax(int a, int b) { return a > b ? a : b; }
 
 PFA_HD int hex_tap_count(int k) { return 3 * k * (k + 1) + 1; }
 // Taps in hex row dr (|dr| <= k): 2k+1-|dr|, starting at dq = max(-k, -k-dr).
 PFA_HD int hex_row_width(int k, int dr) { return 2 * k + 1 - iabs(dr); }
 PFA_HD int hex_row_first_dq(int k, int dr) { return imax(-k, -k - dr); }
-PFA_HD bool hex_contains(int k, int dr, int dq) {
-  return iabs(dr) <= k && iabs(dq) <= k && iabs(dr + dq) <= k;
-}
-// Index of the first tap of row dr: sum of the widths of rows -k .. dr-1.
-PFA_HD int hex_row_start(int k, int dr) {
-  int start = 0;
-  for (int r = -k; r < dr; ++r) start += hex_row_width(k, r);
-  return start;
-}
-// (dr, dq) -> tap index, or -1 outside the hexagon.
-PFA_HD int hex_tap_index(int k, int dr, int dq) {
-  if (!hex_contains(k, dr, dq)) return -1;
-  return hex_row_start(k, dr) + (dq - hex_row_first_dq(k, dr));
-}
 // Tap index -> (dr, dq); O(k), kernels call it once per tap to fill a table.
 PFA_HD void hex_tap_offset(int k, int t, int& dr, int& dq) {
   int r = -k;
@@ -115,15 +100,6 @@ PFA_HD void valid_out_range(int64_t in_size, int stride, int pad, int off, int64
   if (hi > out_size) hi = out_size;
   if (lo > hi) lo = hi;
 }
-
-// Output size of a convolution along one axis: (in + pad_lo + pad_hi - extent) / stride + 1
-// with extent = (k-1)*dil + 1 (0 when the padded input is shorter than the extent).
-PFA_HD int64_t conv_out_size(int64_t in, int pad_lo, int pad_hi, int extent, int stride) {
-  const int64_t span = in + pad_lo + pad_hi - extent;
-  return span < 0 ? 0 : span / stride + 1;
-}
-// Hex convolution/pooling keeps the cells whose coordinates are multiples of the stride.
-PFA_HD int64_t hex_out_size(int64_t in, int stride) { return (in + stride - 1) / stride; }
 
 // Max pooling: does v replace the current best? The first NaN wins and stays (as torch).
 template <class A>

@@ -93,3 +93,8 @@ def test_bad_geometry_reaching_the_binding():
     with pytest.raises(ValueError):
         c.tap_conv_forward(False, 0, [1, 4, 6, 6, 3, 4, 4, 1, 1, 1, 0, 0, 0, 3, 3, 1, 1, 0], 0, [96, 36, 6], 0, 0,
                            0, 0)
+
+
+def test_too_many_taps():
+    with pytest.raises(ValueError, match="taps"):
+        pyfastattn.conv2d(torch.randn(1, 1, 70, 70), torch.randn(1, 1, 65, 65))

@@ -22,6 +22,10 @@ CASES = [
     (2, 2, 33, 14, 14, 5, 2, 2, 1, 1),         # lecture shapes: 14x14x2 -> 32+
     (1, 3, 32, 32, 32, 3, 1, 1, 1, 1),         # CIFAR-like
     (3, 16, 20, 5, 4, 3, 1, 2, 2, 1),          # dilation larger than the input
+    # >= 8 input channels per group: the packed-plane path (the cases above use im2col)
+    (2, 16, 12, 9, 8, 3, 2, 1, 1, 1),
+    (1, 24, 16, 10, 11, (3, 2), (2, 3), (1, 0), (1, 2), 2),
+    (2, 9, 33, 7, 6, 3, 1, "same", 1, 1),
 ]
 
 
@@ -42,7 +46,7 @@ def test_conv2d_float64(case, seed):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3], CASES[9]], ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3], CASES[9], CASES[13]], ids=lambda c: "-".join(map(str, c)))
 def test_conv2d_dtypes(case, device, seed):
     x, w, b, kw = _weights(case)
     for dtype in dtypes_for(device):

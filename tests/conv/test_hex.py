@@ -43,6 +43,8 @@ CASES = [
     (1, 5, 33, 13, 13, 1, 1, 1),
     (2, 3, 4, 3, 1, 1, 2, 1),
     (1, 1, 2, 8, 8, 3, 3, 1),
+    (2, 16, 24, 9, 10, 1, 2, 1),   # >= 8 channels per group: packed planes
+    (1, 16, 8, 7, 7, 2, 1, 2),
 ]
 
 
@@ -57,7 +59,7 @@ def test_hex_conv2d_float64(case, seed):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4]], ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4], CASES[7]], ids=lambda c: "-".join(map(str, c)))
 def test_hex_conv2d_dtypes(case, device, seed):
     N, Cin, Cout, R, Q, k, s, g = case
     x = torch.randn(N, Cin, R, Q, dtype=torch.float64)
