@@ -3,11 +3,12 @@
 //
 // Forward: one task per (batch, query head, query block of kBQ rows); it streams key/value
 // blocks of kBK rows through an online softmax and writes out and the LSE.
+// Backward first computes D = rowsum(dO * O) per query row.
 // Backward: one task per (batch, kv head, chunk of key blocks); for each key block it loops
 // over the GQA group's query heads and all query blocks, recomputes P from the LSE and
 // accumulates dK/dV for the block (so the group is summed in a fixed order) and dQ into the
 // chunk's own partial buffer; a last pass sums the chunks' dQ in chunk order. No race, no
-// atomics, the same bits on every run. No (Lq, Lk) matrix exists, only kBQ x kBK tiles.
+// atomics, the same bits on every run. No (Lq, Lk) matrix exists, only kBQ x kBK(B) tiles.
 //
 // Tiles are converted to the accumulation type A (float, or double for float64) and padded
 // with zeros to kMR rows and kNB columns, so the tile products below need no edge cases.
@@ -37,7 +38,8 @@ template <class T>
 using Acc = typename Storage<T>::acc;
 
 constexpr int kBQ = 64;  // query rows per tile
-constexpr int kBK = 64;  // key rows per tile
+constexpr int kBK = 64;  // key rows per tile (forward)
+constexpr int kBKB = 128;  // key rows per backward tile: half the passes over Q, dO and dQ
 constexpr int kMR = 4;   // rows of C per register block
 
 template <class A>
@@ -152,6 +154,14 @@ int64_t lse_index(const ForwardParams& p, int64_t total_q, int b, int h, const S
   return (int64_t(b) * p.heads_q + h) * p.len_q + i;
 }
 
+// Element offset of query row r (r = lse_index(b, h, i)) in a strided (B, Hq, Lq, D) operand.
+template <class S>
+int64_t query_row_offset(const ForwardParams& p, const S& t, int64_t total_q, int64_t r) {
+  if (p.cu_seqlens_q) return (r / total_q) * t.stride_h + (r % total_q) * t.stride_l;
+  const int64_t per_b = int64_t(p.heads_q) * p.len_q;
+  return (r / per_b) * t.stride_b + ((r % per_b) / p.len_q) * t.stride_h + (r % p.len_q) * t.stride_l;
+}
+
 int64_t total_rows_q(const ForwardParams& p) {
   return p.cu_seqlens_q ? int64_t(p.cu_seqlens_q[p.batch]) : int64_t(p.len_q);
 }
@@ -188,7 +198,7 @@ void scores_log2(const ForwardParams& p, A* S, int qm, int kn, int b, int h, int
   const A scale_log2 = A(p.scale * kLog2e);
   const A masked = masked_score<A>();
   for (int i = 0; i < qm; ++i) {
-    A* s = S + i * kBK;
+    A* s = S + i * kBKB;
     const int64_t gi = i0 + i;
     if (p.mask_kind == MaskKind::Float) {
       const T* m = static_cast<const T*>(p.mask) + b * p.mask_stride_b + h * p.mask_stride_h +
@@ -212,21 +222,8 @@ void scores_log2(const ForwardParams& p, A* S, int qm, int kn, int b, int h, int
       const int64_t first_hidden = std::max<int64_t>(0, gi - j0 + 1);
       for (int64_t j = first_hidden; j < kn; ++j) s[j] = masked;
     }
-    for (int j = kn; j < kBK; ++j) s[j] = masked;
+    for (int j = kn; j < kBKB; ++j) s[j] = masked;
   }
-}
-
-// max_j s[j] over one tile row, in independent lanes (a scalar max chain does not vectorize).
-template <class A>
-inline A tile_row_max(const A* s) {
-  constexpr int L = Vec<A>::lanes;
-  A m[L];
-  for (int c = 0; c < L; ++c) m[c] = s[c];
-  for (int j = L; j < kBK; j += L)
-    for (int c = 0; c < L; ++c) m[c] = m[c] > s[j + c] ? m[c] : s[j + c];
-  A r = m[0];
-  for (int c = 1; c < L; ++c) r = r > m[c] ? r : m[c];
-  return r;
 }
 
 // ---------------------------------------------------------------- forward
@@ -420,16 +417,17 @@ struct BwdScratch {
   using A = Acc<T>;
   int dp;
   std::vector<A> q, dout, kt, k, vt, s, dpm, dq, dk, dv, delta, lse2;
+  const A* delta_rows = nullptr;  // D = rowsum(dO * O) of every query row, by lse_index
   explicit BwdScratch(int d)
-      : dp(padded_dim<A>(d)), q(size_t(kBQ) * dp), dout(size_t(kBQ) * dp), kt(size_t(dp) * kBK),
-        k(size_t(kBK) * dp), vt(size_t(dp) * kBK), s(size_t(kBQ) * kBK), dpm(size_t(kBQ) * kBK),
-        dq(size_t(kBQ) * dp), dk(size_t(kBK) * dp), dv(size_t(kBK) * dp), delta(kBQ), lse2(kBQ) {}
+      : dp(padded_dim<A>(d)), q(size_t(kBQ) * dp), dout(size_t(kBQ) * dp), kt(size_t(dp) * kBKB),
+        k(size_t(kBKB) * dp), vt(size_t(dp) * kBKB), s(size_t(kBQ) * kBKB), dpm(size_t(kBQ) * kBKB),
+        dq(size_t(kBQ) * dp), dk(size_t(kBKB) * dp), dv(size_t(kBKB) * dp), delta(kBQ), lse2(kBQ) {}
 };
 
 // Number of key chunks per (batch, kv head): enough tasks for a many-core CPU, fixed by the
 // shapes alone so the dQ summation order (and so the result) never depends on the threads.
 int key_chunks(const ForwardParams& p) {
-  const int nkb = (p.len_k + kBK - 1) / kBK;
+  const int nkb = (p.len_k + kBKB - 1) / kBKB;
   const int64_t units = int64_t(p.batch) * p.heads_kv;
   const int64_t want = (32 + units - 1) / units;
   return int(std::max<int64_t>(1, std::min<int64_t>(nkb, want)));
@@ -448,35 +446,27 @@ void backward_qblock(const BackwardParams& bp, BwdScratch<T>& w, int b, int h, c
                row_offset(p, p.q.stride_b, p.q.stride_h, p.q.stride_l, b, h, sq.q0, i0);
   const T* dout = static_cast<const T*>(bp.dout.ptr) +
                   row_offset(p, bp.dout.stride_b, bp.dout.stride_h, bp.dout.stride_l, b, h, sq.q0, i0);
-  const T* out = static_cast<const T*>(p.out.ptr) +
-                 row_offset(p, p.out.stride_b, p.out.stride_h, p.out.stride_l, b, h, sq.q0, i0);
   load_tile<T, A>(q, p.q.stride_l, qm, d, w.q.data(), qmr, dp, false);
   load_tile<T, A>(dout, bp.dout.stride_l, qm, d, w.dout.data(), qmr, dp, false);
-  // D_i = rowsum(dO * O) (recomputed per key block: O(Lq D) next to O(Lq Lk D) work)
   for (int i = 0; i < qm; ++i) {
-    const T* o = out + i * p.out.stride_l;
-    const A* g = w.dout.data() + int64_t(i) * dp;
-    A acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int c = 0; c < d; ++c) acc += g[c] * A(Storage<T>::load(o[c]));
-    w.delta[i] = acc;
     const int64_t li = lse_index(p, total_q, b, h, sq, i0 + i);
+    w.delta[i] = w.delta_rows[li];
     w.lse2[i] = lse_log2(p.lse_f64 ? A(p.lse_f64[li]) : A(p.lse[li]));
   }
   A* S = w.s.data();
   A* dP = w.dpm.data();
-  tile_gemm<false>(qmr, kBK, d, w.q.data(), dp, 1, w.kt.data(), kBK, S, kBK);
-  tile_gemm<false>(qmr, kBK, d, w.dout.data(), dp, 1, w.vt.data(), kBK, dP, kBK);
+  tile_gemm<false>(qmr, kBKB, d, w.q.data(), dp, 1, w.kt.data(), kBKB, S, kBKB);
+  tile_gemm<false>(qmr, kBKB, d, w.dout.data(), dp, 1, w.vt.data(), kBKB, dP, kBKB);
   scores_log2<T, A>(p, S, qm, kn, b, h, i0, j0);
   const int64_t dm_off = b * bp.dmask_stride_b + h * bp.dmask_stride_h + i0 * bp.dmask_stride_q + j0;
   T* dmask = bp.dmask && !bp.dmask_f32 ? static_cast<T*>(bp.dmask) + dm_off : nullptr;
   float* dmask_f32 = bp.dmask && bp.dmask_f32 ? static_cast<float*>(bp.dmask) + dm_off : nullptr;
   for (int i = 0; i < qm; ++i) {
-    A* s = S + i * kBK;
-    A* g = dP + i * kBK;
+    A* s = S + i * kBKB;
+    A* g = dP + i * kBKB;
     const A l2 = w.lse2[i], di = w.delta[i];
 #pragma omp simd
-    for (int j = 0; j < kBK; ++j) {
+    for (int j = 0; j < kBKB; ++j) {
       const A pij = masked_exp2(s[j], l2, FastExp2{});
       s[j] = pij;
       g[j] = softmax_grad(pij, g[j], di);
@@ -492,14 +482,14 @@ void backward_qblock(const BackwardParams& bp, BwdScratch<T>& w, int b, int h, c
     }
   }
   for (int i = qm; i < qmr; ++i) {
-    std::fill(S + i * kBK, S + (i + 1) * kBK, A(0));
-    std::fill(dP + i * kBK, dP + (i + 1) * kBK, A(0));
+    std::fill(S + i * kBKB, S + (i + 1) * kBKB, A(0));
+    std::fill(dP + i * kBKB, dP + (i + 1) * kBKB, A(0));
   }
-  // dV += P^T dO; dK += dS^T Q   (X transposed: element (j, i) at i * kBK + j)
-  tile_gemm<true>(kBK, dp, qmr, S, 1, kBK, w.dout.data(), dp, w.dv.data(), dp);
-  tile_gemm<true>(kBK, dp, qmr, dP, 1, kBK, w.q.data(), dp, w.dk.data(), dp);
+  // dV += P^T dO; dK += dS^T Q   (X transposed: element (j, i) at i * kBKB + j)
+  tile_gemm<true>(kBKB, dp, qmr, S, 1, kBKB, w.dout.data(), dp, w.dv.data(), dp);
+  tile_gemm<true>(kBKB, dp, qmr, dP, 1, kBKB, w.q.data(), dp, w.dk.data(), dp);
   // dQ_part += dS K   (scale applied in the final sum)
-  tile_gemm<false>(qmr, dp, kBK, dP, kBK, 1, w.k.data(), dp, w.dq.data(), dp);
+  tile_gemm<false>(qmr, dp, kBKB, dP, kBKB, 1, w.k.data(), dp, w.dq.data(), dp);
   A* part = dq_part + lse_index(p, total_q, b, h, sq, i0) * d;
   for (int i = 0; i < qm; ++i) {
     A* dst = part + int64_t(i) * d;
@@ -518,21 +508,21 @@ void backward_unit(const BackwardParams& bp, BwdScratch<T>& w, int b, int hk, in
   const Seq sq = sequence(p, b);
   const int d = p.head_dim, dp = w.dp;
   const int group = p.heads_q / p.heads_kv;
-  const int nkb = (p.len_k + kBK - 1) / kBK;
+  const int nkb = (p.len_k + kBKB - 1) / kBKB;
   const int64_t rows_q = int64_t(p.heads_q) * (p.cu_seqlens_q ? total_q : int64_t(p.batch) * p.len_q);
   A* dq_part = dq_parts + int64_t(c) * rows_q * d;
   const A scale = A(p.scale);
   for (int kb = int(int64_t(nkb) * c / chunks); kb < int(int64_t(nkb) * (c + 1) / chunks); ++kb) {
-    const int64_t j0 = int64_t(kb) * kBK;
+    const int64_t j0 = int64_t(kb) * kBKB;
     if (j0 >= sq.len_k) break;
-    const int kn = int(std::min<int64_t>(kBK, sq.len_k - j0));
+    const int kn = int(std::min<int64_t>(kBKB, sq.len_k - j0));
     const T* k = static_cast<const T*>(p.k.ptr) +
                  row_offset(p, p.k.stride_b, p.k.stride_h, p.k.stride_l, b, hk, sq.k0, j0);
     const T* v = static_cast<const T*>(p.v.ptr) +
                  row_offset(p, p.v.stride_b, p.v.stride_h, p.v.stride_l, b, hk, sq.k0, j0);
-    load_tile<T, A>(k, p.k.stride_l, kn, d, w.kt.data(), dp, kBK, true);
-    load_tile<T, A>(k, p.k.stride_l, kn, d, w.k.data(), kBK, dp, false);
-    load_tile<T, A>(v, p.v.stride_l, kn, d, w.vt.data(), dp, kBK, true);
+    load_tile<T, A>(k, p.k.stride_l, kn, d, w.kt.data(), dp, kBKB, true);
+    load_tile<T, A>(k, p.k.stride_l, kn, d, w.k.data(), kBKB, dp, false);
+    load_tile<T, A>(v, p.v.stride_l, kn, d, w.vt.data(), dp, kBKB, true);
     std::fill(w.dk.begin(), w.dk.end(), A(0));
     std::fill(w.dv.begin(), w.dv.end(), A(0));
     // Causal: query rows before j0 see none of these keys.
@@ -598,10 +588,22 @@ void backward_typed(const BackwardParams& bp) {
   // dQ partial sums, one per key chunk: chunks x (rows of q) x D. Host scratch of the size of
   // dQ itself (times the few chunks), O(B H L D), not a device allocation.
   std::vector<A> parts(size_t(chunks) * rows_q * d, A(0));
+  // D_i = rowsum(dO * O), once per query row.
+  std::vector<A> delta(static_cast<size_t>(rows_q));
+#pragma omp parallel for schedule(static) if (worth_threads(p))
+  for (int64_t r = 0; r < rows_q; ++r) {
+    const T* o = static_cast<const T*>(p.out.ptr) + query_row_offset(p, p.out, total_q, r);
+    const T* g = static_cast<const T*>(bp.dout.ptr) + query_row_offset(p, bp.dout, total_q, r);
+    A acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int c = 0; c < d; ++c) acc += A(Storage<T>::load(g[c])) * A(Storage<T>::load(o[c]));
+    delta[r] = acc;
+  }
   const int64_t units = int64_t(p.batch) * p.heads_kv * chunks;
 #pragma omp parallel if (worth_threads(p))
   {
     BwdScratch<T> w(d);
+    w.delta_rows = delta.data();
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < units; ++t) {
       const int c = int(t % chunks);
@@ -612,22 +614,9 @@ void backward_typed(const BackwardParams& bp) {
   }
   // dQ = scale * sum_c part_c, summed in chunk order.
   const A scale = A(p.scale);
-  const int64_t per_b = p.cu_seqlens_q ? 0 : int64_t(p.heads_q) * p.len_q;
 #pragma omp parallel for schedule(static) if (worth_threads(p))
   for (int64_t r = 0; r < rows_q; ++r) {
-    // r = lse_index(b, h, i): dense (b * Hq + h) * Lq + i; varlen h * total_q + token
-    int b = 0, h;
-    int64_t token;
-    if (p.cu_seqlens_q) {
-      h = int(r / total_q);
-      token = r % total_q;
-    } else {
-      b = int(r / per_b);
-      h = int((r % per_b) / p.len_q);
-      token = r % p.len_q;
-    }
-    T* dst = static_cast<T*>(bp.dq.ptr) + (p.cu_seqlens_q ? 0 : int64_t(b) * bp.dq.stride_b) +
-             int64_t(h) * bp.dq.stride_h + token * bp.dq.stride_l;
+    T* dst = static_cast<T*>(bp.dq.ptr) + query_row_offset(p, bp.dq, total_q, r);
     const A* src = parts.data() + r * d;
 #pragma omp simd
     for (int x = 0; x < d; ++x) {
