@@ -174,6 +174,8 @@ def test_gqa(heads, is_causal):
         ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, is_causal=is_causal)
         assert_matches_reference(sdpa(q, k, v, enable_gqa=True, is_causal=is_causal), ref)
     check_all(q.float(), k.float(), v.float(), is_causal=is_causal, enable_gqa=True)
+    bias = randn((1, hq, 40, 75), g, torch.float64)  # per-query-head bias with its gradient
+    check_all(q, k, v, mask=bias, is_causal=is_causal, enable_gqa=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
