@@ -424,13 +424,15 @@ struct BwdScratch {
         dq(size_t(kBQ) * dp), dk(size_t(kBKB) * dp), dv(size_t(kBKB) * dp), delta(kBQ), lse2(kBQ) {}
 };
 
-// Number of key chunks per (batch, kv head): enough tasks for a many-core CPU, fixed by the
-// shapes alone so the dQ summation order (and so the result) never depends on the threads.
-int key_chunks(const ForwardParams& p) {
+// Number of key chunks per (batch, kv head): enough tasks for a many-core CPU, with the dQ
+// partials (chunks x dQ in the accumulation type) kept under 64 MiB beyond the first, and fixed
+// by the shapes alone so the dQ summation order (and so the result) never depends on threads.
+int key_chunks(const ForwardParams& p, int64_t dq_bytes) {
   const int nkb = (p.len_k + kBKB - 1) / kBKB;
   const int64_t units = int64_t(p.batch) * p.heads_kv;
   const int64_t want = (32 + units - 1) / units;
-  return int(std::max<int64_t>(1, std::min<int64_t>(nkb, want)));
+  const int64_t by_memory = 1 + (int64_t(64) << 20) / std::max<int64_t>(1, dq_bytes);
+  return int(std::max<int64_t>(1, std::min<int64_t>({int64_t(nkb), want, by_memory})));
 }
 
 // One query block against the loaded key block: P from the LSE, dP = dO V^T,
@@ -584,7 +586,7 @@ void backward_typed(const BackwardParams& bp) {
   const int d = p.head_dim;
   const int64_t total_q = total_rows_q(p);
   const int64_t rows_q = int64_t(p.heads_q) * (p.cu_seqlens_q ? total_q : int64_t(p.batch) * p.len_q);
-  const int chunks = key_chunks(p);
+  const int chunks = key_chunks(p, rows_q * d * int64_t(sizeof(A)));
   // dQ partial sums, one per key chunk: chunks x (rows of q) x D. Host scratch of the size of
   // dQ itself (times the few chunks), O(B H L D), not a device allocation.
   std::vector<A> parts(size_t(chunks) * rows_q * d, A(0));
