@@ -154,7 +154,6 @@ void backward(bool cuda, int dtype, int batch, int heads_q, int heads_kv, int le
 void bind_attention(py::module_& m) {
   m.def("forward", &forward);
   m.def("backward", &backward);
-  m.def("max_head_dim", [] { return 256; });
 }
 
 }  // namespace

@@ -2,9 +2,10 @@
 // with the per-element math of attention_math.h.
 //
 // Forward: one task per (batch, query head, query block of kBQ rows); it streams key/value
-// blocks of kBK rows through an online softmax and writes out and the LSE.
-// Backward first computes D = rowsum(dO * O) per query row.
-// Backward: one task per (batch, kv head, chunk of key blocks); for each key block it loops
+// blocks of kBK rows through an online softmax and writes out and the LSE. Its score tiles
+// are transposed (S^T = K Q^T) so that the softmax runs along contiguous query columns.
+// Backward: D = rowsum(dO * O) per query row first. Then one task per (batch, kv head, chunk
+// of key blocks of kBKB rows); for each key block it loops
 // over the GQA group's query heads and all query blocks, recomputes P from the LSE and
 // accumulates dK/dV for the block (so the group is summed in a fixed order) and dQ into the
 // chunk's own partial buffer; a last pass sums the chunks' dQ in chunk order. No race, no
@@ -191,38 +192,42 @@ void load_tile(const T* base, int64_t stride_l, int n, int d, A* tile, int rows,
   }
 }
 
-// s2 for one tile: score_log2 of the raw products, then the bool/causal/bounds rules set
-// kMaskedScore. Rows >= qm are left alone (their P is zeroed by the caller).
-template <class T, class A>
-void scores_log2(const ForwardParams& p, A* S, int qm, int kn, int b, int h, int64_t i0, int64_t j0) {
+// s2 for a score tile: score_log2 of the raw products, then the bool mask and causal rules set
+// kMaskedScore. kT = false: S[i * ld + j] (rows are queries, backward); kT = true:
+// S[j * ld + i] (rows are keys, forward). n_out rows and n_in columns are valid; the columns
+// from n_in to ld get `fill` (masked for missing keys, 0 for missing queries: never stored).
+template <bool kT, class T, class A>
+void scores_log2(const ForwardParams& p, A* S, int ld, int n_out, int n_in, int b, int h, int64_t i0,
+                 int64_t j0, A fill) {
   const A scale_log2 = A(p.scale * kLog2e);
   const A masked = masked_score<A>();
-  for (int i = 0; i < qm; ++i) {
-    A* s = S + i * kBKB;
-    const int64_t gi = i0 + i;
+  const int64_t ms = kT ? p.mask_stride_q : p.mask_stride_k;  // along a row of S
+  for (int o = 0; o < n_out; ++o) {
+    A* s = S + int64_t(o) * ld;
+    const int64_t gi = kT ? i0 : i0 + o, gj = kT ? j0 + o : j0;  // (query, key) of s[0]
+    const int64_t m_off = b * p.mask_stride_b + h * p.mask_stride_h + gi * p.mask_stride_q + gj * p.mask_stride_k;
     if (p.mask_kind == MaskKind::Float) {
-      const T* m = static_cast<const T*>(p.mask) + b * p.mask_stride_b + h * p.mask_stride_h +
-                   gi * p.mask_stride_q + j0 * p.mask_stride_k;
-      const int64_t ms = p.mask_stride_k;
+      const T* m = static_cast<const T*>(p.mask) + m_off;
 #pragma omp simd
-      for (int j = 0; j < kn; ++j) s[j] = score_log2(s[j], scale_log2, A(Storage<T>::load(m[j * ms])));
+      for (int x = 0; x < n_in; ++x) s[x] = score_log2(s[x], scale_log2, A(Storage<T>::load(m[x * ms])));
     } else {
 #pragma omp simd
-      for (int j = 0; j < kn; ++j) s[j] = score_log2(s[j], scale_log2, A(0));
+      for (int x = 0; x < n_in; ++x) s[x] = score_log2(s[x], scale_log2, A(0));
       if (p.mask_kind == MaskKind::Bool) {
-        const uint8_t* m = static_cast<const uint8_t*>(p.mask) + b * p.mask_stride_b +
-                           h * p.mask_stride_h + gi * p.mask_stride_q + j0 * p.mask_stride_k;
-        const int64_t ms = p.mask_stride_k;
+        const uint8_t* m = static_cast<const uint8_t*>(p.mask) + m_off;
 #pragma omp simd
-        for (int j = 0; j < kn; ++j) s[j] = m[j * ms] ? s[j] : masked;
+        for (int x = 0; x < n_in; ++x) s[x] = m[x * ms] ? s[x] : masked;
       }
     }
-    if (p.causal) {
-      // key j0 + j visible iff j0 + j <= gi
-      const int64_t first_hidden = std::max<int64_t>(0, gi - j0 + 1);
-      for (int64_t j = first_hidden; j < kn; ++j) s[j] = masked;
+    if (p.causal) {  // key gj visible to query gi iff gj <= gi
+      if (kT) {
+        const int64_t first_visible = std::min<int64_t>(n_in, std::max<int64_t>(0, gj - gi));
+        for (int64_t x = 0; x < first_visible; ++x) s[x] = masked;
+      } else {
+        for (int64_t x = std::max<int64_t>(0, gi - gj + 1); x < n_in; ++x) s[x] = masked;
+      }
     }
-    for (int j = kn; j < kBKB; ++j) s[j] = masked;
+    for (int x = n_in; x < ld; ++x) s[x] = fill;
   }
 }
 
@@ -237,41 +242,6 @@ struct FwdScratch {
       : dp(padded_dim<A>(d)), qt(size_t(d) * kBQ), k(size_t(kBK) * dp), v(size_t(kBK) * dp),
         st(size_t(kBK) * kBQ), o(size_t(kBQ) * dp), m(kBQ), l(kBQ), m_new(kBQ), tile_sum(kBQ) {}
 };
-
-// s2 for a transposed score tile ST[j][i] (forward): as scores_log2, vectorized along queries.
-// Columns i >= qm (past the block's last query) are set to 0: finite, and never stored.
-template <class T, class A>
-void scores_log2_t(const ForwardParams& p, A* ST, int qm, int kn, int b, int h, int64_t i0, int64_t j0) {
-  const A scale_log2 = A(p.scale * kLog2e);
-  const A masked = masked_score<A>();
-  for (int j = 0; j < kn; ++j) {
-    A* s = ST + j * kBQ;
-    const int64_t gj = j0 + j;
-    if (p.mask_kind == MaskKind::Float) {
-      const T* m = static_cast<const T*>(p.mask) + b * p.mask_stride_b + h * p.mask_stride_h +
-                   i0 * p.mask_stride_q + gj * p.mask_stride_k;
-      const int64_t ms = p.mask_stride_q;
-#pragma omp simd
-      for (int i = 0; i < qm; ++i) s[i] = score_log2(s[i], scale_log2, A(Storage<T>::load(m[i * ms])));
-    } else {
-#pragma omp simd
-      for (int i = 0; i < qm; ++i) s[i] = score_log2(s[i], scale_log2, A(0));
-      if (p.mask_kind == MaskKind::Bool) {
-        const uint8_t* m = static_cast<const uint8_t*>(p.mask) + b * p.mask_stride_b +
-                           h * p.mask_stride_h + i0 * p.mask_stride_q + gj * p.mask_stride_k;
-        const int64_t ms = p.mask_stride_q;
-#pragma omp simd
-        for (int i = 0; i < qm; ++i) s[i] = m[i * ms] ? s[i] : masked;
-      }
-    }
-    if (p.causal) {
-      // key gj visible to query i0 + i iff gj <= i0 + i
-      const int64_t first_visible = std::min<int64_t>(qm, std::max<int64_t>(0, gj - i0));
-      for (int64_t i = 0; i < first_visible; ++i) s[i] = masked;
-    }
-    for (int i = qm; i < kBQ; ++i) s[i] = A(0);
-  }
-}
 
 // One query block: Q^T is loaded once; for each key block S^T = K Q^T (K read in place when it
 // is already in the accumulation type), so the softmax runs along contiguous query columns.
@@ -310,7 +280,7 @@ void forward_block(const ForwardParams& p, FwdScratch<T>& w, int b, int h, int q
       load_tile<T, A>(k, p.k.stride_l, kn, d, w.k.data(), knr, dp, false);
       tile_gemm<false>(knr, kBQ, d, w.k.data(), dp, 1, w.qt.data(), kBQ, w.st.data(), kBQ);
     }
-    scores_log2_t<T, A>(p, w.st.data(), qm, kn, b, h, i0, j0);
+    scores_log2<true, T, A>(p, w.st.data(), kBQ, kn, qm, b, h, i0, j0, A(0));
     // Online softmax per query column i: m_new = max(m, max_j S); P = exp2(S - m_new);
     // l = l * alpha + sum_j P; O *= alpha.
     A* mn = w.m_new.data();
@@ -459,7 +429,7 @@ void backward_qblock(const BackwardParams& bp, BwdScratch<T>& w, int b, int h, c
   A* dP = w.dpm.data();
   tile_gemm<false>(qmr, kBKB, d, w.q.data(), dp, 1, w.kt.data(), kBKB, S, kBKB);
   tile_gemm<false>(qmr, kBKB, d, w.dout.data(), dp, 1, w.vt.data(), kBKB, dP, kBKB);
-  scores_log2<T, A>(p, S, qm, kn, b, h, i0, j0);
+  scores_log2<false, T, A>(p, S, kBKB, qm, kn, b, h, i0, j0, masked_score<A>());
   const int64_t dm_off = b * bp.dmask_stride_b + h * bp.dmask_stride_h + i0 * bp.dmask_stride_q + j0;
   T* dmask = bp.dmask && !bp.dmask_f32 ? static_cast<T*>(bp.dmask) + dm_off : nullptr;
   float* dmask_f32 = bp.dmask && bp.dmask_f32 ? static_cast<float*>(bp.dmask) + dm_off : nullptr;
