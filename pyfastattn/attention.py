@@ -168,7 +168,7 @@ def _(dout, q, k, v, mask, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, m
         dmask = mask.new_empty(mask.shape)
     else:
         dmask = q.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
 
 
 def _setup_context(ctx, inputs, output):
