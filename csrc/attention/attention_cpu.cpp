@@ -12,9 +12,9 @@
 // atomics, the same bits on every run. No (Lq, Lk) matrix exists, only kBQ x kBK(B) tiles.
 //
 // Tiles are converted to the accumulation type A (float, or double for float64) and padded
-// with zeros to kMR rows and kNB columns, so the tile products below need no edge cases.
-// The tile product keeps a kMR x kNB block of C in GCC vector registers (AVX-512 when the
-// CPU has it: the hot functions are cloned per x86 level and picked at load time).
+// with zeros to kMR rows and whole vectors of columns, so the tile products need no edge
+// cases. The tile product keeps a kMR x 4-vector block of C in GCC vector registers (AVX-512
+// when the CPU has it: the hot functions are cloned per x86 level and picked at load time).
 #include <omp.h>
 
 #include <algorithm>
@@ -48,13 +48,12 @@ struct Vec {
   static constexpr int lanes = 64 / int(sizeof(A));
   typedef A type __attribute__((vector_size(64)));
 };
-// Columns per register block: 4 vectors (64 floats, 32 doubles); kBK is a multiple of both.
-template <class A>
-constexpr int kNB = 4 * Vec<A>::lanes;
-
+// The head dim is padded to whole vectors (16 floats, 8 doubles); tile widths are multiples of
+// 4 vectors.
 template <class A>
 int padded_dim(int d) {
-  return (d + kNB<A> - 1) / kNB<A> * kNB<A>;
+  constexpr int L = Vec<A>::lanes;
+  return (d + L - 1) / L * L;
 }
 
 // 2^x as Cody-Waite range reduction + degree-6 Taylor polynomial on [-1/2, 1/2] (relative
@@ -80,36 +79,49 @@ struct FastExp2 {
   double operator()(double x) const { return std::exp2(x); }
 };
 
+// C (m x nv vectors at column j0) {=, +=} X (m x k) * Y (k x ...): the register block.
+template <bool kAccumulate, int NV, class A>
+inline void tile_gemm_block(int m, int j0, int k, const A* X, int64_t xr, int64_t xk, const A* Y,
+                            int64_t ldy, A* C, int64_t ldc) {
+  using V = typename Vec<A>::type;
+  constexpr int L = Vec<A>::lanes;
+  for (int i0 = 0; i0 < m; i0 += kMR) {
+    V acc[kMR][NV];
+    for (int r = 0; r < kMR; ++r)
+      for (int v = 0; v < NV; ++v) {
+        if (kAccumulate)
+          std::memcpy(&acc[r][v], C + int64_t(i0 + r) * ldc + j0 + v * L, sizeof(V));
+        else
+          acc[r][v] = V{};
+      }
+    for (int kk = 0; kk < k; ++kk) {
+      V y[NV];
+      for (int v = 0; v < NV; ++v) std::memcpy(&y[v], Y + int64_t(kk) * ldy + j0 + v * L, sizeof(V));
+      for (int r = 0; r < kMR; ++r) {
+        const A x = X[(i0 + r) * xr + kk * xk];
+        for (int v = 0; v < NV; ++v) acc[r][v] += x * y[v];
+      }
+    }
+    for (int r = 0; r < kMR; ++r)
+      for (int v = 0; v < NV; ++v) std::memcpy(C + int64_t(i0 + r) * ldc + j0 + v * L, &acc[r][v], sizeof(V));
+  }
+}
+
 // C (m x n) {=, +=} X (m x k) * Y (k x n). X element (r, kk) is X[r * xr + kk * xk] (so X may
 // be a transposed tile); Y and C are row-major with leading dims ldy, ldc. m % kMR == 0,
-// n % kNB == 0, and every element read exists (the tiles are padded).
+// n % lanes == 0, and every element read exists (the tiles are padded). Columns go in blocks
+// of 4 vectors, the last block narrower, so a small head dim is not padded to 4 vectors.
 template <bool kAccumulate, class A>
 inline void tile_gemm(int m, int n, int k, const A* X, int64_t xr, int64_t xk, const A* Y, int64_t ldy,
                       A* C, int64_t ldc) {
-  using V = typename Vec<A>::type;
   constexpr int L = Vec<A>::lanes;
-  for (int j0 = 0; j0 < n; j0 += kNB<A>) {
-    for (int i0 = 0; i0 < m; i0 += kMR) {
-      V acc[kMR][4];
-      for (int r = 0; r < kMR; ++r)
-        for (int v = 0; v < 4; ++v) {
-          if (kAccumulate)
-            std::memcpy(&acc[r][v], C + int64_t(i0 + r) * ldc + j0 + v * L, sizeof(V));
-          else
-            acc[r][v] = V{};
-        }
-      for (int kk = 0; kk < k; ++kk) {
-        V y[4];
-        for (int v = 0; v < 4; ++v) std::memcpy(&y[v], Y + int64_t(kk) * ldy + j0 + v * L, sizeof(V));
-        for (int r = 0; r < kMR; ++r) {
-          const A x = X[(i0 + r) * xr + kk * xk];
-          for (int v = 0; v < 4; ++v) acc[r][v] += x * y[v];
-        }
-      }
-      for (int r = 0; r < kMR; ++r)
-        for (int v = 0; v < 4; ++v)
-          std::memcpy(C + int64_t(i0 + r) * ldc + j0 + v * L, &acc[r][v], sizeof(V));
-    }
+  int j0 = 0;
+  for (; j0 + 4 * L <= n; j0 += 4 * L) tile_gemm_block<kAccumulate, 4>(m, j0, k, X, xr, xk, Y, ldy, C, ldc);
+  switch ((n - j0) / L) {
+    case 3: tile_gemm_block<kAccumulate, 3>(m, j0, k, X, xr, xk, Y, ldy, C, ldc); break;
+    case 2: tile_gemm_block<kAccumulate, 2>(m, j0, k, X, xr, xk, Y, ldy, C, ldc); break;
+    case 1: tile_gemm_block<kAccumulate, 1>(m, j0, k, X, xr, xk, Y, ldy, C, ldc); break;
+    default: break;
   }
 }
 
