@@ -129,9 +129,9 @@ def _attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(kv_shape, dtype=k.dtype, device=q.device)
     dv = torch.empty(kv_shape, dtype=v.dtype, device=q.device)
-    # float16/bfloat16 on the CPU: dS in float32, rounded once after the broadcast reduction
+    # float16/bfloat16: dS in float32, rounded once after the broadcast reduction
     half = q.dtype in (torch.float16, torch.bfloat16)
-    dmask_dtype = torch.float32 if half and not cuda else q.dtype
+    dmask_dtype = torch.float32 if half else q.dtype
     if need_dmask:
         # The CPU kernel skips causal blocks above the diagonal: start from zeros there.
         alloc = torch.zeros if is_causal and not cuda else torch.empty
