@@ -129,9 +129,9 @@ def _attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(kv_shape, dtype=k.dtype, device=q.device)
     dv = torch.empty(kv_shape, dtype=v.dtype, device=q.device)
-    # float16/bfloat16 on the CPU: dS in float32, rounded once after the broadcast reduction
+    # float16/bfloat16: dS in float32, rounded once after the broadcast reduction
     half = q.dtype in (torch.float16, torch.bfloat16)
-    dmask_dtype = torch.float32 if half and not cuda else q.dtype
+    dmask_dtype = torch.float32 if half else q.dtype
     if need_dmask:
         # The CPU kernel skips causal blocks above the diagonal: start from zeros there.
         alloc = torch.zeros if is_causal and not cuda else torch.empty
@@ -168,7 +168,7 @@ def _(dout, q, k, v, mask, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, m
         dmask = mask.new_empty(mask.shape)
     else:
         dmask = q.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask
 
 
 def _setup_context(ctx, inputs, output):

@@ -135,8 +135,8 @@ void backward(bool cuda, int dtype, int batch, int heads_q, int heads_kv, int le
     bp.dmask_stride_h = dms[1];
     bp.dmask_stride_q = dms[2];
     bp.dmask_f32 = dmask_f32;
-    pfa::check(!dmask_f32 || (!cuda && (dtype == int(pfa::DType::Float16) || dtype == int(pfa::DType::BFloat16))),
-               "attention backward: a float32 dmask is for float16/bfloat16 on the CPU");
+    pfa::check(!dmask_f32 || dtype == int(pfa::DType::Float16) || dtype == int(pfa::DType::BFloat16),
+               "attention backward: a float32 dmask is for float16/bfloat16 inputs");
   }
   py::gil_scoped_release nogil;
   if (cuda) {
@@ -154,7 +154,6 @@ void backward(bool cuda, int dtype, int batch, int heads_q, int heads_kv, int le
 void bind_attention(py::module_& m) {
   m.def("forward", &forward);
   m.def("backward", &backward);
-  m.def("max_head_dim", [] { return 256; });
 }
 
 }  // namespace

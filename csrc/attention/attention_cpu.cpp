@@ -2,17 +2,19 @@
 // with the per-element math of attention_math.h.
 //
 // Forward: one task per (batch, query head, query block of kBQ rows); it streams key/value
-// blocks of kBK rows through an online softmax and writes out and the LSE.
-// Backward: one task per (batch, kv head, chunk of key blocks); for each key block it loops
+// blocks of kBK rows through an online softmax and writes out and the LSE. Its score tiles
+// are transposed (S^T = K Q^T) so that the softmax runs along contiguous query columns.
+// Backward: D = rowsum(dO * O) per query row first. Then one task per (batch, kv head, chunk
+// of key blocks of kBKB rows); for each key block it loops
 // over the GQA group's query heads and all query blocks, recomputes P from the LSE and
 // accumulates dK/dV for the block (so the group is summed in a fixed order) and dQ into the
 // chunk's own partial buffer; a last pass sums the chunks' dQ in chunk order. No race, no
-// atomics, the same bits on every run. No (Lq, Lk) matrix exists, only kBQ x kBK tiles.
+// atomics, the same bits on every run. No (Lq, Lk) matrix exists, only kBQ x kBK(B) tiles.
 //
 // Tiles are converted to the accumulation type A (float, or double for float64) and padded
-// with zeros to kMR rows and kNB columns, so the tile products below need no edge cases.
-// The tile product keeps a kMR x kNB block of C in GCC vector registers (AVX-512 when the
-// CPU has it: the hot functions are cloned per x86 level and picked at load time).
+// with zeros to kMR rows and whole vectors of columns, so the tile products need no edge
+// cases. The tile product keeps a kMR x 4-vector block of C in GCC vector registers (AVX-512
+// when the CPU has it: the hot functions are cloned per x86 level and picked at load time).
 #include <omp.h>
 
 #include <algorithm>
@@ -37,7 +39,8 @@ template <class T>
 using Acc = typename Storage<T>::acc;
 
 constexpr int kBQ = 64;  // query rows per tile
-constexpr int kBK = 64;  // key rows per tile
+constexpr int kBK = 64;  // key rows per tile (forward)
+constexpr int kBKB = 128;  // key rows per backward tile: half the passes over Q, dO and dQ
 constexpr int kMR = 4;   // rows of C per register block
 
 template <class A>
@@ -45,13 +48,12 @@ struct Vec {
   static constexpr int lanes = 64 / int(sizeof(A));
   typedef A type __attribute__((vector_size(64)));
 };
-// Columns per register block: 4 vectors (64 floats, 32 doubles); kBK is a multiple of both.
-template <class A>
-constexpr int kNB = 4 * Vec<A>::lanes;
-
+// The head dim is padded to whole vectors (16 floats, 8 doubles); tile widths are multiples of
+// 4 vectors.
 template <class A>
 int padded_dim(int d) {
-  return (d + kNB<A> - 1) / kNB<A> * kNB<A>;
+  constexpr int L = Vec<A>::lanes;
+  return (d + L - 1) / L * L;
 }
 
 // 2^x as Cody-Waite range reduction + degree-6 Taylor polynomial on [-1/2, 1/2] (relative
@@ -77,36 +79,49 @@ struct FastExp2 {
   double operator()(double x) const { return std::exp2(x); }
 };
 
+// C (m x nv vectors at column j0) {=, +=} X (m x k) * Y (k x ...): the register block.
+template <bool kAccumulate, int NV, class A>
+inline void tile_gemm_block(int m, int j0, int k, const A* X, int64_t xr, int64_t xk, const A* Y,
+                            int64_t ldy, A* C, int64_t ldc) {
+  using V = typename Vec<A>::type;
+  constexpr int L = Vec<A>::lanes;
+  for (int i0 = 0; i0 < m; i0 += kMR) {
+    V acc[kMR][NV];
+    for (int r = 0; r < kMR; ++r)
+      for (int v = 0; v < NV; ++v) {
+        if (kAccumulate)
+          std::memcpy(&acc[r][v], C + int64_t(i0 + r) * ldc + j0 + v * L, sizeof(V));
+        else
+          acc[r][v] = V{};
+      }
+    for (int kk = 0; kk < k; ++kk) {
+      V y[NV];
+      for (int v = 0; v < NV; ++v) std::memcpy(&y[v], Y + int64_t(kk) * ldy + j0 + v * L, sizeof(V));
+      for (int r = 0; r < kMR; ++r) {
+        const A x = X[(i0 + r) * xr + kk * xk];
+        for (int v = 0; v < NV; ++v) acc[r][v] += x * y[v];
+      }
+    }
+    for (int r = 0; r < kMR; ++r)
+      for (int v = 0; v < NV; ++v) std::memcpy(C + int64_t(i0 + r) * ldc + j0 + v * L, &acc[r][v], sizeof(V));
+  }
+}
+
 // C (m x n) {=, +=} X (m x k) * Y (k x n). X element (r, kk) is X[r * xr + kk * xk] (so X may
 // be a transposed tile); Y and C are row-major with leading dims ldy, ldc. m % kMR == 0,
-// n % kNB == 0, and every element read exists (the tiles are padded).
+// n % lanes == 0, and every element read exists (the tiles are padded). Columns go in blocks
+// of 4 vectors, the last block narrower, so a small head dim is not padded to 4 vectors.
 template <bool kAccumulate, class A>
 inline void tile_gemm(int m, int n, int k, const A* X, int64_t xr, int64_t xk, const A* Y, int64_t ldy,
                       A* C, int64_t ldc) {
-  using V = typename Vec<A>::type;
   constexpr int L = Vec<A>::lanes;
-  for (int j0 = 0; j0 < n; j0 += kNB<A>) {
-    for (int i0 = 0; i0 < m; i0 += kMR) {
-      V acc[kMR][4];
-      for (int r = 0; r < kMR; ++r)
-        for (int v = 0; v < 4; ++v) {
-          if (kAccumulate)
-            std::memcpy(&acc[r][v], C + int64_t(i0 + r) * ldc + j0 + v * L, sizeof(V));
-          else
-            acc[r][v] = V{};
-        }
-      for (int kk = 0; kk < k; ++kk) {
-        V y[4];
-        for (int v = 0; v < 4; ++v) std::memcpy(&y[v], Y + int64_t(kk) * ldy + j0 + v * L, sizeof(V));
-        for (int r = 0; r < kMR; ++r) {
-          const A x = X[(i0 + r) * xr + kk * xk];
-          for (int v = 0; v < 4; ++v) acc[r][v] += x * y[v];
-        }
-      }
-      for (int r = 0; r < kMR; ++r)
-        for (int v = 0; v < 4; ++v)
-          std::memcpy(C + int64_t(i0 + r) * ldc + j0 + v * L, &acc[r][v], sizeof(V));
-    }
+  int j0 = 0;
+  for (; j0 + 4 * L <= n; j0 += 4 * L) tile_gemm_block<kAccumulate, 4>(m, j0, k, X, xr, xk, Y, ldy, C, ldc);
+  switch ((n - j0) / L) {
+    case 3: tile_gemm_block<kAccumulate, 3>(m, j0, k, X, xr, xk, Y, ldy, C, ldc); break;
+    case 2: tile_gemm_block<kAccumulate, 2>(m, j0, k, X, xr, xk, Y, ldy, C, ldc); break;
+    case 1: tile_gemm_block<kAccumulate, 1>(m, j0, k, X, xr, xk, Y, ldy, C, ldc); break;
+    default: break;
   }
 }
 
@@ -152,6 +167,14 @@ int64_t lse_index(const ForwardParams& p, int64_t total_q, int b, int h, const S
   return (int64_t(b) * p.heads_q + h) * p.len_q + i;
 }
 
+// Element offset of query row r (r = lse_index(b, h, i)) in a strided (B, Hq, Lq, D) operand.
+template <class S>
+int64_t query_row_offset(const ForwardParams& p, const S& t, int64_t total_q, int64_t r) {
+  if (p.cu_seqlens_q) return (r / total_q) * t.stride_h + (r % total_q) * t.stride_l;
+  const int64_t per_b = int64_t(p.heads_q) * p.len_q;
+  return (r / per_b) * t.stride_b + ((r % per_b) / p.len_q) * t.stride_h + (r % p.len_q) * t.stride_l;
+}
+
 int64_t total_rows_q(const ForwardParams& p) {
   return p.cu_seqlens_q ? int64_t(p.cu_seqlens_q[p.batch]) : int64_t(p.len_q);
 }
@@ -181,52 +204,43 @@ void load_tile(const T* base, int64_t stride_l, int n, int d, A* tile, int rows,
   }
 }
 
-// s2 for one tile: score_log2 of the raw products, then the bool/causal/bounds rules set
-// kMaskedScore. Rows >= qm are left alone (their P is zeroed by the caller).
-template <class T, class A>
-void scores_log2(const ForwardParams& p, A* S, int qm, int kn, int b, int h, int64_t i0, int64_t j0) {
+// s2 for a score tile: score_log2 of the raw products, then the bool mask and causal rules set
+// kMaskedScore. kT = false: S[i * ld + j] (rows are queries, backward); kT = true:
+// S[j * ld + i] (rows are keys, forward). n_out rows and n_in columns are valid; the columns
+// from n_in to ld get `fill` (masked for missing keys, 0 for missing queries: never stored).
+template <bool kT, class T, class A>
+void scores_log2(const ForwardParams& p, A* S, int ld, int n_out, int n_in, int b, int h, int64_t i0,
+                 int64_t j0, A fill) {
   const A scale_log2 = A(p.scale * kLog2e);
   const A masked = masked_score<A>();
-  for (int i = 0; i < qm; ++i) {
-    A* s = S + i * kBK;
-    const int64_t gi = i0 + i;
+  const int64_t ms = kT ? p.mask_stride_q : p.mask_stride_k;  // along a row of S
+  for (int o = 0; o < n_out; ++o) {
+    A* s = S + int64_t(o) * ld;
+    const int64_t gi = kT ? i0 : i0 + o, gj = kT ? j0 + o : j0;  // (query, key) of s[0]
+    const int64_t m_off = b * p.mask_stride_b + h * p.mask_stride_h + gi * p.mask_stride_q + gj * p.mask_stride_k;
     if (p.mask_kind == MaskKind::Float) {
-      const T* m = static_cast<const T*>(p.mask) + b * p.mask_stride_b + h * p.mask_stride_h +
-                   gi * p.mask_stride_q + j0 * p.mask_stride_k;
-      const int64_t ms = p.mask_stride_k;
+      const T* m = static_cast<const T*>(p.mask) + m_off;
 #pragma omp simd
-      for (int j = 0; j < kn; ++j) s[j] = score_log2(s[j], scale_log2, A(Storage<T>::load(m[j * ms])));
+      for (int x = 0; x < n_in; ++x) s[x] = score_log2(s[x], scale_log2, A(Storage<T>::load(m[x * ms])));
     } else {
 #pragma omp simd
-      for (int j = 0; j < kn; ++j) s[j] = score_log2(s[j], scale_log2, A(0));
+      for (int x = 0; x < n_in; ++x) s[x] = score_log2(s[x], scale_log2, A(0));
       if (p.mask_kind == MaskKind::Bool) {
-        const uint8_t* m = static_cast<const uint8_t*>(p.mask) + b * p.mask_stride_b +
-                           h * p.mask_stride_h + gi * p.mask_stride_q + j0 * p.mask_stride_k;
-        const int64_t ms = p.mask_stride_k;
+        const uint8_t* m = static_cast<const uint8_t*>(p.mask) + m_off;
 #pragma omp simd
-        for (int j = 0; j < kn; ++j) s[j] = m[j * ms] ? s[j] : masked;
+        for (int x = 0; x < n_in; ++x) s[x] = m[x * ms] ? s[x] : masked;
       }
     }
-    if (p.causal) {
-      // key j0 + j visible iff j0 + j <= gi
-      const int64_t first_hidden = std::max<int64_t>(0, gi - j0 + 1);
-      for (int64_t j = first_hidden; j < kn; ++j) s[j] = masked;
+    if (p.causal) {  // key gj visible to query gi iff gj <= gi
+      if (kT) {
+        const int64_t first_visible = std::min<int64_t>(n_in, std::max<int64_t>(0, gj - gi));
+        for (int64_t x = 0; x < first_visible; ++x) s[x] = masked;
+      } else {
+        for (int64_t x = std::max<int64_t>(0, gi - gj + 1); x < n_in; ++x) s[x] = masked;
+      }
     }
-    for (int j = kn; j < kBK; ++j) s[j] = masked;
+    for (int x = n_in; x < ld; ++x) s[x] = fill;
   }
-}
-
-// max_j s[j] over one tile row, in independent lanes (a scalar max chain does not vectorize).
-template <class A>
-inline A tile_row_max(const A* s) {
-  constexpr int L = Vec<A>::lanes;
-  A m[L];
-  for (int c = 0; c < L; ++c) m[c] = s[c];
-  for (int j = L; j < kBK; j += L)
-    for (int c = 0; c < L; ++c) m[c] = m[c] > s[j + c] ? m[c] : s[j + c];
-  A r = m[0];
-  for (int c = 1; c < L; ++c) r = r > m[c] ? r : m[c];
-  return r;
 }
 
 // ---------------------------------------------------------------- forward
@@ -240,41 +254,6 @@ struct FwdScratch {
       : dp(padded_dim<A>(d)), qt(size_t(d) * kBQ), k(size_t(kBK) * dp), v(size_t(kBK) * dp),
         st(size_t(kBK) * kBQ), o(size_t(kBQ) * dp), m(kBQ), l(kBQ), m_new(kBQ), tile_sum(kBQ) {}
 };
-
-// s2 for a transposed score tile ST[j][i] (forward): as scores_log2, vectorized along queries.
-// Columns i >= qm (past the block's last query) are set to 0: finite, and never stored.
-template <class T, class A>
-void scores_log2_t(const ForwardParams& p, A* ST, int qm, int kn, int b, int h, int64_t i0, int64_t j0) {
-  const A scale_log2 = A(p.scale * kLog2e);
-  const A masked = masked_score<A>();
-  for (int j = 0; j < kn; ++j) {
-    A* s = ST + j * kBQ;
-    const int64_t gj = j0 + j;
-    if (p.mask_kind == MaskKind::Float) {
-      const T* m = static_cast<const T*>(p.mask) + b * p.mask_stride_b + h * p.mask_stride_h +
-                   i0 * p.mask_stride_q + gj * p.mask_stride_k;
-      const int64_t ms = p.mask_stride_q;
-#pragma omp simd
-      for (int i = 0; i < qm; ++i) s[i] = score_log2(s[i], scale_log2, A(Storage<T>::load(m[i * ms])));
-    } else {
-#pragma omp simd
-      for (int i = 0; i < qm; ++i) s[i] = score_log2(s[i], scale_log2, A(0));
-      if (p.mask_kind == MaskKind::Bool) {
-        const uint8_t* m = static_cast<const uint8_t*>(p.mask) + b * p.mask_stride_b +
-                           h * p.mask_stride_h + i0 * p.mask_stride_q + gj * p.mask_stride_k;
-        const int64_t ms = p.mask_stride_q;
-#pragma omp simd
-        for (int i = 0; i < qm; ++i) s[i] = m[i * ms] ? s[i] : masked;
-      }
-    }
-    if (p.causal) {
-      // key gj visible to query i0 + i iff gj <= i0 + i
-      const int64_t first_visible = std::min<int64_t>(qm, std::max<int64_t>(0, gj - i0));
-      for (int64_t i = 0; i < first_visible; ++i) s[i] = masked;
-    }
-    for (int i = qm; i < kBQ; ++i) s[i] = A(0);
-  }
-}
 
 // One query block: Q^T is loaded once; for each key block S^T = K Q^T (K read in place when it
 // is already in the accumulation type), so the softmax runs along contiguous query columns.
@@ -313,7 +292,7 @@ void forward_block(const ForwardParams& p, FwdScratch<T>& w, int b, int h, int q
       load_tile<T, A>(k, p.k.stride_l, kn, d, w.k.data(), knr, dp, false);
       tile_gemm<false>(knr, kBQ, d, w.k.data(), dp, 1, w.qt.data(), kBQ, w.st.data(), kBQ);
     }
-    scores_log2_t<T, A>(p, w.st.data(), qm, kn, b, h, i0, j0);
+    scores_log2<true, T, A>(p, w.st.data(), kBQ, kn, qm, b, h, i0, j0, A(0));
     // Online softmax per query column i: m_new = max(m, max_j S); P = exp2(S - m_new);
     // l = l * alpha + sum_j P; O *= alpha.
     A* mn = w.m_new.data();
@@ -420,19 +399,22 @@ struct BwdScratch {
   using A = Acc<T>;
   int dp;
   std::vector<A> q, dout, kt, k, vt, s, dpm, dq, dk, dv, delta, lse2;
+  const A* delta_rows = nullptr;  // D = rowsum(dO * O) of every query row, by lse_index
   explicit BwdScratch(int d)
-      : dp(padded_dim<A>(d)), q(size_t(kBQ) * dp), dout(size_t(kBQ) * dp), kt(size_t(dp) * kBK),
-        k(size_t(kBK) * dp), vt(size_t(dp) * kBK), s(size_t(kBQ) * kBK), dpm(size_t(kBQ) * kBK),
-        dq(size_t(kBQ) * dp), dk(size_t(kBK) * dp), dv(size_t(kBK) * dp), delta(kBQ), lse2(kBQ) {}
+      : dp(padded_dim<A>(d)), q(size_t(kBQ) * dp), dout(size_t(kBQ) * dp), kt(size_t(dp) * kBKB),
+        k(size_t(kBKB) * dp), vt(size_t(dp) * kBKB), s(size_t(kBQ) * kBKB), dpm(size_t(kBQ) * kBKB),
+        dq(size_t(kBQ) * dp), dk(size_t(kBKB) * dp), dv(size_t(kBKB) * dp), delta(kBQ), lse2(kBQ) {}
 };
 
-// Number of key chunks per (batch, kv head): enough tasks for a many-core CPU, fixed by the
-// shapes alone so the dQ summation order (and so the result) never depends on the threads.
-int key_chunks(const ForwardParams& p) {
-  const int nkb = (p.len_k + kBK - 1) / kBK;
+// Number of key chunks per (batch, kv head): enough tasks for a many-core CPU, with the dQ
+// partials (chunks x dQ in the accumulation type) kept under 64 MiB beyond the first, and fixed
+// by the shapes alone so the dQ summation order (and so the result) never depends on threads.
+int key_chunks(const ForwardParams& p, int64_t dq_bytes) {
+  const int nkb = (p.len_k + kBKB - 1) / kBKB;
   const int64_t units = int64_t(p.batch) * p.heads_kv;
   const int64_t want = (32 + units - 1) / units;
-  return int(std::max<int64_t>(1, std::min<int64_t>(nkb, want)));
+  const int64_t by_memory = 1 + (int64_t(64) << 20) / std::max<int64_t>(1, dq_bytes);
+  return int(std::max<int64_t>(1, std::min<int64_t>({int64_t(nkb), want, by_memory})));
 }
 
 // One query block against the loaded key block: P from the LSE, dP = dO V^T,
@@ -448,35 +430,27 @@ void backward_qblock(const BackwardParams& bp, BwdScratch<T>& w, int b, int h, c
                row_offset(p, p.q.stride_b, p.q.stride_h, p.q.stride_l, b, h, sq.q0, i0);
   const T* dout = static_cast<const T*>(bp.dout.ptr) +
                   row_offset(p, bp.dout.stride_b, bp.dout.stride_h, bp.dout.stride_l, b, h, sq.q0, i0);
-  const T* out = static_cast<const T*>(p.out.ptr) +
-                 row_offset(p, p.out.stride_b, p.out.stride_h, p.out.stride_l, b, h, sq.q0, i0);
   load_tile<T, A>(q, p.q.stride_l, qm, d, w.q.data(), qmr, dp, false);
   load_tile<T, A>(dout, bp.dout.stride_l, qm, d, w.dout.data(), qmr, dp, false);
-  // D_i = rowsum(dO * O) (recomputed per key block: O(Lq D) next to O(Lq Lk D) work)
   for (int i = 0; i < qm; ++i) {
-    const T* o = out + i * p.out.stride_l;
-    const A* g = w.dout.data() + int64_t(i) * dp;
-    A acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int c = 0; c < d; ++c) acc += g[c] * A(Storage<T>::load(o[c]));
-    w.delta[i] = acc;
     const int64_t li = lse_index(p, total_q, b, h, sq, i0 + i);
+    w.delta[i] = w.delta_rows[li];
     w.lse2[i] = lse_log2(p.lse_f64 ? A(p.lse_f64[li]) : A(p.lse[li]));
   }
   A* S = w.s.data();
   A* dP = w.dpm.data();
-  tile_gemm<false>(qmr, kBK, d, w.q.data(), dp, 1, w.kt.data(), kBK, S, kBK);
-  tile_gemm<false>(qmr, kBK, d, w.dout.data(), dp, 1, w.vt.data(), kBK, dP, kBK);
-  scores_log2<T, A>(p, S, qm, kn, b, h, i0, j0);
+  tile_gemm<false>(qmr, kBKB, d, w.q.data(), dp, 1, w.kt.data(), kBKB, S, kBKB);
+  tile_gemm<false>(qmr, kBKB, d, w.dout.data(), dp, 1, w.vt.data(), kBKB, dP, kBKB);
+  scores_log2<false, T, A>(p, S, kBKB, qm, kn, b, h, i0, j0, masked_score<A>());
   const int64_t dm_off = b * bp.dmask_stride_b + h * bp.dmask_stride_h + i0 * bp.dmask_stride_q + j0;
   T* dmask = bp.dmask && !bp.dmask_f32 ? static_cast<T*>(bp.dmask) + dm_off : nullptr;
   float* dmask_f32 = bp.dmask && bp.dmask_f32 ? static_cast<float*>(bp.dmask) + dm_off : nullptr;
   for (int i = 0; i < qm; ++i) {
-    A* s = S + i * kBK;
-    A* g = dP + i * kBK;
+    A* s = S + i * kBKB;
+    A* g = dP + i * kBKB;
     const A l2 = w.lse2[i], di = w.delta[i];
 #pragma omp simd
-    for (int j = 0; j < kBK; ++j) {
+    for (int j = 0; j < kBKB; ++j) {
       const A pij = masked_exp2(s[j], l2, FastExp2{});
       s[j] = pij;
       g[j] = softmax_grad(pij, g[j], di);
@@ -492,14 +466,14 @@ void backward_qblock(const BackwardParams& bp, BwdScratch<T>& w, int b, int h, c
     }
   }
   for (int i = qm; i < qmr; ++i) {
-    std::fill(S + i * kBK, S + (i + 1) * kBK, A(0));
-    std::fill(dP + i * kBK, dP + (i + 1) * kBK, A(0));
+    std::fill(S + i * kBKB, S + (i + 1) * kBKB, A(0));
+    std::fill(dP + i * kBKB, dP + (i + 1) * kBKB, A(0));
   }
-  // dV += P^T dO; dK += dS^T Q   (X transposed: element (j, i) at i * kBK + j)
-  tile_gemm<true>(kBK, dp, qmr, S, 1, kBK, w.dout.data(), dp, w.dv.data(), dp);
-  tile_gemm<true>(kBK, dp, qmr, dP, 1, kBK, w.q.data(), dp, w.dk.data(), dp);
+  // dV += P^T dO; dK += dS^T Q   (X transposed: element (j, i) at i * kBKB + j)
+  tile_gemm<true>(kBKB, dp, qmr, S, 1, kBKB, w.dout.data(), dp, w.dv.data(), dp);
+  tile_gemm<true>(kBKB, dp, qmr, dP, 1, kBKB, w.q.data(), dp, w.dk.data(), dp);
   // dQ_part += dS K   (scale applied in the final sum)
-  tile_gemm<false>(qmr, dp, kBK, dP, kBK, 1, w.k.data(), dp, w.dq.data(), dp);
+  tile_gemm<false>(qmr, dp, kBKB, dP, kBKB, 1, w.k.data(), dp, w.dq.data(), dp);
   A* part = dq_part + lse_index(p, total_q, b, h, sq, i0) * d;
   for (int i = 0; i < qm; ++i) {
     A* dst = part + int64_t(i) * d;
@@ -518,21 +492,21 @@ void backward_unit(const BackwardParams& bp, BwdScratch<T>& w, int b, int hk, in
   const Seq sq = sequence(p, b);
   const int d = p.head_dim, dp = w.dp;
   const int group = p.heads_q / p.heads_kv;
-  const int nkb = (p.len_k + kBK - 1) / kBK;
+  const int nkb = (p.len_k + kBKB - 1) / kBKB;
   const int64_t rows_q = int64_t(p.heads_q) * (p.cu_seqlens_q ? total_q : int64_t(p.batch) * p.len_q);
   A* dq_part = dq_parts + int64_t(c) * rows_q * d;
   const A scale = A(p.scale);
   for (int kb = int(int64_t(nkb) * c / chunks); kb < int(int64_t(nkb) * (c + 1) / chunks); ++kb) {
-    const int64_t j0 = int64_t(kb) * kBK;
+    const int64_t j0 = int64_t(kb) * kBKB;
     if (j0 >= sq.len_k) break;
-    const int kn = int(std::min<int64_t>(kBK, sq.len_k - j0));
+    const int kn = int(std::min<int64_t>(kBKB, sq.len_k - j0));
     const T* k = static_cast<const T*>(p.k.ptr) +
                  row_offset(p, p.k.stride_b, p.k.stride_h, p.k.stride_l, b, hk, sq.k0, j0);
     const T* v = static_cast<const T*>(p.v.ptr) +
                  row_offset(p, p.v.stride_b, p.v.stride_h, p.v.stride_l, b, hk, sq.k0, j0);
-    load_tile<T, A>(k, p.k.stride_l, kn, d, w.kt.data(), dp, kBK, true);
-    load_tile<T, A>(k, p.k.stride_l, kn, d, w.k.data(), kBK, dp, false);
-    load_tile<T, A>(v, p.v.stride_l, kn, d, w.vt.data(), dp, kBK, true);
+    load_tile<T, A>(k, p.k.stride_l, kn, d, w.kt.data(), dp, kBKB, true);
+    load_tile<T, A>(k, p.k.stride_l, kn, d, w.k.data(), kBKB, dp, false);
+    load_tile<T, A>(v, p.v.stride_l, kn, d, w.vt.data(), dp, kBKB, true);
     std::fill(w.dk.begin(), w.dk.end(), A(0));
     std::fill(w.dv.begin(), w.dv.end(), A(0));
     // Causal: query rows before j0 see none of these keys.
@@ -594,14 +568,26 @@ void backward_typed(const BackwardParams& bp) {
   const int d = p.head_dim;
   const int64_t total_q = total_rows_q(p);
   const int64_t rows_q = int64_t(p.heads_q) * (p.cu_seqlens_q ? total_q : int64_t(p.batch) * p.len_q);
-  const int chunks = key_chunks(p);
+  const int chunks = key_chunks(p, rows_q * d * int64_t(sizeof(A)));
   // dQ partial sums, one per key chunk: chunks x (rows of q) x D. Host scratch of the size of
   // dQ itself (times the few chunks), O(B H L D), not a device allocation.
   std::vector<A> parts(size_t(chunks) * rows_q * d, A(0));
+  // D_i = rowsum(dO * O), once per query row.
+  std::vector<A> delta(static_cast<size_t>(rows_q));
+#pragma omp parallel for schedule(static) if (worth_threads(p))
+  for (int64_t r = 0; r < rows_q; ++r) {
+    const T* o = static_cast<const T*>(p.out.ptr) + query_row_offset(p, p.out, total_q, r);
+    const T* g = static_cast<const T*>(bp.dout.ptr) + query_row_offset(p, bp.dout, total_q, r);
+    A acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int c = 0; c < d; ++c) acc += A(Storage<T>::load(g[c])) * A(Storage<T>::load(o[c]));
+    delta[r] = acc;
+  }
   const int64_t units = int64_t(p.batch) * p.heads_kv * chunks;
 #pragma omp parallel if (worth_threads(p))
   {
     BwdScratch<T> w(d);
+    w.delta_rows = delta.data();
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < units; ++t) {
       const int c = int(t % chunks);
@@ -612,22 +598,9 @@ void backward_typed(const BackwardParams& bp) {
   }
   // dQ = scale * sum_c part_c, summed in chunk order.
   const A scale = A(p.scale);
-  const int64_t per_b = p.cu_seqlens_q ? 0 : int64_t(p.heads_q) * p.len_q;
 #pragma omp parallel for schedule(static) if (worth_threads(p))
   for (int64_t r = 0; r < rows_q; ++r) {
-    // r = lse_index(b, h, i): dense (b * Hq + h) * Lq + i; varlen h * total_q + token
-    int b = 0, h;
-    int64_t token;
-    if (p.cu_seqlens_q) {
-      h = int(r / total_q);
-      token = r % total_q;
-    } else {
-      b = int(r / per_b);
-      h = int((r % per_b) / p.len_q);
-      token = r % p.len_q;
-    }
-    T* dst = static_cast<T*>(bp.dq.ptr) + (p.cu_seqlens_q ? 0 : int64_t(b) * bp.dq.stride_b) +
-             int64_t(h) * bp.dq.stride_h + token * bp.dq.stride_l;
+    T* dst = static_cast<T*>(bp.dq.ptr) + query_row_offset(p, bp.dq, total_q, r);
     const A* src = parts.data() + r * d;
 #pragma omp simd
     for (int x = 0; x < d; ++x) {

@@ -72,6 +72,18 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.pyfastattn.attention_forward.default, args)
 
 
+def test_opcheck_backward_op():
+    g = torch.Generator().manual_seed(12)
+    q = torch.randn(2, 9, 2, 8, generator=g).transpose(1, 2)  # (B, L, H, D) views
+    k = torch.randn(2, 11, 2, 8, generator=g).transpose(1, 2)
+    v = torch.randn(2, 11, 2, 8, generator=g).transpose(1, 2)
+    mask = torch.randn(1, 2, 9, 11, generator=g)
+    out, lse = torch.ops.pyfastattn.attention_forward(q, k, v, mask, None, None, 9, 11, 0.3, False)
+    dout = torch.randn(out.shape, generator=g)
+    torch.library.opcheck(torch.ops.pyfastattn.attention_backward.default,
+                          (dout, q, k, v, mask, out, lse, None, None, 9, 11, 0.3, False, True))
+
+
 def test_torch_compile_fullgraph():
     g = torch.Generator().manual_seed(11)
     q, k, v = (torch.randn(2, 4, 33, 16, generator=g, requires_grad=True) for _ in range(3))
