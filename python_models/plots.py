@@ -102,9 +102,10 @@ def resolution_vs_energy(pred: dict, true: dict, path, bins: int = 6) -> None:
 
 def predicted_vs_true(pred: dict, true: dict, path) -> None:
     plt = _plt()
+    def zenith(d):
+        return np.degrees(np.arccos(np.clip(d["axis"][:, 2].numpy(), -1.0, 1.0)))
     panels = [("log10(E/eV)", true["log10_energy"], pred["log10_energy"]),
-              ("zenith / deg", np.degrees(np.arccos(true["axis"][:, 2].clamp(-1, 1))),
-               np.degrees(np.arccos(pred["axis"][:, 2].clamp(-1, 1)))),
+              ("zenith / deg", zenith(true), zenith(pred)),
               ("core x / m", true["core"][:, 0], pred["core"][:, 0])]
     if "xmax" in pred:
         panels.append(("Xmax / g cm⁻²", true["xmax"], pred["xmax"]))
