@@ -49,10 +49,10 @@ def event_display(events: dict, i: int, path) -> None:
                                     (axes[1], t / 1000.0, "time / µs", "coolwarm")):
         patches = [RegularPolygon((x, y), 6, radius=1.5 / math.sqrt(3), orientation=0.0)
                    for (x, y), k in zip(xy, inside) if k]
-        col = PatchCollection(patches, cmap=cmap, edgecolor="grey", linewidth=0.5)
+        col = PatchCollection(patches, cmap=plt.get_cmap(cmap).with_extremes(bad="white"),
+                              edgecolor="grey", linewidth=0.5)
         v = np.where(trig, values, np.nan)[inside]
         col.set_array(np.ma.masked_invalid(v))
-        col.cmap.set_bad("white")
         ax.add_collection(col)
         fig.colorbar(col, ax=ax, label=label)
         cx, cy = events["core"][i] / 1000.0
