@@ -49,10 +49,10 @@ def event_display(events: dict, i: int, path) -> None:
                                     (axes[1], t / 1000.0, "time / µs", "coolwarm")):
         patches = [RegularPolygon((x, y), 6, radius=1.5 / math.sqrt(3), orientation=0.0)
                    for (x, y), k in zip(xy, inside) if k]
-        col = PatchCollection(patches, cmap=cmap, edgecolor="grey", linewidth=0.5)
+        col = PatchCollection(patches, cmap=plt.get_cmap(cmap).with_extremes(bad="white"),
+                              edgecolor="grey", linewidth=0.5)
         v = np.where(trig, values, np.nan)[inside]
         col.set_array(np.ma.masked_invalid(v))
-        col.cmap.set_bad("white")
         ax.add_collection(col)
         fig.colorbar(col, ax=ax, label=label)
         cx, cy = events["core"][i] / 1000.0
@@ -102,9 +102,10 @@ def resolution_vs_energy(pred: dict, true: dict, path, bins: int = 6) -> None:
 
 def predicted_vs_true(pred: dict, true: dict, path) -> None:
     plt = _plt()
+    def zenith(d):
+        return np.degrees(np.arccos(np.clip(d["axis"][:, 2].numpy(), -1.0, 1.0)))
     panels = [("log10(E/eV)", true["log10_energy"], pred["log10_energy"]),
-              ("zenith / deg", np.degrees(np.arccos(true["axis"][:, 2].clamp(-1, 1))),
-               np.degrees(np.arccos(pred["axis"][:, 2].clamp(-1, 1)))),
+              ("zenith / deg", zenith(true), zenith(pred)),
               ("core x / m", true["core"][:, 0], pred["core"][:, 0])]
     if "xmax" in pred:
         panels.append(("Xmax / g cm⁻²", true["xmax"], pred["xmax"]))

@@ -134,6 +134,8 @@ def test_backend_parity(case, pair, require_kernels, seed):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_backend_parity_landed_kernels(case, pair, partial_pyfastattn, seed):
     """The same check with the kernels that have landed (others substituted by torch's)."""
+    if not any(n in partial_pyfastattn for n in NEEDS[case]):
+        pytest.skip("every kernel this model needs has landed: test_backend_parity covers it")
     _check_parity(pair, case, seed)
 
 
