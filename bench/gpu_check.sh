@@ -43,9 +43,9 @@ log "pytest -m cuda rc=$? :: $(tail -1 "$LOGS/pytest_cuda.log")"
 
 # 2b. standalone GPU checks per family (every kernel path, determinism)
 cd /tmp
-timeout 90 $PY "$OLDPWD/bench/attention_gpu_smoke.py" > "$LOGS/attention_smoke.log" 2>&1
+timeout 75 $PY "$OLDPWD/bench/attention_gpu_smoke.py" > "$LOGS/attention_smoke.log" 2>&1
 log "attention smoke rc=$? :: $(tail -1 "$LOGS/attention_smoke.log")"
-timeout 90 $PY "$OLDPWD/bench/conv_gpu_paths.py" > "$LOGS/conv_paths.log" 2>&1
+timeout 60 $PY "$OLDPWD/bench/conv_gpu_paths.py" > "$LOGS/conv_paths.log" 2>&1
 log "conv paths rc=$? :: $(tail -1 "$LOGS/conv_paths.log")"
 cd - >/dev/null
 
@@ -63,6 +63,13 @@ bench() {
   log "bench $1 rc=$?"
 }
 [ -z "${GPU_CHECK_SKIP_BENCH:-}" ] && bench bf16 "${GPU_CHECK_BENCH_TIMEOUT:-150}"
+# a short bf16 training run of the station transformer (attention with a learned bias, norms)
+if [ -n "${GPU_CHECK_TRAIN:-}" ]; then
+  (cd /tmp && timeout 75 $PY -m pyfastattn train airshower --arch transformer --device cuda --dtype bf16 \
+     --epochs 1 --n-train 20000 --n-test 4000 --no-plots --no-progress --out "$LOGS/train" > "$LOGS/train.log" 2>&1)
+  log "train airshower transformer (cuda, bf16) rc=$? :: $(tail -1 "$LOGS/train.log")"
+  cp "$LOGS/train/metrics.json" "$OUT/train_metrics.json" 2>/dev/null
+fi
 if [ -n "$SAN" ] && [ -z "${GPU_CHECK_SKIP_RACECHECK:-}" ]; then
   timeout 100 "$SAN" --tool racecheck --error-exitcode 9 $PY bench/sanitize_cases.py attention conv \
     > "$LOGS/racecheck.log" 2>&1
