@@ -24,7 +24,7 @@ _MASK_NONE, _MASK_BOOL, _MASK_FLOAT = 0, 1, 2
 
 
 def _mask_kind(mask: Optional[torch.Tensor]) -> int:
-    if mask is None:
+    if mask is None or mask.numel() == 0:  # an empty mask (Lk = 0, ...) masks nothing
         return _MASK_NONE
     return _MASK_BOOL if mask.dtype == torch.uint8 else _MASK_FLOAT
 
@@ -182,9 +182,12 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, dlse):
     q, k, v, mask, out, lse, cu_q, cu_k = ctx.saved_tensors
     need_dmask = mask is not None and mask.dtype != torch.uint8 and ctx.needs_input_grad[3]
+    kernel_dmask = need_dmask and mask.numel() > 0
     dq, dk, dv, dmask = torch.ops.pyfastattn.attention_backward(
         dout, q, k, v, mask, out, lse, cu_q, cu_k, ctx.max_q, ctx.max_k, ctx.scale, ctx.is_causal,
-        need_dmask)
+        kernel_dmask)
+    if need_dmask and not kernel_dmask:
+        dmask = torch.zeros_like(mask)
     return dq, dk, dv, (dmask if need_dmask else None), None, None, None, None, None, None
 
 
