@@ -344,6 +344,9 @@ def varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
             raise ValueError(f"{op}: {name} must be >= 0, got {n}")
     _check_int32_sizes(op, query=query.shape[0], key=key.shape[0], max_seqlen_q=max_seqlen_q,
                        max_seqlen_k=max_seqlen_k)
+    # No sequence is longer than all tokens together: clamping keeps the launch within the
+    # data (a max_seqlen > 0 over zero packed tokens would ask the kernel to read them).
+    max_seqlen_q, max_seqlen_k = min(max_seqlen_q, query.shape[0]), min(max_seqlen_k, key.shape[0])
     scale = _scale(op, scale, query.shape[-1])
     cu_q = cu_seqlens_q.contiguous()
     cu_k = cu_seqlens_k.contiguous()

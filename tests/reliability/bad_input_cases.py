@@ -53,6 +53,17 @@ def returns_something(out) -> str:
     return "ok" if out is not None else "returned None"
 
 
+def grads_of(fn, *inputs):
+    """Runs fn forward and backward with every input requiring grad; returns the grads."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = _first(fn(*leaves))
+    return torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+
+
+def zero_grads(grads) -> str:
+    return "ok" if all(g is None or not g.abs().sum() for g in grads) else "non-zero gradient"
+
+
 def tensor_mutations(op, name, make_call, good: torch.Tensor, *, rank_fixed=True, strided="raise"):
     """Generic wrong things for a tensor argument; make_call(value) -> thunk.
 
@@ -205,6 +216,9 @@ def attention_cases():
         _returns(op, "causal Lq > Lk", lambda: sdpa(torch.randn(1, 1, 9, 8), k[:1, :1], v[:1, :1], is_causal=True),
                  empty_out((1, 1, 9, 8))),
         _returns(op, "int scale", lambda: sdpa(q, k, v, scale=1), empty_out((2, 4, 5, 8))),
+        # regression: a float mask with zero elements (Lk = 0) raised "attn_mask is a null pointer"
+        _returns(op, "empty float mask, backward", lambda: grads_of(
+            lambda q, k, v, m: sdpa(q, k, v, attn_mask=m), q, k[:, :, :0], v[:, :, :0], m[..., :0]), zero_grads),
         _returns(op, "scale 0", lambda: sdpa(q, k, v, scale=0.0), empty_out((2, 4, 5, 8))),
     ]
     # varlen
@@ -255,6 +269,11 @@ def attention_cases():
         _returns(op, "empty key sequence", call(cu_k=_cu(0, 0, 4, 9)),
                  lambda o: "ok" if not o[:3].abs().sum() else "a query with no keys gave non-zero output"),
         _returns(op, "max_seqlen larger than needed", call(mq=100, mk=100), empty_out((7, 4, 8))),
+        # regression: max_seqlen > 0 over zero packed tokens raised "query is a null pointer"
+        _returns(op, "max_seqlen > 0, no tokens", call(qq=qv[:0], kk=kvv[:0], vv=kvv[:0], cu_q=_cu(0, 0),
+                                                       cu_k=_cu(0, 0), mq=3, mk=3), empty_out((0, 4, 8))),
+        _returns(op, "queries but no keys at all", call(kk=kvv[:0], vv=kvv[:0], cu_k=_cu(0, 0, 0, 0), mk=2),
+                 lambda o: "ok" if o.shape == (7, 4, 8) and not o.abs().sum() else "no keys gave non-zero output"),
     ]
     # nn.MultiheadAttention
     MHA = pyfastattn.nn.MultiheadAttention
@@ -330,6 +349,10 @@ def conv_cases():
         _raise(op, "dilated kernel larger than input", lambda: c2(x, w, dilation=5), "kernel", "larger"),
         _raise(op, "empty kernel", lambda: c2(x, w[:, :, :0]), "weight", "kernel"),
         _returns(op, "weight with 0 output channels", lambda: c2(x, w[:0]), empty_out((2, 0, 7, 8))),
+        # regression: the weight gradient of an empty weight (0 input channels) segfaulted
+        _returns(op, "zero input channels, backward", lambda: grads_of(lambda x, w: c2(x, w), x[:, :0], w[:, :0]),
+                 zero_grads),
+        _returns(op, "zero output channels, backward", lambda: grads_of(lambda x, w: c2(x, w), x, w[:0]), zero_grads),
         _returns(op, "stride 3", lambda: c2(x, w, stride=3), empty_out((2, 6, 3, 3))),
         _returns(op, "large padding", lambda: c2(x, w, padding=20), empty_out((2, 6, 47, 48))),
         _returns(op, "NaN input", lambda: c2(torch.full_like(x, math.nan), w), nan_propagates),
@@ -362,6 +385,8 @@ def conv_cases():
         _raise(op, "stride bool", lambda: hc(x, wh, stride=True), "stride"),
         _raise(op, "bias wrong length", lambda: hc(x, wh, b[:2]), "bias"),
         _returns(op, "stride 3", lambda: hc(x, wh, stride=3), empty_out((2, 6, 3, 4))),
+        _returns(op, "zero input channels, backward", lambda: grads_of(lambda x, w: hc(x, w), x[:, :0], wh[:, :0]),
+                 zero_grads),
         _returns(op, "stride larger than the grid", lambda: hc(x, wh, stride=50), empty_out((2, 6, 1, 1))),
         _returns(op, "NaN input", lambda: hc(torch.full_like(x, math.nan), wh), nan_propagates),
         _returns(op, "empty batch", lambda: hc(x[:0], wh), empty_out((0, 6, 9, 10))),
@@ -426,6 +451,12 @@ def conv_cases():
         _returns(op, "no input points, all holes", lambda: ic(xi[:, :, :0], wi, torch.full((8, 5), -1)), empty_out((2, 6, 8))),
         _raise(op, "no input points, an index", lambda: ic(xi[:, :, :0], wi, nb.clamp(min=0)), "neighbors"),
         _returns(op, "zero taps", lambda: ic(xi, wi[:, :, :0], nb[:, :0]), empty_out((2, 6, 8))),
+        # regression: the input/weight gradients with zero taps raised / segfaulted
+        _returns(op, "zero taps, backward", lambda: grads_of(lambda x, w: ic(x, w, nb[:, :0]), xi, wi[:, :, :0]),
+                 zero_grads),
+        _returns(op, "zero taps with bias, backward", lambda: grads_of(lambda x, w, b: ic(x, w, nb[:, :0], b),
+                                                                       xi, wi[:, :, :0], b),
+                 lambda g: "ok" if torch.equal(g[2], torch.full((6,), 16.0)) and not g[0].abs().sum() else "wrong"),
         _returns(op, "NaN input", lambda: ic(torch.full_like(xi, math.nan), wi, nb.clamp(min=0)), nan_propagates),
         _returns(op, "empty batch", lambda: ic(xi[:0], wi, nb), empty_out((0, 6, 8))),
     ]
