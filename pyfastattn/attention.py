@@ -24,7 +24,7 @@ _MASK_NONE, _MASK_BOOL, _MASK_FLOAT = 0, 1, 2
 
 
 def _mask_kind(mask: Optional[torch.Tensor]) -> int:
-    if mask is None:
+    if mask is None or mask.numel() == 0:  # an empty mask (Lk = 0, ...) masks nothing
         return _MASK_NONE
     return _MASK_BOOL if mask.dtype == torch.uint8 else _MASK_FLOAT
 
@@ -182,9 +182,12 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, dlse):
     q, k, v, mask, out, lse, cu_q, cu_k = ctx.saved_tensors
     need_dmask = mask is not None and mask.dtype != torch.uint8 and ctx.needs_input_grad[3]
+    kernel_dmask = need_dmask and mask.numel() > 0
     dq, dk, dv, dmask = torch.ops.pyfastattn.attention_backward(
         dout, q, k, v, mask, out, lse, cu_q, cu_k, ctx.max_q, ctx.max_k, ctx.scale, ctx.is_causal,
-        need_dmask)
+        kernel_dmask)
+    if need_dmask and not kernel_dmask:
+        dmask = torch.zeros_like(mask)
     return dq, dk, dv, (dmask if need_dmask else None), None, None, None, None, None, None
 
 
@@ -341,6 +344,9 @@ def varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
             raise ValueError(f"{op}: {name} must be >= 0, got {n}")
     _check_int32_sizes(op, query=query.shape[0], key=key.shape[0], max_seqlen_q=max_seqlen_q,
                        max_seqlen_k=max_seqlen_k)
+    # No sequence is longer than all tokens together: clamping keeps the launch within the
+    # data (a max_seqlen > 0 over zero packed tokens would ask the kernel to read them).
+    max_seqlen_q, max_seqlen_k = min(max_seqlen_q, query.shape[0]), min(max_seqlen_k, key.shape[0])
     scale = _scale(op, scale, query.shape[-1])
     cu_q = cu_seqlens_q.contiguous()
     cu_k = cu_seqlens_k.contiguous()

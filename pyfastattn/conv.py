@@ -70,6 +70,8 @@ def _tap_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     x = _cols_contiguous(x)
     kg = _kernel_geom(x, weight.shape[0], geom)
     y = torch.empty(kg[0], kg[4], kg[5], kg[6], dtype=x.dtype, device=x.device)
+    if x.shape[1] == 0:  # no input channels: the output is the bias (the kernels pack input rows)
+        return y.copy_(bias.view(1, -1, 1, 1).expand_as(y)) if bias is not None else y.zero_()
     with B.cuda_device_guard(x):
         _conv.tap_conv_forward(x.device.type == "cuda", B.dtype_code(x), kg, B.ptr(x), _strides3(x),
                                B.ptr(weight), B.ptr(bias), B.ptr(y), B.stream_of(x))
@@ -100,6 +102,7 @@ def _tap_conv_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
         if need_dx:
             _conv.tap_conv_backward_input(cuda, B.dtype_code(x), kg, B.ptr(dy), _strides3(dy),
                                           B.ptr(weight), B.ptr(dx), stream)
+        need_dw = need_dw and dw.numel() > 0  # an empty weight (no channels): nothing to compute
         if need_dw or need_db:
             T = _tap_count(geom)
             cig = x.shape[1] // geom[0]
@@ -440,11 +443,14 @@ def _indexed_conv_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     dw = torch.empty(weight.shape if need_dw else 0, dtype=x.dtype, device=x.device)
     db = torch.empty(cout if need_db else 0, dtype=x.dtype, device=x.device)
     with B.cuda_device_guard(x):
-        if need_dx:
+        if need_dx and weight.numel() == 0:  # no taps (or channels): nothing reaches the input
+            dx.zero_()
+        elif need_dx:
             offsets, entries = _inverse_table(nb, P)
             _conv.indexed_backward_input(cuda, B.dtype_code(x), dims, B.ptr(nb), B.ptr(offsets), B.ptr(entries),
                                          B.ptr(dy), [dy.stride(0), dy.stride(1)], B.ptr(weight), B.ptr(dx),
                                          stream)
+        need_dw = need_dw and dw.numel() > 0  # an empty weight (no taps): nothing to compute
         if need_dw or need_db:
             chunks = _conv.weight_chunks(N, cout * Cin * T * Pout, cuda)
             partials = torch.empty(chunks * (cout * Cin * T + cout), dtype=_acc_dtype(x.dtype), device=x.device)

@@ -71,7 +71,10 @@ struct FastExp2 {
     p = p * f + 0.5f;
     p = p * f + 1.f;
     p = p * f + 1.f;
-    const int32_t bits = (int32_t(n) + 127) << 23;
+    // NaN/Inf scores: the exponent is clamped before the int conversion (which would be UB);
+    // p is NaN for them, so NaN still propagates.
+    const float nc = n > -127.f ? (n < 128.f ? n : 128.f) : -127.f;
+    const int32_t bits = (int32_t(nc) + 127) << 23;
     float scale;
     std::memcpy(&scale, &bits, 4);
     return p * scale;

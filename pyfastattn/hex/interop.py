@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .layout import offset_to_axial
-from .taps import taps
+from .taps import _radius, taps
 
 __all__ = ["hexagdly_conv_weight"]
 
@@ -20,7 +20,11 @@ def hexagdly_conv_weight(module, in_channels: int, radius: int, dtype=torch.floa
     """(weight (Cout, Cin, T), bias (Cout,) or None) such that, on the axial tensor of
     `offset_to_axial(x, "hexagdly")`, `pyfastattn.hex_conv2d(x_axial, weight, bias)` equals
     `offset_to_axial(module(x), "hexagdly")` (stride 1)."""
-    k = int(radius)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"hex.hexagdly_conv_weight: module must be a torch.nn.Module, got {type(module).__name__}")
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"hex.hexagdly_conv_weight: in_channels must be a positive int, got {in_channels!r}")
+    k = _radius(radius)
     size = 4 * k + 4  # room for the full hexagon around the probe cell, away from borders
     i0, j0 = size // 2, size // 2
     x = torch.zeros(in_channels, in_channels, size, size, dtype=dtype)

@@ -56,6 +56,8 @@ def axial_to_offset_coords(r, q, layout: str = "odd-q"):
 
 def _offset_grid(H: int, W: int, layout: str, device=None):
     """Flat axial index of every offset cell, and the axial shape (R, Q)."""
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in (H, W)):
+        raise ValueError(f"hex: the offset grid shape (H, W) must be positive ints, got ({H!r}, {W!r})")
     i = torch.arange(H, device=device).repeat_interleave(W)
     j = torch.arange(W, device=device).repeat(H)
     r, q = offset_to_axial_coords(i, j, layout)
@@ -66,13 +68,13 @@ def _offset_grid(H: int, W: int, layout: str, device=None):
 
 def axial_shape(H: int, W: int, layout: str = "odd-q") -> tuple[int, int]:
     """(R, Q) of the axial tensor that holds an (H, W) offset grid."""
-    _, shape, _ = _offset_grid(int(H), int(W), _layout(layout))
+    _, shape, _ = _offset_grid(H, W, _layout(layout))
     return shape
 
 
 def axial_origin(H: int, W: int, layout: str = "odd-q") -> tuple[int, int]:
     """Unshifted axial (r, q) of the axial tensor's cell [0, 0]."""
-    _, _, origin = _offset_grid(int(H), int(W), _layout(layout))
+    _, _, origin = _offset_grid(H, W, _layout(layout))
     return origin
 
 
@@ -92,9 +94,13 @@ def offset_to_axial(x: torch.Tensor, layout: str = "odd-q") -> torch.Tensor:
 
 def axial_to_offset(a: torch.Tensor, shape, layout: str = "odd-q") -> torch.Tensor:
     """(..., R, Q) axial tensor -> (..., H, W) offset tensor, for an offset grid `shape` (H, W)."""
-    H, W = (int(s) for s in shape)
+    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 2:
+        raise ValueError(f"hex.axial_to_offset: shape must be the offset grid's (H, W), got {shape!r}")
+    H, W = shape
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"hex.axial_to_offset: expected a tensor (..., R, Q), got {type(a).__name__}")
     flat, (R, Q), _ = _offset_grid(H, W, _layout(layout), device=a.device)
-    if not isinstance(a, torch.Tensor) or a.dim() < 2 or tuple(a.shape[-2:]) != (R, Q):
+    if a.dim() < 2 or tuple(a.shape[-2:]) != (R, Q):
         raise ValueError(f"hex.axial_to_offset: expected a tensor (..., {R}, {Q}) for an offset grid "
                          f"({H}, {W}) in layout {layout!r}, got "
                          f"{tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__}")

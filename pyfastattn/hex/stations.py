@@ -22,6 +22,13 @@ class AxialIndex(NamedTuple):
     origin: tuple             # (x, y) of axial cell (0, 0)
 
 
+def _as_float64(op: str, name: str, v) -> torch.Tensor:
+    try:
+        return torch.as_tensor(v, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"hex.{op}: {name} must be a tensor or nested sequence of numbers ({e})") from None
+
+
 def _nearest_neighbour_vectors(xy: torch.Tensor) -> torch.Tensor:
     d = torch.cdist(xy, xy)
     d.fill_diagonal_(float("inf"))
@@ -39,7 +46,7 @@ def positions_to_axial(xy, spacing: Optional[float] = None, angle: Optional[floa
     on the lattice (default: the first station). Raises ValueError when a station lies
     farther than `tolerance * spacing` from its lattice cell or two stations share a cell.
     """
-    xy = torch.as_tensor(xy, dtype=torch.float64)
+    xy = _as_float64("positions_to_axial", "xy", xy)
     if xy.dim() != 2 or xy.shape[1] != 2 or xy.shape[0] < 1:
         raise ValueError(f"hex.positions_to_axial: xy must have shape (P, 2) with P >= 1, got {tuple(xy.shape)}")
     if not torch.isfinite(xy).all():
@@ -58,7 +65,13 @@ def positions_to_axial(xy, spacing: Optional[float] = None, angle: Optional[floa
         theta = torch.atan2(vec[:, 1], vec[:, 0]) * 6.0  # the lattice is 60-degree symmetric
         angle = float(torch.atan2(theta.sin().mean(), theta.cos().mean())) / 6.0
     angle = float(angle)
-    o = xy[0] if origin is None else torch.as_tensor(origin, dtype=torch.float64)
+    if not math.isfinite(angle):
+        raise ValueError(f"hex.positions_to_axial: angle must be finite, got {angle}")
+    o = xy[0] if origin is None else _as_float64("positions_to_axial", "origin", origin)
+    if o.shape != (2,):
+        raise ValueError(f"hex.positions_to_axial: origin must be an (x, y) pair, got shape {tuple(o.shape)}")
+    if not tolerance >= 0:
+        raise ValueError(f"hex.positions_to_axial: tolerance must be >= 0, got {tolerance}")
     # Solve p - o = q e_q + r e_r for fractional (r, q).
     eq = torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float64) * spacing
     er = torch.tensor([math.cos(angle + math.pi / 3), math.sin(angle + math.pi / 3)], dtype=torch.float64) * spacing
@@ -91,7 +104,13 @@ def positions_to_axial(xy, spacing: Optional[float] = None, angle: Optional[floa
 
 def axial_to_positions(rq, spacing: float = 1.0, angle: float = 0.0, origin=(0.0, 0.0)) -> torch.Tensor:
     """(P, 2) axial (r, q) -> (P, 2) float64 positions (the inverse of positions_to_axial)."""
-    rq = torch.as_tensor(rq, dtype=torch.float64)
+    rq = _as_float64("axial_to_positions", "rq", rq)
+    if rq.dim() != 2 or rq.shape[1] != 2:
+        raise ValueError(f"hex.axial_to_positions: rq must have shape (P, 2), got {tuple(rq.shape)}")
+    spacing, angle = float(spacing), float(angle)
+    if not (spacing > 0 and math.isfinite(spacing) and math.isfinite(angle)):
+        raise ValueError(f"hex.axial_to_positions: spacing must be positive and finite and angle finite, "
+                         f"got spacing={spacing}, angle={angle}")
     eq = torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float64) * spacing
     er = torch.tensor([math.cos(angle + math.pi / 3), math.sin(angle + math.pi / 3)], dtype=torch.float64) * spacing
     return rq[:, :1] * er + rq[:, 1:] * eq + torch.as_tensor(origin, dtype=torch.float64)

@@ -14,7 +14,11 @@ __all__ = ["conv_neighbors", "pool_neighbors", "grid_cells"]
 
 
 def _cells(rq) -> torch.Tensor:
-    rq = torch.as_tensor(rq)
+    try:
+        rq = torch.as_tensor(rq)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"hex: cells must be an integer tensor of shape (P, 2) (r, q), got "
+                        f"{type(rq).__name__}") from None
     if rq.dim() != 2 or rq.shape[1] != 2 or rq.dtype.is_floating_point or rq.dtype == torch.bool:
         raise ValueError(f"hex: cells must be an integer tensor of shape (P, 2) (r, q), got "
                          f"{tuple(rq.shape)} {rq.dtype}")
@@ -25,15 +29,15 @@ def _lookup(cells: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     """Index in `cells` of every query cell, -1 where absent."""
     if cells.shape[0] == 0:
         return torch.full(queries.shape[:-1], -1, dtype=torch.int64)
-    lo = torch.minimum(cells.min(0).values, queries.reshape(-1, 2).min(0).values)
-    hi = torch.maximum(cells.max(0).values, queries.reshape(-1, 2).max(0).values)
-    Q = int(hi[1] - lo[1]) + 1
-    key = (cells[:, 0] - lo[0]) * Q + (cells[:, 1] - lo[1])
+    # Dense ids of the distinct (r, q) pairs: a linear key r * Q + q would overflow int64
+    # for far-apart coordinates and make distinct cells collide.
+    P = cells.shape[0]
+    _, ids = torch.unique(torch.cat([cells, queries.reshape(-1, 2)]), dim=0, return_inverse=True)
+    key, qkey = ids[:P], ids[P:]
     if torch.unique(key).numel() != key.numel():
         raise ValueError("hex: the cell list has duplicates")
     order = torch.argsort(key)
     skey = key[order]
-    qkey = (queries[..., 0] - lo[0]) * Q + (queries[..., 1] - lo[1])
     pos = torch.searchsorted(skey, qkey.reshape(-1)).clamp(max=skey.numel() - 1)
     found = skey[pos] == qkey.reshape(-1)
     return torch.where(found, order[pos], torch.full_like(pos, -1)).reshape(queries.shape[:-1])

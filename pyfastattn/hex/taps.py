@@ -12,12 +12,16 @@ import torch
 
 __all__ = ["tap_count", "taps", "hex_mask", "hex_to_square_weight", "square_to_hex_weight"]
 
+MAX_RADIUS = 1024
+
 
 def _radius(k, what="radius") -> int:
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"hex: {what} must be an int, got {type(k).__name__}")
     if k < 0:
         raise ValueError(f"hex: {what} must be >= 0, got {k}")
+    if k > MAX_RADIUS:  # the tap list is built in Python: a huge radius would exhaust memory
+        raise ValueError(f"hex: {what} {k} is too large (at most {MAX_RADIUS})")
     return k
 
 
@@ -48,6 +52,7 @@ def hex_to_square_weight(weight: torch.Tensor) -> torch.Tensor:
     `F.conv2d(x, hex_to_square_weight(w), padding=k)` on the axial tensor equals
     `hex_conv2d(x, w)` (stride 1); with stride=2 it equals the stride-2 hex conv.
     """
+    _weight(weight, "hex_to_square_weight")
     T = weight.shape[-1]
     k = _radius_of(T)
     mask = hex_mask(k, device=weight.device).reshape(-1)
@@ -58,12 +63,19 @@ def hex_to_square_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def square_to_hex_weight(weight: torch.Tensor) -> torch.Tensor:
     """(..., 2k+1, 2k+1) square kernel -> (..., T): keeps the entries inside the hexagon."""
+    _weight(weight, "square_to_hex_weight")
     s = weight.shape[-1]
     if weight.dim() < 2 or weight.shape[-2] != s or s % 2 == 0:
         raise ValueError(f"hex: expected a square kernel of odd size, got shape {tuple(weight.shape)}")
     k = (s - 1) // 2
     mask = hex_mask(k, device=weight.device).reshape(-1)
     return weight.reshape(*weight.shape[:-2], s * s)[..., mask]
+
+
+def _weight(weight, op: str) -> None:
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 1:
+        raise TypeError(f"hex.{op}: weight must be a torch.Tensor with at least 1 dim, got "
+                        f"{type(weight).__name__}")
 
 
 def _radius_of(T: int) -> int:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as TF
 
+from .. import _checks as C
 from ..attention import scaled_dot_product_attention
 
 
@@ -129,6 +130,12 @@ class MultiheadAttention(nn.Module):
         if need_weights:
             raise ValueError("MultiheadAttention: need_weights=True is not supported: the fused kernel "
                              "never forms the attention weights; call with need_weights=False")
+        op = "MultiheadAttention"
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            C.tensor(op, name, t)
+        for name, t in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)

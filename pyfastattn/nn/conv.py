@@ -91,8 +91,9 @@ class IndexedConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, neighbors: torch.Tensor, bias: bool = True,
                  device=None, dtype=None):
         super().__init__()
-        if not isinstance(neighbors, torch.Tensor) or neighbors.dim() != 2:
-            raise ValueError("IndexedConv: neighbors must be a (P_out, T) integer tensor")
+        if (not isinstance(neighbors, torch.Tensor) or neighbors.dim() != 2
+                or neighbors.dtype not in (torch.int32, torch.int64)):
+            raise ValueError("IndexedConv: neighbors must be a (P_out, T) int32 or int64 tensor")
         kw = dict(device=device, dtype=dtype)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.register_buffer("neighbors", neighbors.to(device=device, dtype=torch.int32).contiguous())
