@@ -7,7 +7,8 @@
 # suite (hypothesis properties of every op fwd+bwd in all dtypes, 64-bit offsets,
 # determinism, threads, the bad-input sweep in subprocesses) plus the family parity tests
 # (norm; attention dense/varlen/masks/GQA/half; conv2d incl. the im2col paths, pooling,
-# indexed conv). Pass paths to run something else, e.g. `bash .ci/sanitize.sh tests`.
+# indexed conv). Arguments go to pytest; pass paths to run something else, e.g.
+# `bash .ci/sanitize.sh tests`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pip install -q pybind11
@@ -25,7 +26,8 @@ DEFAULT=(tests/reliability tests/norm/test_norm.py tests/attention/test_attentio
 status=0
 PYTHONPATH=$PWD LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
   python -m pytest -q -p no:cacheprovider -m "not slow and not cuda" \
-  -k "not compile and not opcheck and not gradcheck" "${@:-${DEFAULT[@]}}" || status=$?
+  -k "not compile and not opcheck and not gradcheck" "$@" $(printf '%s\n' "$@" | grep -q '^tests' || echo "${DEFAULT[@]}") \
+  || status=$?
 if ls "$report".* >/dev/null 2>&1; then
   cat "$report".*
   echo "sanitizer reports above" >&2

@@ -44,9 +44,15 @@ for dt, D, causal, mk, (lq, lk), gqa in itertools.product(
         outs = [(out, r, None)] + [(a, b, None) for a, b in zip(grads, rg)]
     else:
         tq, tk, tv = (t.detach().requires_grad_() for t in (q, k, v))
-        tm = mask.detach().requires_grad_() if mk == "float" else mask
-        to = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=tm, is_causal=causal, enable_gqa=gqa)
-        tg = torch.autograd.grad(to, [tq, tk, tv] + ([tm] if mk == "float" else []), do)
+        mask_leaf = mask.detach().requires_grad_() if mk == "float" else None
+        tm = mask_leaf if mk == "float" else mask
+        tcausal = causal
+        if causal and tm is not None:  # torch rejects attn_mask with is_causal: fold the triangle in
+            upper = torch.ones(lq, lk, dtype=torch.bool, device=dev).triu(1)
+            tm = tm & ~upper if tm.dtype == torch.bool else tm.masked_fill(upper, float("-inf"))
+            tcausal = False
+        to = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=tm, is_causal=tcausal, enable_gqa=gqa)
+        tg = torch.autograd.grad(to, [tq, tk, tv] + ([mask_leaf] if mk == "float" else []), do)
         ok = lambda a, b, c: (a.double() - b).abs().max() <= 2 * (c.double() - b).abs().max() + 1e-5
         outs = [(out, r, to)] + list(zip(grads, rg, tg))
     for name, (a, b, c) in zip(["out", "dq", "dk", "dv", "dmask"], outs):

@@ -113,7 +113,7 @@ def test_torch_compile_inductor_varlen():
     torch.testing.assert_close(out, f(q))
 
 
-def test_peak_memory_far_below_one_score_matrix():
+def test_peak_memory_far_below_one_score_matrix(tmp_path):
     """B=1, H=4, L=16384, D=64 causal forward + backward: one (L, L) float32 matrix is 1 GiB."""
     code = textwrap.dedent("""
         import resource, torch, pyfastattn
@@ -125,7 +125,8 @@ def test_peak_memory_far_below_one_score_matrix():
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print((after - before) * 1024)
     """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    # cwd away from the checkout: `-c` puts cwd first on sys.path, and the source tree has no _C
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     extra = int(res.stdout.strip().splitlines()[-1])
     # out, dout, dq, dk, dv and the dQ partials are ~16 MiB each; one (L, L) fp32 matrix is 1 GiB

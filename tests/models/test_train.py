@@ -145,7 +145,8 @@ def test_ddp_two_cpu_processes(tmp_path):
            "--master_port", str(port), "-m", "python_models.train", "transformer", "--backend", "torch",
            "--task", "reverse", "--max-len", "5", "--n-train", "128", "--n-test", "32", "--batch-size", "16",
            "--epochs", "1", "--no-progress", "--no-plots", "--device", "cpu", "--out", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    # cwd away from the checkout: `-m` puts cwd first on sys.path, and the source tree has no _C
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["environment"]["world_size"] == 2
