@@ -3,12 +3,12 @@
 # compute-sanitizer on small cases, benchmarks. $OUT (default ./gpu_check_out) gets summary.txt,
 # the benchmark JSON and logs.tar.gz (refreshed after every step, so a run cut short still
 # returns its logs). Budget: ~8 minutes on an H100.
-#   bench/gpu_check.sh            build from source with all cores (or install .carry/*.whl if present)
+#   bench/gpu_check.sh [OUTDIR]   build from source with all cores (or install .carry/*.whl if present)
 #   GPU_CHECK_SKIP_BENCH=1 ...    tests and sanitizer only; GPU_CHECK_SKIP_RACECHECK=1, GPU_CHECK_SKIP_FP32=1
 #   GPU_CHECK_FAMILIES="norm conv" GPU_CHECK_BENCH_TIMEOUT=s GPU_CHECK_PYTEST_TIMEOUT=s
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/gpu_check_out}
+OUT=${1:-${OUT:-$PWD/gpu_check_out}}
 LOGS=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
