@@ -36,6 +36,11 @@ def attention_cases(dev):
             out = f(q, k, v, attn_mask=bias, enable_gqa=True)
             out2 = f(q, k, v, is_causal=True, enable_gqa=True)
             (out.float().sum() + out2.float().sum()).backward()
+        lens = torch.tensor([0, 0, 1, 38, 38, 131], device=dev, dtype=torch.int32)  # lengths 0, 1, 37, 0, 93
+        tq = torch.randn(131, 4, 64, device=dev, dtype=dt, requires_grad=True)
+        tk = torch.randn(131, 2, 64, device=dev, dtype=dt, requires_grad=True)
+        tv = torch.randn(131, 2, 64, device=dev, dtype=dt, requires_grad=True)
+        pyfastattn.varlen_attention(tq, tk, tv, lens, lens, 93, 93, is_causal=True).float().sum().backward()
 
 
 def conv_cases(dev):
@@ -50,7 +55,11 @@ def conv_cases(dev):
         z = pyfastattn.hex_conv2d(x, wh)
         p = pyfastattn.hex_max_pool2d(z)
         a = pyfastattn.hex_avg_pool2d(z)
-        (y.float().sum() + p.float().sum() + a.float().sum()).backward()
+        nb = pyfastattn.hex.conv_neighbors(pyfastattn.hex.grid_cells(9, 11), radius=1).to(dev)
+        nb[::5, 2] = -1  # holes
+        wi = torch.randn(16, 8, nb.shape[1], device=dev, dtype=dt, requires_grad=True)
+        i = pyfastattn.indexed_conv(x.flatten(2), wi, nb)
+        (y.float().sum() + p.float().sum() + a.float().sum() + i.float().sum()).backward()
 
 
 FAMILIES = {"norm": norm_cases, "attention": attention_cases, "conv": conv_cases}
