@@ -26,12 +26,6 @@
 #include "attention/attention.h"
 #include "attention/attention_math.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(PFA_SANITIZE)
-#define PFA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
-#else
-#define PFA_CPU_CLONES
-#endif
-
 namespace pfa::attention {
 namespace {
 

@@ -12,6 +12,16 @@
 #define PFA_HD inline
 #endif
 
+// Hot CPU functions are compiled for AVX-512 (x86-64-v4), AVX2 (x86-64-v3) and baseline
+// x86-64, and the loader picks one (GCC function multiversioning); `flatten` inlines their
+// callees into each clone. Put it on functions called from inside OpenMP regions: the
+// outlined parallel body itself is compiled for the baseline only. Off under the sanitizers.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(PFA_SANITIZE)
+#define PFA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
+#else
+#define PFA_CPU_CLONES
+#endif
+
 namespace pfa {
 
 // Codes the Python layer passes for a tensor's dtype (see pyfastattn/_backend.py).

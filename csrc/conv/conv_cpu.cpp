@@ -131,12 +131,6 @@ __attribute__((always_inline)) inline void gemm_body(const Gemm<A>& g) {
   }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(PFA_SANITIZE)
-#define PFA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PFA_CPU_CLONES
-#endif
-
 PFA_CPU_CLONES void gemm_run(const Gemm<float>& g) { gemm_body(g); }
 PFA_CPU_CLONES void gemm_run(const Gemm<double>& g) { gemm_body(g); }
 

@@ -58,15 +58,15 @@ Welford<Acc<T>> row_welford(const T* x, int64_t n, Acc<T> shift) {
   return welford_merge(w, tail);
 }
 
+// Rows [r0, r1) of the forward.
 template <class T>
-void forward_typed(const ForwardParams& p) {
+inline void forward_rows(const ForwardParams& p, int64_t r0, int64_t r1) {
   using A = Acc<T>;
   const int64_t n = p.cols;
   const T* w = static_cast<const T*>(p.weight);
   const T* b = static_cast<const T*>(p.bias);
   const A eps = A(p.eps);
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < p.rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const T* xr = static_cast<const T*>(p.x) + p.x_rows.offset(r);
     T* yr = static_cast<T*>(p.y) + r * n;
     // add_layer_norm: s = x + residual rounded to T (as torch), stored, then normalized.
@@ -83,67 +83,115 @@ void forward_typed(const ForwardParams& p) {
     row_statistics(row_welford(src, n, shift), shift, eps, p.center, hi, lo, rstd);
     if (p.mean) static_cast<A*>(p.mean)[2 * r] = hi, static_cast<A*>(p.mean)[2 * r + 1] = lo;
     static_cast<A*>(p.rstd)[r] = rstd;
+    // y = ((s - hi) - lo) * rstd * w + b
+    if (w && b) {
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      const A wj = w ? ld(w, j) : A(1), bj = b ? ld(b, j) : A(0);
-      yr[j] = Storage<T>::store(normalize_affine(ld(src, j), hi, lo, rstd, wj, bj));
+      for (int64_t j = 0; j < n; ++j)
+        yr[j] = Storage<T>::store(normalize_affine(ld(src, j), hi, lo, rstd, ld(w, j), ld(b, j)));
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const A wj = w ? ld(w, j) : A(1), bj = b ? ld(b, j) : A(0);
+        yr[j] = Storage<T>::store(normalize_affine(ld(src, j), hi, lo, rstd, wj, bj));
+      }
     }
   }
+}
+
+// Stage 1 of the backward for chunk c: rows [c*rows/chunks, (c+1)*rows/chunks) and, when
+// dweight/dbias are wanted, the chunk's partial rows. g and xhat are n scratch values.
+template <class T>
+inline void backward_chunk(const BackwardParams& p, int64_t c, int64_t chunks, Acc<T>* g, Acc<T>* xhat) {
+  using A = Acc<T>;
+  const int64_t n = p.cols;
+  const T* w = static_cast<const T*>(p.weight);
+  const A* means = static_cast<const A*>(p.mean);
+  const A* rstds = static_cast<const A*>(p.rstd);
+  const A inv_n = A(1) / A(n);
+  const bool want_partials = p.dweight || p.dbias;
+  A* dwc = want_partials ? static_cast<A*>(p.partials) + c * n : nullptr;
+  A* dbc = want_partials ? static_cast<A*>(p.partials) + (chunks + c) * n : nullptr;
+  if (want_partials) std::fill(dwc, dwc + n, A(0)), std::fill(dbc, dbc + n, A(0));
+  const int64_t r0 = p.rows * c / chunks, r1 = p.rows * (c + 1) / chunks;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* dyr = static_cast<const T*>(p.dy) + p.dy_rows.offset(r);
+    const T* xr = static_cast<const T*>(p.x) + p.x_rows.offset(r);
+    const A hi = means ? means[2 * r] : A(0), lo = means ? means[2 * r + 1] : A(0), rstd = rstds[r];
+    // sum_g = sum(dy * w); sum_gx = sum(dy * w * xhat); partials += dy * xhat, dy
+    A sum_g = 0, sum_gx = 0;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+    for (int64_t j = 0; j < n; ++j) {
+      const A dyj = ld(dyr, j);
+      xhat[j] = normalized(ld(xr, j), hi, lo, rstd);
+      g[j] = dyj * (w ? ld(w, j) : A(1));
+      sum_g += g[j];
+      sum_gx += g[j] * xhat[j];
+      if (dwc) dwc[j] += dyj * xhat[j];
+      if (dbc) dbc[j] += dyj;
+    }
+    const A mean_g = sum_g * inv_n, mean_gx = sum_gx * inv_n;
+    T* dxr = static_cast<T*>(p.dx) + r * n;
+    const T* dsr = p.dsum ? static_cast<const T*>(p.dsum) + r * n : nullptr;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      A d = input_gradient(g[j], xhat[j], rstd, mean_g, mean_gx, p.center);
+      if (dsr) d += ld(dsr, j);
+      dxr[j] = Storage<T>::store(d);
+    }
+  }
+}
+
+// Per storage type, the row loops compiled for each instruction set; an overload on a
+// T* tag lets the templates below call them.
+#define PFA_NORM_CPU_KERNELS(T)                                                                 \
+  PFA_CPU_CLONES void forward_rows_##T(const ForwardParams& p, int64_t r0, int64_t r1) {       \
+    forward_rows<T>(p, r0, r1);                                                                \
+  }                                                                                             \
+  PFA_CPU_CLONES void backward_chunk_##T(const BackwardParams& p, int64_t c, int64_t chunks,   \
+                                         Acc<T>* g, Acc<T>* xhat) {                             \
+    backward_chunk<T>(p, c, chunks, g, xhat);                                                  \
+  }                                                                                             \
+  inline void forward_rows_any(const T*, const ForwardParams& p, int64_t r0, int64_t r1) {     \
+    forward_rows_##T(p, r0, r1);                                                               \
+  }                                                                                             \
+  inline void backward_chunk_any(const T*, const BackwardParams& p, int64_t c, int64_t chunks, \
+                                 Acc<T>* g, Acc<T>* xhat) {                                     \
+    backward_chunk_##T(p, c, chunks, g, xhat);                                                 \
+  }
+PFA_NORM_CPU_KERNELS(float)
+PFA_NORM_CPU_KERNELS(double)
+PFA_NORM_CPU_KERNELS(half_t)
+PFA_NORM_CPU_KERNELS(bfloat16_t)
+#undef PFA_NORM_CPU_KERNELS
+
+constexpr int64_t kRowsPerTask = 16;
+
+template <class T>
+void forward_typed(const ForwardParams& p) {
+  const int64_t tasks = (p.rows + kRowsPerTask - 1) / kRowsPerTask;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tasks; ++t)
+    forward_rows_any(static_cast<const T*>(nullptr), p, t * kRowsPerTask,
+                     std::min(p.rows, (t + 1) * kRowsPerTask));
 }
 
 template <class T>
 void backward_typed(const BackwardParams& p) {
   using A = Acc<T>;
   const int64_t n = p.cols;
-  const T* w = static_cast<const T*>(p.weight);
-  const A* means = static_cast<const A*>(p.mean);
-  const A* rstds = static_cast<const A*>(p.rstd);
   const bool want_partials = p.dweight || p.dbias;
   const int64_t chunks = want_partials ? p.partial_rows : std::max<int64_t>(1, std::min<int64_t>(p.rows, 256));
-  A* dw_part = want_partials ? static_cast<A*>(p.partials) : nullptr;
-  A* db_part = want_partials ? dw_part + chunks * n : nullptr;
-  const A inv_n = A(1) / A(n);
-
-  // Stage 1: chunk c owns rows [c*rows/chunks, (c+1)*rows/chunks) and its partial row.
 #pragma omp parallel
   {
     std::vector<A> g(n), xhat(n);
 #pragma omp for schedule(static)
-    for (int64_t c = 0; c < chunks; ++c) {
-      A* dwc = want_partials ? dw_part + c * n : nullptr;
-      A* dbc = want_partials ? db_part + c * n : nullptr;
-      if (want_partials) std::fill(dwc, dwc + n, A(0)), std::fill(dbc, dbc + n, A(0));
-      const int64_t r0 = p.rows * c / chunks, r1 = p.rows * (c + 1) / chunks;
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* dyr = static_cast<const T*>(p.dy) + p.dy_rows.offset(r);
-        const T* xr = static_cast<const T*>(p.x) + p.x_rows.offset(r);
-        const A hi = means ? means[2 * r] : A(0), lo = means ? means[2 * r + 1] : A(0), rstd = rstds[r];
-        // sum_g = sum(dy * w); sum_gx = sum(dy * w * xhat)
-        A sum_g = 0, sum_gx = 0;
-#pragma omp simd reduction(+ : sum_g, sum_gx)
-        for (int64_t j = 0; j < n; ++j) {
-          const A dyj = ld(dyr, j);
-          xhat[j] = normalized(ld(xr, j), hi, lo, rstd);
-          g[j] = dyj * (w ? ld(w, j) : A(1));
-          sum_g += g[j];
-          sum_gx += g[j] * xhat[j];
-          if (dwc) dwc[j] += dyj * xhat[j];
-          if (dbc) dbc[j] += dyj;
-        }
-        const A mean_g = sum_g * inv_n, mean_gx = sum_gx * inv_n;
-        T* dxr = static_cast<T*>(p.dx) + r * n;
-        const T* dsr = p.dsum ? static_cast<const T*>(p.dsum) + r * n : nullptr;
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) {
-          A d = input_gradient(g[j], xhat[j], rstd, mean_g, mean_gx, p.center);
-          if (dsr) d += ld(dsr, j);
-          dxr[j] = Storage<T>::store(d);
-        }
-      }
-    }
+    for (int64_t c = 0; c < chunks; ++c)
+      backward_chunk_any(static_cast<const T*>(nullptr), p, c, chunks, g.data(), xhat.data());
   }
   if (!want_partials) return;
   // Stage 2: dweight[j] = sum_c partial[c][j], always summed in chunk order.
+  const A* dw_part = static_cast<const A*>(p.partials);
+  const A* db_part = dw_part + chunks * n;
 #pragma omp parallel for schedule(static)
   for (int64_t j = 0; j < n; ++j) {
     A sw = 0, sb = 0;
