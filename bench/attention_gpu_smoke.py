@@ -51,7 +51,12 @@ for dt, D, causal, mk, (lq, lk), gqa in itertools.product(
             upper = torch.ones(lq, lk, dtype=torch.bool, device=dev).triu(1)
             tm = tm & ~upper if tm.dtype == torch.bool else tm.masked_fill(upper, float("-inf"))
             tcausal = False
-        to = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=tm, is_causal=tcausal, enable_gqa=gqa)
+        # torch's own op in this dtype: with GQA, on K/V expanded to Hq heads (torch picks its
+        # math backend for enable_gqa with a float mask; expanded, the same fused backends as
+        # without GQA, whose rounding is that of a FlashAttention-style kernel)
+        g = Hq // Hkv
+        to = torch.nn.functional.scaled_dot_product_attention(
+            tq, tk.repeat_interleave(g, 1), tv.repeat_interleave(g, 1), attn_mask=tm, is_causal=tcausal)
         tg = torch.autograd.grad(to, [tq, tk, tv] + ([mask_leaf] if mk == "float" else []), do)
         ok = lambda a, b, c: (a.double() - b).abs().max() <= 2 * (c.double() - b).abs().max() + 1e-5
         outs = [(out, r, to)] + list(zip(grads, rg, tg))

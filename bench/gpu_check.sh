@@ -5,7 +5,8 @@
 # returns its logs). Budget: ~8 minutes on an H100.
 #   bench/gpu_check.sh [OUTDIR]   build from source with all cores (or install .carry/*.whl if present)
 #   GPU_CHECK_SKIP_BENCH=1 ...    tests and sanitizer only; GPU_CHECK_SKIP_RACECHECK=1, GPU_CHECK_SKIP_FP32=1
-#   GPU_CHECK_FAMILIES="norm conv" GPU_CHECK_BENCH_TIMEOUT=s GPU_CHECK_PYTEST_TIMEOUT=s
+#   GPU_CHECK_FAMILIES="norm conv"  only these families' tests, checks, sanitizer cases and benchmarks
+#   GPU_CHECK_BENCH_TIMEOUT=s GPU_CHECK_PYTEST_TIMEOUT=s GPU_CHECK_SMOKE_TIMEOUT=s
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-$PWD/gpu_check_out}}
@@ -18,6 +19,8 @@ log() {
   tar czf "$OUT/logs.tar.gz" -C "$LOGS" . 2>/dev/null
 }
 PY=${PYTHON:-python3}
+FAMILIES=${GPU_CHECK_FAMILIES:-norm attention conv}
+has() { [[ " $FAMILIES " == *" $1 "* ]]; }
 
 log "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$OUT/summary.txt"
@@ -37,28 +40,33 @@ cd - >/dev/null
 
 # 2. CUDA tests (and the CPU ones that touch the same code paths)
 # -P: do not put the source tree on sys.path (it has no compiled module)
-timeout ${GPU_CHECK_PYTEST_TIMEOUT:-200} $PY -P -m pytest -q -m cuda --rootdir=. -p no:cacheprovider tests --maxfail=40 \
+timeout ${GPU_CHECK_PYTEST_TIMEOUT:-200} $PY -P -m pytest -q -m cuda --rootdir=. -p no:cacheprovider \
+  $(for f in $FAMILIES; do echo tests/$f; done) --maxfail=40 \
   > "$LOGS/pytest_cuda.log" 2>&1
 log "pytest -m cuda rc=$? :: $(tail -1 "$LOGS/pytest_cuda.log")"
 
 # 2b. standalone GPU checks per family (every kernel path, determinism)
 cd /tmp
-timeout 75 $PY "$OLDPWD/bench/attention_gpu_smoke.py" > "$LOGS/attention_smoke.log" 2>&1
-log "attention smoke rc=$? :: $(tail -1 "$LOGS/attention_smoke.log")"
-timeout 60 $PY "$OLDPWD/bench/conv_gpu_paths.py" > "$LOGS/conv_paths.log" 2>&1
-log "conv paths rc=$? :: $(tail -1 "$LOGS/conv_paths.log")"
+if has attention; then
+  timeout ${GPU_CHECK_SMOKE_TIMEOUT:-150} $PY "$OLDPWD/bench/attention_gpu_smoke.py" > "$LOGS/attention_smoke.log" 2>&1
+  log "attention smoke rc=$? :: $(tail -1 "$LOGS/attention_smoke.log")"
+fi
+if has conv; then
+  timeout 60 $PY "$OLDPWD/bench/conv_gpu_paths.py" > "$LOGS/conv_paths.log" 2>&1
+  log "conv paths rc=$? :: $(tail -1 "$LOGS/conv_paths.log")"
+fi
 cd - >/dev/null
 
 # 3. compute-sanitizer memcheck on every CUDA op (small cases)
 SAN=$(command -v compute-sanitizer || true)
 if [ -n "$SAN" ]; then
-  timeout 80 "$SAN" --tool memcheck --error-exitcode 9 $PY bench/sanitize_cases.py all > "$LOGS/memcheck.log" 2>&1
+  timeout 80 "$SAN" --tool memcheck --error-exitcode 9 $PY bench/sanitize_cases.py $FAMILIES > "$LOGS/memcheck.log" 2>&1
   log "memcheck rc=$? :: $(grep -E 'ERROR SUMMARY' "$LOGS/memcheck.log" | tail -1)"
 fi
 
 # 4. benchmarks (bf16), then racecheck on attention and conv, then fp32 benchmarks
 bench() {
-  (cd /tmp && timeout "$2" $PY -m pyfastattn bench ${GPU_CHECK_FAMILIES:-} --device cuda --dtype "$1" \
+  (cd /tmp && timeout "$2" $PY -m pyfastattn bench $FAMILIES --device cuda --dtype "$1" \
      --json "$OUT/bench_$1.json" > "$LOGS/bench_$1.txt" 2>&1)
   log "bench $1 rc=$?"
 }

@@ -88,6 +88,25 @@ __device__ __forceinline__ void store_dmask(const BackwardParams& bp, int b, int
     static_cast<T*>(bp.dmask)[off] = from_f32<T>(ds);
 }
 
+// dMask(b, h, i, j) and (b, h, i, j + 1) for an even j: one 8- or 4-byte store when `pairs`
+// (the rows start at even elements), else element stores; nothing past the sequence.
+template <class T>
+__device__ __forceinline__ void store_dmask_pair(const BackwardParams& bp, int b, int h, int i, int j, const Seq& s,
+                                                 float ds0, float ds1, bool pairs) {
+  if (i >= s.lq || j >= s.lk) return;
+  if (pairs && j + 1 < s.lk) {
+    const int64_t off = int64_t(b) * bp.dmask_stride_b + int64_t(h) * bp.dmask_stride_h +
+                        int64_t(i) * bp.dmask_stride_q + j;
+    if (bp.dmask_f32)
+      *reinterpret_cast<float2*>(static_cast<float*>(bp.dmask) + off) = make_float2(ds0, ds1);
+    else
+      *reinterpret_cast<uint32_t*>(static_cast<T*>(bp.dmask) + off) = mma::pack2<T>(ds0, ds1);
+    return;
+  }
+  store_dmask<T>(bp, b, h, i, j, ds0);
+  if (j + 1 < s.lk) store_dmask<T>(bp, b, h, i, j + 1, ds1);
+}
+
 // Query blocks run last first: under causal masking the last rows see the most keys, so the
 // longest blocks start first and the short ones fill the tail of the grid.
 __device__ __forceinline__ int query_block() { return int(gridDim.x - 1 - blockIdx.x); }
@@ -102,6 +121,132 @@ __device__ __forceinline__ float quad_sum(float x) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Scores of a warp's fragment tile (tensor-core kernels). Element (mt, j, e) of a tile
+// sc[MT][NJ][4] sits in row slot r = 2 mt + (e >> 1) (tile row 16 mt + g + 8 (e >> 1)) and
+// column 8 j + 2 t + (e & 1), g = lane / 4, t = lane % 4. Turning q.k into log2-unit scores
+// is branch-free per element; what varies per tile is decided once per tile:
+//   interior tile: s2 = q.k * scale log2 e, nothing can be masked;
+//   bounded tile:  s2 = masked unless lo[r] <= col < hi[r] (sequence ends, causal diagonal);
+//   masked kernel: the bool/float mask is read from a shared-memory tile as well.
+
+// A (queries x keys) tile of the mask in shared memory: element (q, k) at byte
+// q * pitch + k * es (es = 1 for bool, sizeof(T) for a float mask). The pitch is the row plus
+// 16 bytes, which keeps rows 16-byte aligned for cp.async and spreads the fragment rows of one
+// 4-byte read over distinct banks.
+template <int MK>
+__host__ __device__ constexpr int mask_pitch() {
+  return 2 * MK + 16;
+}
+template <int MQ, int MK>
+__host__ __device__ constexpr int mask_tile_bytes() {
+  return MQ * mask_pitch<MK>();
+}
+
+// The mask's bytes per element.
+template <class T>
+__device__ __forceinline__ int mask_elem_bytes(const ForwardParams& p) {
+  return p.mask_kind == MaskKind::Bool ? 1 : int(sizeof(T));
+}
+
+// Loads mask rows [q0, q0 + MQ) x columns [k0, k0 + MK) of (b, h) into a mask tile. `vec`
+// (host-checked: contiguous keys, 16-byte aligned rows) uses 16-byte cp.async (the caller
+// commits and waits), else element copies. Entries outside the sequence are zero; the row
+// ranges mask them.
+template <class T, int MQ, int MK>
+__device__ __forceinline__ void load_mask_tile(unsigned char* s, const ForwardParams& p, int b, int h,
+                                               const Seq& sq, int q0, int k0, bool vec) {
+  constexpr int pitch = mask_pitch<MK>();
+  const int es = mask_elem_bytes<T>(p), per_chunk = 16 / es, chunks = MK / per_chunk;
+  const unsigned char* base = static_cast<const unsigned char*>(p.mask);
+  for (int idx = threadIdx.x; idx < MQ * chunks; idx += kThreads) {
+    const int r = idx / chunks, c = (idx % chunks) * per_chunk;
+    const int qi = q0 + r, kj = k0 + c;
+    const int n = qi < sq.lq ? min(per_chunk, max(0, sq.lk - kj)) : 0;
+    const int64_t off = int64_t(b) * p.mask_stride_b + int64_t(h) * p.mask_stride_h +
+                        int64_t(qi) * p.mask_stride_q + int64_t(kj) * p.mask_stride_k;
+    unsigned char* dst = s + r * pitch + c * es;
+    if (vec) {
+      mma::cp_async16(dst, n > 0 ? static_cast<const void*>(base + off * es) : p.mask, n * es);
+    } else if (es == 1) {
+      for (int e = 0; e < per_chunk; ++e) dst[e] = e < n ? base[off + e * p.mask_stride_k] : 0;
+    } else {
+      const uint16_t* src = reinterpret_cast<const uint16_t*>(base) + off;
+      for (int e = 0; e < per_chunk; ++e)
+        reinterpret_cast<uint16_t*>(dst)[e] = e < n ? src[e * p.mask_stride_k] : uint16_t(0);
+    }
+  }
+}
+
+// Host: can load_mask_tile use 16-byte cp.async for this mask?
+bool mask_rows_aligned(const ForwardParams& p, int es) {
+  const int64_t per_chunk = 16 / es;
+  return p.mask_kind != MaskKind::None && reinterpret_cast<uintptr_t>(p.mask) % 16 == 0 &&
+         p.mask_stride_k == 1 && p.mask_stride_b % per_chunk == 0 && p.mask_stride_h % per_chunk == 0 &&
+         p.mask_stride_q % per_chunk == 0;
+}
+
+// Keys [0, end) that query i (sequence-relative) sees: all of them, or j <= i under causal
+// masking (causal_visible); none for a row past the end of the queries.
+__device__ __forceinline__ int query_key_end(const ForwardParams& p, const Seq& s, int i) {
+  return i >= s.lq ? 0 : p.causal ? min(s.lk, i + 1) : s.lk;
+}
+
+// Interior tile: s2 = q.k * scale log2 e.
+template <int MT, int NJ>
+__device__ __forceinline__ void scale_scores(float (&sc)[MT][NJ][4], float scale_log2) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[mt][j][e] *= scale_log2;
+}
+
+// Bounded or masked tile: s2 = score_log2(q.k, bias) where lo[r] <= col0 + col < hi[r] and the
+// mask lets the pair take part, else kMaskedScore. `mask` is the mask tile, `row0` the warp's
+// first tile row (KEYS_ARE_ROWS: tile rows are keys and columns queries, so the mask tile is
+// read transposed). KIND: None, Bool or Float (bias).
+template <class T, MaskKind KIND, bool KEYS_ARE_ROWS, int MT, int NJ>
+__device__ __forceinline__ void bound_scores_of(float (&sc)[MT][NJ][4], float scale_log2, const int (&lo)[2 * MT],
+                                                const int (&hi)[2 * MT], int col0, const unsigned char* mask,
+                                                int row0) {
+  constexpr int MK = KEYS_ARE_ROWS ? 64 : NJ * 8;  // keys per mask-tile row
+  constexpr int pitch = mask_pitch<MK>(), es = KIND == MaskKind::Bool ? 1 : int(sizeof(T));
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = 2 * mt + (e >> 1), c = 8 * j + 2 * t + (e & 1);
+        float x = sc[mt][j][e] * scale_log2;
+        if constexpr (KIND != MaskKind::None) {
+          const int row = row0 + 16 * mt + g + 8 * (e >> 1);
+          const unsigned char* m = KEYS_ARE_ROWS ? mask + c * pitch + row * es : mask + row * pitch + c * es;
+          if constexpr (KIND == MaskKind::Bool)
+            x = *m ? x : masked_score<float>();
+          else
+            x = score_log2(sc[mt][j][e], scale_log2, to_f32(*reinterpret_cast<const T*>(m)));
+        }
+        const int col = col0 + c;
+        sc[mt][j][e] = (col >= lo[r] && col < hi[r]) ? x : masked_score<float>();
+      }
+}
+
+template <class T, bool MASKED, bool KEYS_ARE_ROWS, int MT, int NJ>
+__device__ __forceinline__ void bound_scores(float (&sc)[MT][NJ][4], float scale_log2, const int (&lo)[2 * MT],
+                                             const int (&hi)[2 * MT], int col0, MaskKind kind,
+                                             const unsigned char* mask, int row0) {
+  if (!MASKED)
+    bound_scores_of<T, MaskKind::None, KEYS_ARE_ROWS>(sc, scale_log2, lo, hi, col0, mask, row0);
+  else if (kind == MaskKind::Bool)
+    bound_scores_of<T, MaskKind::Bool, KEYS_ARE_ROWS>(sc, scale_log2, lo, hi, col0, mask, row0);
+  else
+    bound_scores_of<T, MaskKind::Float, KEYS_ARE_ROWS>(sc, scale_log2, lo, hi, col0, mask, row0);
+}
+
+// ---------------------------------------------------------------------------------------
 // fp16 / bf16 tensor-core kernels. D: padded head dim (32, 64, 96, 128, 256); columns past
 // head_dim are zero-filled on load and never stored. `aligned`: every operand's base and
 // row strides are 16-byte aligned (cp.async and vector stores), otherwise scalar copies.
@@ -110,13 +255,14 @@ __device__ __forceinline__ float quad_sum(float x) {
 // which reuse every K/V fragment MT times. Per tile of BK keys, for each row:
 //   S = Q K^T; s2 = score_at(S); m_new = max(m, rowmax s2); P = exp2(s2 - m_new);
 //   l = l alpha + rowsum P; O = O alpha + P V   (alpha = exp2(m - m_new))
-template <class T, int D, int MT, int BK>
-__global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool aligned) {
-  constexpr int WR = 16 * MT, BQ = 4 * WR, LD = mma::padded_ld<D>();
+template <class T, int D, int MT, int BK, bool MASKED>
+__global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool aligned, bool mask_vec) {
+  constexpr int WR = 16 * MT, BQ = 4 * WR, LD = mma::padded_ld<D>(), kMaskBytes = mask_tile_bytes<BQ, BK>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* qs = reinterpret_cast<T*>(smem_raw);
   T* ks = qs + BQ * LD;      // [2][BK][LD]
   T* vs = ks + 2 * BK * LD;  // [2][BK][LD]
+  unsigned char* ms = reinterpret_cast<unsigned char*>(vs + 2 * BK * LD);  // [2][kMaskBytes] if MASKED
 
   const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * BQ;
   const Seq s = sequence_of(p, b);
@@ -133,6 +279,7 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
                                        s.lk - kb * BK, p.head_dim, aligned, p.k.ptr);
     mma::load_tile<T, BK, D, kThreads>(vs + (kb & 1) * BK * LD, vg + r0 * p.v.stride_l, p.v.stride_l,
                                        s.lk - kb * BK, p.head_dim, aligned, p.v.ptr);
+    if constexpr (MASKED) load_mask_tile<T, BQ, BK>(ms + (kb & 1) * kMaskBytes, p, b, h, s, q0, kb * BK, mask_vec);
   };
   mma::load_tile<T, BQ, D, kThreads>(qs, qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned, p.q.ptr);
   if (nkb > 0) load_kv(0);
@@ -160,7 +307,17 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
     float sc[MT][BK / 8][4] = {};
     mma::warp_mma_abt<T, MT, BK, D, LD>(sc, qw, kt);
 
-    const bool edge = p.mask_kind != MaskKind::None || k0 + BK > s.lk || (p.causal && k0 + BK - 1 > wrow);
+    // A bounded tile crosses the end of the keys or this warp's causal diagonal.
+    const bool bounded = k0 + BK > s.lk || (p.causal && k0 + BK - 1 > wrow);
+    if (MASKED || bounded) {
+      int lo[2 * MT], hi[2 * MT];
+#pragma unroll
+      for (int r = 0; r < 2 * MT; ++r) lo[r] = 0, hi[r] = query_key_end(p, s, row + 8 * r);
+      bound_scores<T, MASKED, false>(sc, scale_log2, lo, hi, k0, p.mask_kind, ms + (kb & 1) * kMaskBytes,
+                                     warp * WR);
+    } else {
+      scale_scores(sc, scale_log2);
+    }
     float tmax[2 * MT], m_new[2 * MT], tsum[2 * MT];
 #pragma unroll
     for (int r = 0; r < 2 * MT; ++r) {
@@ -172,14 +329,7 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
 #pragma unroll
       for (int j = 0; j < BK / 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = 2 * mt + (e >> 1);
-          const float x = edge ? score_at<T>(p, sc[mt][j][e], scale_log2, b, h, row + 8 * r,
-                                             k0 + 8 * j + 2 * t + (e & 1), s)
-                               : sc[mt][j][e] * scale_log2;
-          sc[mt][j][e] = x;
-          tmax[r] = fmaxf(tmax[r], x);
-        }
+        for (int e = 0; e < 4; ++e) tmax[2 * mt + (e >> 1)] = fmaxf(tmax[2 * mt + (e >> 1)], sc[mt][j][e]);
 #pragma unroll
     for (int r = 0; r < 2 * MT; ++r) m_new[r] = softmax_new_max(st[r], quad_max(tmax[r]));
 #pragma unroll
@@ -189,7 +339,7 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = 2 * mt + (e >> 1);
-          sc[mt][j][e] = masked_exp2(sc[mt][j][e], m_new[r]);
+          sc[mt][j][e] = masked_exp2(sc[mt][j][e], m_new[r], mma::Exp2Approx{});
           tsum[r] += sc[mt][j][e];
         }
 #pragma unroll
@@ -230,9 +380,9 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
 //   dP^T = V dO^T;  dS^T = P^T (dP^T - delta);  dK += dS^T Q;   dK *= scale at the end.
 // DK / DV select the accumulators (head dim 256 runs the pass twice, one each, to fit
 // registers).
-template <class T, int D, int BQ, bool DK, bool DV>
-__global__ void __launch_bounds__(kThreads) bwd_dkdv_mma(const BackwardParams bp, bool aligned) {
-  constexpr int BKEY = 64, LD = mma::padded_ld<D>();
+template <class T, int D, int BQ, bool DK, bool DV, bool MASKED>
+__global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams bp, bool aligned, bool mask_vec) {
+  constexpr int BKEY = 64, LD = mma::padded_ld<D>(), kMaskBytes = mask_tile_bytes<BQ, BKEY>();
   const ForwardParams& p = bp.fwd;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* kst = reinterpret_cast<T*>(smem_raw);
@@ -241,6 +391,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_mma(const BackwardParams bp
   T* dos = qs + 2 * BQ * LD;    // [2][BQ][LD]
   float* lse_s = reinterpret_cast<float*>(dos + 2 * BQ * LD);  // [2][BQ], log2 units
   float* dl_s = lse_s + 2 * BQ;                                // [2][BQ]
+  unsigned char* ms = reinterpret_cast<unsigned char*>(dl_s + 2 * BQ);  // [2][kMaskBytes] if MASKED
 
   const int b = blockIdx.z, hout = blockIdx.y, k0 = blockIdx.x * BKEY;
   const Seq s = sequence_of(p, b);
@@ -269,6 +420,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_mma(const BackwardParams bp
         dos + buf * BQ * LD,
         static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, hq, s.q_tok + q0),
         bp.dout.stride_l, s.lq - q0, p.head_dim, aligned, bp.dout.ptr);
+    if constexpr (MASKED) load_mask_tile<T, BQ, BKEY>(ms + buf * kMaskBytes, p, b, hq, s, q0, k0, mask_vec);
     for (int i = threadIdx.x; i < BQ; i += kThreads) {
       const bool ok = q0 + i < s.lq;  // rows past the end are masked by score_at
       const int64_t idx = ok ? stat_index(p, s, b, hq, q0 + i) : 0;
@@ -290,7 +442,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_mma(const BackwardParams bp
     mma::cp_async_commit();
     mma::cp_async_wait<1>();
     __syncthreads();
-    const int hq = h_first + it / tiles, q0 = (qb0 + it % tiles) * BQ, buf = it & 1;
+    const int q0 = (qb0 + it % tiles) * BQ, buf = it & 1;
     if (p.causal && q0 + BQ - 1 < wkey) continue;  // every query precedes this warp's keys
     const T* qt = qs + buf * BQ * LD;
     const T* dot = dos + buf * BQ * LD;
@@ -299,17 +451,25 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_mma(const BackwardParams bp
 
     float sc[1][BQ / 8][4] = {};
     mma::warp_mma_abt<T, 1, BQ, D, LD>(sc, kst + warp * 16 * LD, qt);
-    const bool edge = p.mask_kind != MaskKind::None || q0 + BQ > s.lq || wkey + 16 > s.lk ||
-                      (p.causal && q0 < wkey + 15);
+    // A bounded tile crosses the end of the queries or keys, or this warp's causal diagonal.
+    const bool bounded = q0 + BQ > s.lq || wkey + 16 > s.lk || (p.causal && q0 < wkey + 15);
+    if (MASKED || bounded) {
+      // key j is seen by queries [j or 0, lq) (causal: i >= j); by none past lk
+      int lo[2], hi[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int j = key + 8 * r;
+        lo[r] = p.causal ? j : 0;
+        hi[r] = j < s.lk ? s.lq : 0;
+      }
+      bound_scores<T, MASKED, true>(sc, scale_log2, lo, hi, q0, p.mask_kind, ms + buf * kMaskBytes, warp * 16);
+    } else {
+      scale_scores(sc, scale_log2);
+    }
 #pragma unroll
     for (int j = 0; j < BQ / 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int c = 8 * j + 2 * t + (e & 1);
-        const float x = edge ? score_at<T>(p, sc[0][j][e], scale_log2, b, hq, q0 + c, key + 8 * (e >> 1), s)
-                             : sc[0][j][e] * scale_log2;
-        sc[0][j][e] = masked_exp2(x, lt[c]);
-      }
+      for (int e = 0; e < 4; ++e) sc[0][j][e] = masked_exp2(sc[0][j][e], lt[8 * j + 2 * t + (e & 1)], mma::Exp2Approx{});
     if (DV) mma::warp_mma_rb<T, 1, D, BQ, LD>(dv, sc, dot);
     if (DK) {
       float dp[1][BQ / 8][4] = {};
@@ -342,21 +502,24 @@ __global__ void __launch_bounds__(kThreads) bwd_dkdv_mma(const BackwardParams bp
 //   P = exp2(score(Q K^T) - lse2); dP = dO V^T; dS = P (dP - delta); dQ += dS K; dMask = dS.
 // dQ *= scale at the end. With dMask every key tile is visited (masked pairs give dS = 0),
 // so the whole (Lq, Lk) gradient is written.
-template <class T, int D, int BK>
-__global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams bp, bool aligned) {
-  constexpr int BQ = 64, LD = mma::padded_ld<D>();
+template <class T, int D, int BK, bool MASKED>
+__global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams bp, bool aligned, bool mask_vec) {
+  constexpr int BQ = 64, LD = mma::padded_ld<D>(), kMaskBytes = mask_tile_bytes<BQ, BK>();
   const ForwardParams& p = bp.fwd;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* qs = reinterpret_cast<T*>(smem_raw);
   T* dos = qs + BQ * LD;
   T* ks = dos + BQ * LD;     // [2][BK][LD]
   T* vs = ks + 2 * BK * LD;  // [2][BK][LD]
+  unsigned char* ms = reinterpret_cast<unsigned char*>(vs + 2 * BK * LD);  // [2][kMaskBytes] if MASKED
 
   const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * BQ;
   const Seq s = sequence_of(p, b);
   if (q0 >= s.lq) return;
   const int hk = h / (p.heads_q / p.heads_kv);
-  const bool full = bp.dmask != nullptr;
+  const bool full = MASKED && bp.dmask != nullptr;
+  const bool dmask_pairs = ((bp.dmask_stride_b | bp.dmask_stride_h | bp.dmask_stride_q) & 1) == 0 &&
+                           reinterpret_cast<uintptr_t>(bp.dmask) % (bp.dmask_f32 ? 8 : 4) == 0;
   const int kv_end = (p.causal && !full) ? min(s.lk, min(q0 + BQ, s.lq)) : s.lk;
   const int nkb = (kv_end + BK - 1) / BK;
   const T* kg = static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok);
@@ -367,6 +530,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
                                        s.lk - kb * BK, p.head_dim, aligned, p.k.ptr);
     mma::load_tile<T, BK, D, kThreads>(vs + (kb & 1) * BK * LD, vg + r0 * p.v.stride_l, p.v.stride_l,
                                        s.lk - kb * BK, p.head_dim, aligned, p.v.ptr);
+    if constexpr (MASKED) load_mask_tile<T, BQ, BK>(ms + (kb & 1) * kMaskBytes, p, b, h, s, q0, kb * BK, mask_vec);
   };
   mma::load_tile<T, BQ, D, kThreads>(
       qs, static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, h, s.q_tok + q0), p.q.stride_l,
@@ -403,16 +567,29 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
     float sc[1][BK / 8][4] = {}, dp[1][BK / 8][4] = {};
     mma::warp_mma_abt<T, 1, BK, D, LD>(sc, qs + warp * 16 * LD, kt);
     mma::warp_mma_abt<T, 1, BK, D, LD>(dp, dos + warp * 16 * LD, vt);
-    const bool edge = p.mask_kind != MaskKind::None || k0 + BK > s.lk || (p.causal && k0 + BK - 1 > wrow);
+    // A bounded tile crosses the end of the keys or this warp's causal diagonal.
+    const bool bounded = k0 + BK > s.lk || (p.causal && k0 + BK - 1 > wrow);
+    if (MASKED || bounded) {
+      int lo[2], hi[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) lo[r] = 0, hi[r] = query_key_end(p, s, row + 8 * r);
+      bound_scores<T, MASKED, false>(sc, scale_log2, lo, hi, k0, p.mask_kind, ms + (kb & 1) * kMaskBytes, warp * 16);
+    } else {
+      scale_scores(sc, scale_log2);
+    }
 #pragma unroll
     for (int j = 0; j < BK / 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = row + 8 * (e >> 1), kj = k0 + 8 * j + 2 * t + (e & 1);
-        const float x = edge ? score_at<T>(p, sc[0][j][e], scale_log2, b, h, i, kj, s) : sc[0][j][e] * scale_log2;
-        dp[0][j][e] = softmax_grad(masked_exp2(x, lse2[e >> 1]), dp[0][j][e], dl[e >> 1]);
-        if (full && i < s.lq && kj < s.lk) store_dmask<T>(bp, b, h, i, kj, dp[0][j][e]);
-      }
+      for (int e = 0; e < 4; ++e)
+        dp[0][j][e] = softmax_grad(masked_exp2(sc[0][j][e], lse2[e >> 1], mma::Exp2Approx{}), dp[0][j][e], dl[e >> 1]);
+    if (full) {
+#pragma unroll
+      for (int j = 0; j < BK / 8; ++j)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr)
+          store_dmask_pair<T>(bp, b, h, row + 8 * hr, k0 + 8 * j + 2 * t, s, dp[0][j][2 * hr], dp[0][j][2 * hr + 1],
+                              dmask_pairs);
+    }
     mma::warp_mma_rb<T, 1, D, BK, LD>(dq, dp, kt);
   }
   mma::cp_async_wait<0>();
@@ -768,13 +945,18 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
     } else {
       const bool aligned = rows_aligned(p.q, varlen) && rows_aligned(p.k, varlen) &&
                            rows_aligned(p.v, varlen) && rows_aligned(p.out, varlen);
+      const bool mask_vec = mask_rows_aligned(p, p.mask_kind == MaskKind::Bool ? 1 : int(sizeof(T)));
       with_mma_dim(p.head_dim, [&](auto dc) {
         // 128-row Q tiles (two m-tiles per warp) halve the K/V shared-memory reads per row;
         // D = 256 keeps one m-tile so its 16 x 256 output accumulator fits in registers.
         constexpr int D = decltype(dc)::value, MT = D <= 128 ? 2 : 1, BK = D <= 64 ? 64 : 32;
+        const dim3 grid = grid_for(p.len_q, 64 * MT, p.heads_q, p.batch);
         const size_t smem = size_t(64 * MT + 4 * BK) * mma::padded_ld<D>() * sizeof(T);
-        launch(fwd_mma<T, D, MT, BK>, grid_for(p.len_q, 64 * MT, p.heads_q, p.batch), smem, stream, p,
-               aligned);
+        if (p.mask_kind == MaskKind::None)
+          launch(fwd_mma<T, D, MT, BK, false>, grid, smem, stream, p, aligned, false);
+        else
+          launch(fwd_mma<T, D, MT, BK, true>, grid, smem + 2 * mask_tile_bytes<64 * MT, BK>(), stream, p, aligned,
+                 mask_vec);
       });
     }
   });
@@ -804,21 +986,31 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
       const bool aligned = rows_aligned(p.q, varlen) && rows_aligned(p.k, varlen) && rows_aligned(p.v, varlen) &&
                            rows_aligned(bp.dout, varlen) && rows_aligned(bp.dq, varlen) &&
                            rows_aligned(bp.dk, varlen) && rows_aligned(bp.dv, varlen);
+      const bool mask_vec = mask_rows_aligned(p, p.mask_kind == MaskKind::Bool ? 1 : int(sizeof(T)));
       with_mma_dim(p.head_dim, [&](auto dc) {
         constexpr int D = decltype(dc)::value, LD = mma::padded_ld<D>();
         // Rows of the streamed tiles (Q/dO in the key pass, K/V in the query pass): 32 for
         // D >= 96 keeps the registers spill-free and D = 128 within 100 KB of shared memory.
         constexpr int BS = D <= 64 ? 64 : 32;
-        const size_t kv_smem = size_t(2 * 64 + 4 * BS) * LD * sizeof(T) + 4 * BS * sizeof(float);
-        const dim3 kv_grid = grid_for(p.len_k, 64, bp.dkv_heads, p.batch);
-        if constexpr (D == 256) {  // dK and dV accumulators do not both fit in registers
-          launch(bwd_dkdv_mma<T, D, BS, false, true>, kv_grid, kv_smem, stream, bp, aligned);
-          launch(bwd_dkdv_mma<T, D, BS, true, false>, kv_grid, kv_smem, stream, bp, aligned);
-        } else {
-          launch(bwd_dkdv_mma<T, D, BS, true, true>, kv_grid, kv_smem, stream, bp, aligned);
-        }
-        const size_t q_smem = size_t(2 * 64 + 4 * BS) * LD * sizeof(T);
-        launch(bwd_dq_mma<T, D, BS>, grid_for(p.len_q, 64, p.heads_q, p.batch), q_smem, stream, bp, aligned);
+        auto run = [&](auto masked) {
+          constexpr bool M = decltype(masked)::value;
+          const size_t kv_smem = size_t(2 * 64 + 4 * BS) * LD * sizeof(T) + 4 * BS * sizeof(float) +
+                                 (M ? 2 * mask_tile_bytes<BS, 64>() : 0);
+          const dim3 kv_grid = grid_for(p.len_k, 64, bp.dkv_heads, p.batch);
+          if constexpr (D == 256) {  // dK and dV accumulators do not both fit in registers
+            launch(bwd_dkdv_mma<T, D, BS, false, true, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
+            launch(bwd_dkdv_mma<T, D, BS, true, false, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
+          } else {
+            launch(bwd_dkdv_mma<T, D, BS, true, true, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
+          }
+          const size_t q_smem = size_t(2 * 64 + 4 * BS) * LD * sizeof(T) + (M ? 2 * mask_tile_bytes<64, BS>() : 0);
+          launch(bwd_dq_mma<T, D, BS, M>, grid_for(p.len_q, 64, p.heads_q, p.batch), q_smem, stream, bp, aligned,
+                 mask_vec);
+        };
+        if (p.mask_kind == MaskKind::None)
+          run(std::false_type{});
+        else
+          run(std::true_type{});
       });
     }
   });

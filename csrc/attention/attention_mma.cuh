@@ -75,6 +75,16 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const ui
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x by the special-function unit (ex2.approx.ftz: about 2 ulp, denormal results flush to 0);
+// passed to attention_math.h's masked_exp2 by the tensor-core kernels.
+struct Exp2Approx {
+  __device__ __forceinline__ float operator()(float x) const {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+  }
+};
+
 // Two floats -> one register of two T, the lower column in the low half (fragment order).
 template <class T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi);
