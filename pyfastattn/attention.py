@@ -129,9 +129,11 @@ def _attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(kv_shape, dtype=k.dtype, device=q.device)
     dv = torch.empty(kv_shape, dtype=v.dtype, device=q.device)
-    # float16/bfloat16: dS in float32, rounded once after the broadcast reduction
+    # float16/bfloat16 with a broadcast mask: dS in float32, rounded once after the broadcast
+    # reduction; a full (B, Hq, Lq, Lk) mask gets dS in its own dtype (no extra pass over it).
     half = q.dtype in (torch.float16, torch.bfloat16)
-    dmask_dtype = torch.float32 if half else q.dtype
+    reduce_dims = [] if mask is None else [i for i in range(4) if mask.shape[i] == 1 and (batch, hq, lq, lk)[i] != 1]
+    dmask_dtype = torch.float32 if half and reduce_dims else q.dtype
     if need_dmask:
         # The CPU kernel skips causal blocks above the diagonal: start from zeros there.
         alloc = torch.zeros if is_causal and not cuda else torch.empty
@@ -156,8 +158,8 @@ def _attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
                        B.stream_of(q))
     if need_dmask:
         # Sum over the mask's broadcast dims (deterministic torch reduction), round once.
-        dims = [i for i in range(4) if mask.shape[i] == 1 and dmask.shape[i] != 1]
-        dmask = (dmask.sum(dims, keepdim=True) if dims else dmask).to(mask.dtype)
+        if reduce_dims:
+            dmask = dmask.sum(reduce_dims, keepdim=True).to(mask.dtype)
     return dq, dk, dv, dmask
 
 

@@ -205,12 +205,11 @@ __device__ __forceinline__ void scale_scores(float (&sc)[MT][NJ][4], float scale
 // Bounded or masked tile: s2 = score_log2(q.k, bias) where lo[r] <= col0 + col < hi[r] and the
 // mask lets the pair take part, else kMaskedScore. `mask` is the mask tile, `row0` the warp's
 // first tile row (KEYS_ARE_ROWS: tile rows are keys and columns queries, so the mask tile is
-// read transposed). KIND: None, Bool or Float (bias).
-template <class T, MaskKind KIND, bool KEYS_ARE_ROWS, int MT, int NJ>
+// read transposed; MK = keys per mask-tile row). KIND: None, Bool or Float (bias).
+template <class T, MaskKind KIND, bool KEYS_ARE_ROWS, int MK, int MT, int NJ>
 __device__ __forceinline__ void bound_scores_of(float (&sc)[MT][NJ][4], float scale_log2, const int (&lo)[2 * MT],
                                                 const int (&hi)[2 * MT], int col0, const unsigned char* mask,
                                                 int row0) {
-  constexpr int MK = KEYS_ARE_ROWS ? 64 : NJ * 8;  // keys per mask-tile row
   constexpr int pitch = mask_pitch<MK>(), es = KIND == MaskKind::Bool ? 1 : int(sizeof(T));
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -234,16 +233,16 @@ __device__ __forceinline__ void bound_scores_of(float (&sc)[MT][NJ][4], float sc
       }
 }
 
-template <class T, bool MASKED, bool KEYS_ARE_ROWS, int MT, int NJ>
+template <class T, bool MASKED, bool KEYS_ARE_ROWS, int MK, int MT, int NJ>
 __device__ __forceinline__ void bound_scores(float (&sc)[MT][NJ][4], float scale_log2, const int (&lo)[2 * MT],
                                              const int (&hi)[2 * MT], int col0, MaskKind kind,
                                              const unsigned char* mask, int row0) {
   if (!MASKED)
-    bound_scores_of<T, MaskKind::None, KEYS_ARE_ROWS>(sc, scale_log2, lo, hi, col0, mask, row0);
+    bound_scores_of<T, MaskKind::None, KEYS_ARE_ROWS, MK>(sc, scale_log2, lo, hi, col0, mask, row0);
   else if (kind == MaskKind::Bool)
-    bound_scores_of<T, MaskKind::Bool, KEYS_ARE_ROWS>(sc, scale_log2, lo, hi, col0, mask, row0);
+    bound_scores_of<T, MaskKind::Bool, KEYS_ARE_ROWS, MK>(sc, scale_log2, lo, hi, col0, mask, row0);
   else
-    bound_scores_of<T, MaskKind::Float, KEYS_ARE_ROWS>(sc, scale_log2, lo, hi, col0, mask, row0);
+    bound_scores_of<T, MaskKind::Float, KEYS_ARE_ROWS, MK>(sc, scale_log2, lo, hi, col0, mask, row0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -313,8 +312,8 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
       int lo[2 * MT], hi[2 * MT];
 #pragma unroll
       for (int r = 0; r < 2 * MT; ++r) lo[r] = 0, hi[r] = query_key_end(p, s, row + 8 * r);
-      bound_scores<T, MASKED, false>(sc, scale_log2, lo, hi, k0, p.mask_kind, ms + (kb & 1) * kMaskBytes,
-                                     warp * WR);
+      bound_scores<T, MASKED, false, BK>(sc, scale_log2, lo, hi, k0, p.mask_kind, ms + (kb & 1) * kMaskBytes,
+                                         warp * WR);
     } else {
       scale_scores(sc, scale_log2);
     }
@@ -374,15 +373,16 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
   mma::store_tile<T, BQ, D, kThreads>(og, p.out.stride_l, qs, s.lq - q0, p.head_dim, aligned);
 }
 
-// Backward key-block pass: grid (key blocks of 64, dkv_heads, B); rows = keys. For each
+// Backward key-block pass: grid (key blocks of 64 MT, dkv_heads, B); rows = keys, each warp
+// owns MT m-tiles (16 MT keys), which reuse every Q/dO fragment MT times. For each
 // query head of the group and each query tile of BQ (double-buffered with its lse, delta):
 //   P^T = exp2(score(K Q^T) - lse2);  dV += P^T dO;
 //   dP^T = V dO^T;  dS^T = P^T (dP^T - delta);  dK += dS^T Q;   dK *= scale at the end.
 // DK / DV select the accumulators (head dim 256 runs the pass twice, one each, to fit
 // registers).
-template <class T, int D, int BQ, bool DK, bool DV, bool MASKED>
+template <class T, int D, int MT, int BQ, bool DK, bool DV, bool MASKED>
 __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams bp, bool aligned, bool mask_vec) {
-  constexpr int BKEY = 64, LD = mma::padded_ld<D>(), kMaskBytes = mask_tile_bytes<BQ, BKEY>();
+  constexpr int WK = 16 * MT, BKEY = 4 * WK, LD = mma::padded_ld<D>(), kMaskBytes = mask_tile_bytes<BQ, BKEY>();
   const ForwardParams& p = bp.fwd;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* kst = reinterpret_cast<T*>(smem_raw);
@@ -432,9 +432,9 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
   mma::cp_async_commit();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
-  const int wkey = k0 + warp * 16, key = wkey + (lane >> 2);  // keys key and key + 8
+  const int wkey = k0 + warp * WK, key = wkey + (lane >> 2);  // keys key + 8 r, r < 2 MT
   const float scale_log2 = p.scale * kLog2eF;
-  float dk[1][D / 8][4] = {}, dv[1][D / 8][4] = {};  // one m-tile per warp
+  float dk[MT][D / 8][4] = {}, dv[MT][D / 8][4] = {};
 
   for (int it = 0; it < total; ++it) {
     __syncthreads();
@@ -449,44 +449,53 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
     const float* lt = lse_s + buf * BQ;
     const float* dlt = dl_s + buf * BQ;
 
-    float sc[1][BQ / 8][4] = {};
-    mma::warp_mma_abt<T, 1, BQ, D, LD>(sc, kst + warp * 16 * LD, qt);
+    float sc[MT][BQ / 8][4] = {};
+    mma::warp_mma_abt<T, MT, BQ, D, LD>(sc, kst + warp * WK * LD, qt);
     // A bounded tile crosses the end of the queries or keys, or this warp's causal diagonal.
-    const bool bounded = q0 + BQ > s.lq || wkey + 16 > s.lk || (p.causal && q0 < wkey + 15);
+    const bool bounded = q0 + BQ > s.lq || wkey + WK > s.lk || (p.causal && q0 < wkey + WK - 1);
     if (MASKED || bounded) {
       // key j is seen by queries [j or 0, lq) (causal: i >= j); by none past lk
-      int lo[2], hi[2];
+      int lo[2 * MT], hi[2 * MT];
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
+      for (int r = 0; r < 2 * MT; ++r) {
         const int j = key + 8 * r;
         lo[r] = p.causal ? j : 0;
         hi[r] = j < s.lk ? s.lq : 0;
       }
-      bound_scores<T, MASKED, true>(sc, scale_log2, lo, hi, q0, p.mask_kind, ms + buf * kMaskBytes, warp * 16);
+      bound_scores<T, MASKED, true, BKEY>(sc, scale_log2, lo, hi, q0, p.mask_kind, ms + buf * kMaskBytes, warp * WK);
     } else {
       scale_scores(sc, scale_log2);
     }
 #pragma unroll
-    for (int j = 0; j < BQ / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) sc[0][j][e] = masked_exp2(sc[0][j][e], lt[8 * j + 2 * t + (e & 1)], mma::Exp2Approx{});
-    if (DV) mma::warp_mma_rb<T, 1, D, BQ, LD>(dv, sc, dot);
-    if (DK) {
-      float dp[1][BQ / 8][4] = {};
-      mma::warp_mma_abt<T, 1, BQ, D, LD>(dp, vst + warp * 16 * LD, dot);
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int j = 0; j < BQ / 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dp[0][j][e] = softmax_grad(sc[0][j][e], dp[0][j][e], dlt[8 * j + 2 * t + (e & 1)]);
-      mma::warp_mma_rb<T, 1, D, BQ, LD>(dk, dp, qt);
+        for (int e = 0; e < 4; ++e)
+          sc[mt][j][e] = masked_exp2(sc[mt][j][e], lt[8 * j + 2 * t + (e & 1)], mma::Exp2Approx{});
+    if (DV) mma::warp_mma_rb<T, MT, D, BQ, LD>(dv, sc, dot);
+    if (DK) {
+      float dp[MT][BQ / 8][4] = {};
+      mma::warp_mma_abt<T, MT, BQ, D, LD>(dp, vst + warp * WK * LD, dot);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < BQ / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            dp[mt][j][e] = softmax_grad(sc[mt][j][e], dp[mt][j][e], dlt[8 * j + 2 * t + (e & 1)]);
+      mma::warp_mma_rb<T, MT, D, BQ, LD>(dk, dp, qt);
     }
   }
   mma::cp_async_wait<0>();
 
-  // Each warp stages its own 16 rows (only it read them as the A operand).
+  // Each warp stages its own rows (only it read them as the A operand).
   __syncthreads();
-  if (DK) mma::fragment_to_smem<T, D, LD>(kst + warp * 16 * LD, dk[0], p.scale, p.scale);
-  if (DV) mma::fragment_to_smem<T, D, LD>(vst + warp * 16 * LD, dv[0], 1.f, 1.f);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    if (DK) mma::fragment_to_smem<T, D, LD>(kst + (warp * WK + 16 * mt) * LD, dk[mt], p.scale, p.scale);
+    if (DV) mma::fragment_to_smem<T, D, LD>(vst + (warp * WK + 16 * mt) * LD, dv[mt], 1.f, 1.f);
+  }
   __syncthreads();
   if (DK)
     mma::store_tile<T, BKEY, D, kThreads>(
@@ -498,13 +507,14 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
         s.lk - k0, p.head_dim, aligned);
 }
 
-// Backward query-block pass: grid (q blocks of 64, Hq, B); rows = queries. Per key tile:
+// Backward query-block pass: grid (q blocks of 64 MT, Hq, B); rows = queries, MT m-tiles per
+// warp as in forward. Per key tile:
 //   P = exp2(score(Q K^T) - lse2); dP = dO V^T; dS = P (dP - delta); dQ += dS K; dMask = dS.
 // dQ *= scale at the end. With dMask every key tile is visited (masked pairs give dS = 0),
 // so the whole (Lq, Lk) gradient is written.
-template <class T, int D, int BK, bool MASKED>
+template <class T, int D, int MT, int BK, bool MASKED>
 __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams bp, bool aligned, bool mask_vec) {
-  constexpr int BQ = 64, LD = mma::padded_ld<D>(), kMaskBytes = mask_tile_bytes<BQ, BK>();
+  constexpr int WR = 16 * MT, BQ = 4 * WR, LD = mma::padded_ld<D>(), kMaskBytes = mask_tile_bytes<BQ, BK>();
   const ForwardParams& p = bp.fwd;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* qs = reinterpret_cast<T*>(smem_raw);
@@ -542,17 +552,17 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
   mma::cp_async_commit();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
-  const int wrow = q0 + warp * 16, row = wrow + (lane >> 2);
+  const int wrow = q0 + warp * WR, row = wrow + (lane >> 2);  // rows row + 8 r, r < 2 MT
   const float scale_log2 = p.scale * kLog2eF;
-  float lse2[2], dl[2];
+  float lse2[2 * MT], dl[2 * MT];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
+  for (int r = 0; r < 2 * MT; ++r) {
     const bool ok = row + 8 * r < s.lq;  // rows past the end are masked by score_at
     const int64_t idx = ok ? stat_index(p, s, b, h, row + 8 * r) : 0;
     lse2[r] = ok ? lse_log2(p.lse[idx]) : 0.f;
     dl[r] = ok ? bp.delta[idx] : 0.f;
   }
-  float dq[1][D / 8][4] = {};  // one m-tile per warp
+  float dq[MT][D / 8][4] = {};
 
   for (int kb = 0; kb < nkb; ++kb) {
     __syncthreads();
@@ -561,41 +571,49 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
     mma::cp_async_wait<1>();
     __syncthreads();
     const int k0 = kb * BK;
-    if (!full && p.causal && k0 > wrow + 15) continue;
+    if (!full && p.causal && k0 > wrow + WR - 1) continue;
     const T* kt = ks + (kb & 1) * BK * LD;
     const T* vt = vs + (kb & 1) * BK * LD;
-    float sc[1][BK / 8][4] = {}, dp[1][BK / 8][4] = {};
-    mma::warp_mma_abt<T, 1, BK, D, LD>(sc, qs + warp * 16 * LD, kt);
-    mma::warp_mma_abt<T, 1, BK, D, LD>(dp, dos + warp * 16 * LD, vt);
+    float sc[MT][BK / 8][4] = {}, dp[MT][BK / 8][4] = {};
+    mma::warp_mma_abt<T, MT, BK, D, LD>(sc, qs + warp * WR * LD, kt);
+    mma::warp_mma_abt<T, MT, BK, D, LD>(dp, dos + warp * WR * LD, vt);
     // A bounded tile crosses the end of the keys or this warp's causal diagonal.
     const bool bounded = k0 + BK > s.lk || (p.causal && k0 + BK - 1 > wrow);
     if (MASKED || bounded) {
-      int lo[2], hi[2];
+      int lo[2 * MT], hi[2 * MT];
 #pragma unroll
-      for (int r = 0; r < 2; ++r) lo[r] = 0, hi[r] = query_key_end(p, s, row + 8 * r);
-      bound_scores<T, MASKED, false>(sc, scale_log2, lo, hi, k0, p.mask_kind, ms + (kb & 1) * kMaskBytes, warp * 16);
+      for (int r = 0; r < 2 * MT; ++r) lo[r] = 0, hi[r] = query_key_end(p, s, row + 8 * r);
+      bound_scores<T, MASKED, false, BK>(sc, scale_log2, lo, hi, k0, p.mask_kind, ms + (kb & 1) * kMaskBytes, warp * WR);
     } else {
       scale_scores(sc, scale_log2);
     }
 #pragma unroll
-    for (int j = 0; j < BK / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        dp[0][j][e] = softmax_grad(masked_exp2(sc[0][j][e], lse2[e >> 1], mma::Exp2Approx{}), dp[0][j][e], dl[e >> 1]);
-    if (full) {
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int j = 0; j < BK / 8; ++j)
 #pragma unroll
-        for (int hr = 0; hr < 2; ++hr)
-          store_dmask_pair<T>(bp, b, h, row + 8 * hr, k0 + 8 * j + 2 * t, s, dp[0][j][2 * hr], dp[0][j][2 * hr + 1],
-                              dmask_pairs);
+        for (int e = 0; e < 4; ++e) {
+          const int r = 2 * mt + (e >> 1);
+          dp[mt][j][e] = softmax_grad(masked_exp2(sc[mt][j][e], lse2[r], mma::Exp2Approx{}), dp[mt][j][e], dl[r]);
+        }
+    if (full) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < BK / 8; ++j)
+#pragma unroll
+          for (int hr = 0; hr < 2; ++hr)
+            store_dmask_pair<T>(bp, b, h, row + 8 * (2 * mt + hr), k0 + 8 * j + 2 * t, s, dp[mt][j][2 * hr],
+                                dp[mt][j][2 * hr + 1], dmask_pairs);
     }
-    mma::warp_mma_rb<T, 1, D, BK, LD>(dq, dp, kt);
+    mma::warp_mma_rb<T, MT, D, BK, LD>(dq, dp, kt);
   }
   mma::cp_async_wait<0>();
 
   __syncthreads();
-  mma::fragment_to_smem<T, D, LD>(qs + warp * 16 * LD, dq[0], p.scale, p.scale);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+    mma::fragment_to_smem<T, D, LD>(qs + (warp * WR + 16 * mt) * LD, dq[mt], p.scale, p.scale);
   __syncthreads();
   mma::store_tile<T, BQ, D, kThreads>(static_cast<T*>(bp.dq.ptr) + token_offset(bp.dq, p, b, h, s.q_tok + q0),
                                       bp.dq.stride_l, qs, s.lq - q0, p.head_dim, aligned);
@@ -989,23 +1007,27 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
       const bool mask_vec = mask_rows_aligned(p, p.mask_kind == MaskKind::Bool ? 1 : int(sizeof(T)));
       with_mma_dim(p.head_dim, [&](auto dc) {
         constexpr int D = decltype(dc)::value, LD = mma::padded_ld<D>();
-        // Rows of the streamed tiles (Q/dO in the key pass, K/V in the query pass): 32 for
-        // D >= 96 keeps the registers spill-free and D = 128 within 100 KB of shared memory.
-        constexpr int BS = D <= 64 ? 64 : 32;
+        // Key pass: MTK m-tiles of keys per warp, query tiles of BQ rows; query pass: MTQ m-tiles
+        // of queries per warp, key tiles of BK rows. Two m-tiles per warp halve the shared-memory
+        // reads per tensor-core op (the streamed tiles' fragments serve both); the sizes keep the
+        // accumulators spill-free and D = 256 within the opt-in shared memory.
+        constexpr int MTK = D <= 64 ? 2 : 1, BQ = D <= 32 ? 64 : 32;
+        constexpr int MTQ = D <= 128 ? 2 : 1, BK = D <= 32 ? 64 : 32;
         auto run = [&](auto masked) {
           constexpr bool M = decltype(masked)::value;
-          const size_t kv_smem = size_t(2 * 64 + 4 * BS) * LD * sizeof(T) + 4 * BS * sizeof(float) +
-                                 (M ? 2 * mask_tile_bytes<BS, 64>() : 0);
-          const dim3 kv_grid = grid_for(p.len_k, 64, bp.dkv_heads, p.batch);
+          constexpr int BKEY = 64 * MTK, BQQ = 64 * MTQ;
+          const size_t kv_smem = size_t(2 * BKEY + 4 * BQ) * LD * sizeof(T) + 4 * BQ * sizeof(float) +
+                                 (M ? 2 * mask_tile_bytes<BQ, BKEY>() : 0);
+          const dim3 kv_grid = grid_for(p.len_k, BKEY, bp.dkv_heads, p.batch);
           if constexpr (D == 256) {  // dK and dV accumulators do not both fit in registers
-            launch(bwd_dkdv_mma<T, D, BS, false, true, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
-            launch(bwd_dkdv_mma<T, D, BS, true, false, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
+            launch(bwd_dkdv_mma<T, D, MTK, BQ, false, true, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
+            launch(bwd_dkdv_mma<T, D, MTK, BQ, true, false, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
           } else {
-            launch(bwd_dkdv_mma<T, D, BS, true, true, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
+            launch(bwd_dkdv_mma<T, D, MTK, BQ, true, true, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
           }
-          const size_t q_smem = size_t(2 * 64 + 4 * BS) * LD * sizeof(T) + (M ? 2 * mask_tile_bytes<64, BS>() : 0);
-          launch(bwd_dq_mma<T, D, BS, M>, grid_for(p.len_q, 64, p.heads_q, p.batch), q_smem, stream, bp, aligned,
-                 mask_vec);
+          const size_t q_smem = size_t(2 * BQQ + 4 * BK) * LD * sizeof(T) + (M ? 2 * mask_tile_bytes<BQQ, BK>() : 0);
+          launch(bwd_dq_mma<T, D, MTQ, BK, M>, grid_for(p.len_q, BQQ, p.heads_q, p.batch), q_smem, stream, bp,
+                 aligned, mask_vec);
         };
         if (p.mask_kind == MaskKind::None)
           run(std::false_type{});
