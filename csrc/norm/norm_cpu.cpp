@@ -14,8 +14,9 @@ namespace pfa::norm {
 
 int64_t reduction_chunks(int64_t rows, int64_t cols, bool cuda) {
   if (rows <= 0 || cols <= 0) return 0;
-  // Enough chunks to fill the machine, few enough that the partials stay small.
-  const int64_t target = cuda ? 512 : 64;
+  // Enough chunks to fill the machine, few enough that the partials stay small. CUDA: one
+  // block per chunk (norm_cuda.cu), about 32 rows each, 256..1024 blocks.
+  const int64_t target = cuda ? std::clamp<int64_t>((rows + 31) / 32, 256, 1024) : 64;
   const int64_t by_memory = std::max<int64_t>(1, (int64_t(64) << 20) / (cols * 16));
   return std::max<int64_t>(1, std::min({rows, target, by_memory}));
 }

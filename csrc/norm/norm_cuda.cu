@@ -1,12 +1,20 @@
-// CUDA kernels of the norm family. Written like norm_cpu.cpp on purpose: per row, Welford
+// CUDA kernels of the norm family. Written like norm_cpu.cpp on purpose: per row,
 // statistics, a group reduction, then one pass that normalizes; the math is norm_math.h's.
 //
-// One design covers hidden sizes 1..65536: a group of G threads owns a row. G = 32 (a warp,
-// several rows per block) for short rows, G = 64..1024 (the whole block) for long ones.
-// Each thread reads 16-byte vectors when every row start is 16-byte aligned, plus a
-// scalar tail. dweight/dbias use a deterministic two-stage reduction: per-chunk partials,
-// then a fixed-order sum over chunks.
+// A group of G threads owns a row: G = 1..32 lanes of a warp (several rows per block) or
+// 64..512 threads. The row is cut into segments of G * K vectors of V values (16-byte
+// vectors when every row start is 16-byte aligned, else V = 1); thread t holds vectors
+// t, t + G, ..., t + (K-1) * G of a segment in registers. The launch picks G so that most
+// rows are one segment: the row is read from memory once. Longer rows take several
+// segments; the last one stays in registers, the others are read again.
+//
+// Backward: one kernel computes dx and, when dweight/dbias are wanted and the row is one
+// segment, the block's column sums of dy * xhat and dy over its chunk of rows (one partial
+// row per block). Longer rows get those sums from a column kernel that reads dy and x
+// again. A last kernel adds the partial rows in a fixed order: no float atomics, so the
+// results are bitwise reproducible.
 #include <algorithm>
+#include <type_traits>
 
 #include "common/cuda_utils.cuh"
 #include "norm/norm.h"
@@ -16,6 +24,19 @@ namespace pfa::norm {
 namespace {
 
 using W = Welford<float>;
+
+constexpr int kMaxGroup = 512;       // threads per row at most (and per block)
+constexpr int kForwardValues = 32;   // values a forward thread holds per segment
+constexpr int kForwardBlock = 128;   // threads per block when a row needs fewer
+constexpr int kBackwardValues = 16;  // per backward thread: g, xhat and two column sums each
+constexpr int kBackwardBlock = 256;
+
+// Vectors of V values a thread holds per segment; at most 8, since with V = 1 each one
+// needs an address of its own (more spill).
+template <int V>
+constexpr int kForwardVecs = std::min(8, kForwardValues / V);
+template <int V>
+constexpr int kBackwardVecs = std::min(8, kBackwardValues / V);
 
 template <class T, int V>
 struct alignas(sizeof(T) * V) Pack {
@@ -29,12 +50,28 @@ __device__ __forceinline__ void load_f32(const T* p, float (&out)[V]) {
   for (int k = 0; k < V; ++k) out[k] = to_f32(pk.v[k]);
 }
 
+__device__ __forceinline__ uint32_t bits_of(float x) { return __float_as_uint(x); }
+__device__ __forceinline__ uint32_t bits_of(__half x) { return __half_as_ushort(x); }
+__device__ __forceinline__ uint32_t bits_of(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+
 template <class T, int V>
 __device__ __forceinline__ void store_f32(T* p, const float (&in)[V]) {
-  Pack<T, V> pk;
+  if constexpr (sizeof(T) * V == 16) {
+    // One 16-byte store, written out: the compiler splits a Pack (or uint4) copy into 4-byte
+    // stores in the pass-2 loops.
+    constexpr int per_word = 4 / sizeof(T);
+    uint32_t word[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
-  for (int k = 0; k < V; ++k) pk.v[k] = from_f32<T>(in[k]);
-  *reinterpret_cast<Pack<T, V>*>(p) = pk;
+    for (int k = 0; k < V; ++k) word[k / per_word] |= bits_of(from_f32<T>(in[k])) << (32 / per_word * (k % per_word));
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(word[0]), "r"(word[1]), "r"(word[2]),
+                 "r"(word[3])
+                 : "memory");
+  } else {
+    Pack<T, V> pk;
+#pragma unroll
+    for (int k = 0; k < V; ++k) pk.v[k] = from_f32<T>(in[k]);
+    *reinterpret_cast<Pack<T, V>*>(p) = pk;
+  }
 }
 
 // Round to the storage type and back: add_layer_norm normalizes x + residual as stored.
@@ -43,279 +80,419 @@ __device__ __forceinline__ float round_to(float x) {
   return to_f32(from_f32<T>(x));
 }
 
-// A vector of V values as one Welford state: exact mean and M2 of the V values, so the
-// running merge divides once per vector instead of once per element.
-template <int V>
-__device__ __forceinline__ W welford_of(float (&v)[V], float shift) {
-  float s = 0.f;
-#pragma unroll
-  for (int k = 0; k < V; ++k) v[k] -= shift, s += v[k];
-  const float mean = s * (1.f / V);
-  float m2 = 0.f;
-#pragma unroll
-  for (int k = 0; k < V; ++k) m2 += (v[k] - mean) * (v[k] - mean);
-  return {float(V), mean, m2};
+// The vectors one thread holds of one segment of a row: vector k is the row's vector
+// first + k * G; the thread has it when its row is live and the index is below nvec.
+struct Segment {
+  int64_t first, nvec;
+  int G;
+  bool live;
+  __device__ int64_t vec(int k) const { return first + int64_t(k) * G; }
+  __device__ bool has(int k) const { return live && vec(k) < nvec; }
+};
+
+template <int K>
+__device__ __forceinline__ Segment segment_of(int s, int64_t nvec, bool live) {
+  const int G = blockDim.x;
+  return {int64_t(s) * G * K + threadIdx.x, nvec, G, live};
 }
 
-__device__ __forceinline__ W shfl_xor(const W& w, int lane_mask) {
-  return {__shfl_xor_sync(0xffffffffu, w.count, lane_mask), __shfl_xor_sync(0xffffffffu, w.mean, lane_mask),
-          __shfl_xor_sync(0xffffffffu, w.m2, lane_mask)};
-}
-
-// Every thread of the row group ends with the merged state. Groups larger than a warp are
-// the whole block (blockDim.y == 1), so __syncthreads is uniform.
-__device__ W group_merge(W w) {
+// v[k] = the thread's vector k of the segment of row r; 0 where it has none.
+template <class T, int V, int K>
+__device__ __forceinline__ void load_segment(const T* r, const Segment& seg, float (&v)[K][V]) {
 #pragma unroll
-  for (int m = 16; m > 0; m >>= 1) w = welford_merge(w, shfl_xor(w, m));
-  if (blockDim.x <= 32) return w;
-  __shared__ W warp_states[32];
-  __shared__ W total;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
-  __syncthreads();  // the previous row's readers of `total` are done
-  if (lane == 0) warp_states[warp] = w;
-  __syncthreads();
-  if (warp == 0) {
-    W v = lane < nwarps ? warp_states[lane] : W{0.f, 0.f, 0.f};
+  for (int k = 0; k < K; ++k) {
+    if (seg.has(k)) {
+      load_f32<T, V>(r + seg.vec(k) * V, v[k]);
+    } else {
 #pragma unroll
-    for (int m = 16; m > 0; m >>= 1) v = welford_merge(v, shfl_xor(v, m));
-    if (lane == 0) total = v;
+      for (int e = 0; e < V; ++e) v[k][e] = 0.f;
+    }
   }
-  __syncthreads();
-  return total;
 }
 
-// Same pattern for the two backward sums.
-__device__ float2 group_sum2(float2 s) {
+template <class T, int V, int K>
+__device__ __forceinline__ void store_segment(T* r, const Segment& seg, const float (&v)[K][V]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+    if (seg.has(k)) store_f32<T, V>(r + seg.vec(k) * V, v[k]);
+}
+
+// Block b of B owns rows [rows * b / B, rows * (b + 1) / B); its row group y (threadIdx.y,
+// R = blockDim.y groups) takes every R-th of them. For the fused backward, B = the number
+// of dweight/dbias chunks, so block b's rows are chunk b's. Loops over a block's rows stay
+// block-uniform (shuffles and __syncthreads need every thread); a group past the end works
+// on a clamped row and is not live: it stores nothing and adds nothing.
+struct RowRange {
+  int64_t begin, end;
+};
+
+__device__ __forceinline__ RowRange block_rows(int64_t rows) {
+  return {rows * blockIdx.x / gridDim.x, rows * (blockIdx.x + 1) / gridDim.x};
+}
+
+__device__ __forceinline__ W shfl_xor(const W& w, int m) {
+  return {__shfl_xor_sync(0xffffffffu, w.count, m), __shfl_xor_sync(0xffffffffu, w.mean, m),
+          __shfl_xor_sync(0xffffffffu, w.m2, m)};
+}
+__device__ __forceinline__ float2 shfl_xor(float2 s, int m) {
+  return make_float2(__shfl_xor_sync(0xffffffffu, s.x, m), __shfl_xor_sync(0xffffffffu, s.y, m));
+}
+__device__ __forceinline__ W combine(const W& a, const W& b) { return welford_merge(a, b); }
+__device__ __forceinline__ float2 combine(float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); }
+
+// Every thread of a row group ends with the same combined state: lanes pair up in a
+// butterfly (the lower lane's state always first, so both get the same bits), then groups
+// wider than a warp fold their warps' states in warp order.
+template <class S>
+__device__ S group_reduce(S s) {
+  const int G = blockDim.x;
+  const int tid = threadIdx.y * G + threadIdx.x, lane = tid % 32;
 #pragma unroll
   for (int m = 16; m > 0; m >>= 1) {
-    s.x += __shfl_xor_sync(0xffffffffu, s.x, m);
-    s.y += __shfl_xor_sync(0xffffffffu, s.y, m);
-  }
-  if (blockDim.x <= 32) return s;
-  __shared__ float2 warp_sums[32];
-  __shared__ float2 total;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
-  __syncthreads();
-  if (lane == 0) warp_sums[warp] = s;
-  __syncthreads();
-  if (warp == 0) {
-    float2 v = lane < nwarps ? warp_sums[lane] : make_float2(0.f, 0.f);
-#pragma unroll
-    for (int m = 16; m > 0; m >>= 1) {
-      v.x += __shfl_xor_sync(0xffffffffu, v.x, m);
-      v.y += __shfl_xor_sync(0xffffffffu, v.y, m);
+    if (m < G) {
+      const S o = shfl_xor(s, m);
+      s = (lane & m) ? combine(o, s) : combine(s, o);
     }
-    if (lane == 0) total = v;
   }
+  if (G <= 32) return s;
+  __shared__ S warp_states[kMaxGroup / 32];
+  const int warps = G / 32, first = threadIdx.y * warps;
+  __syncthreads();  // the previous row's readers are done
+  if (lane == 0) warp_states[tid / 32] = s;
   __syncthreads();
-  return total;
+  s = warp_states[first];
+  for (int w = 1; w < warps; ++w) s = combine(s, warp_states[first + w]);
+  return s;
 }
 
-// Row groups of up to 512 threads: 1024 x 72 registers exceeds the register file (seen on
-// an H100: "too many resources requested for launch").
-constexpr int kMaxRowThreads = 512;
+// Exact (count, mean, M2) of this thread's values v - shift in a segment: the mean first,
+// then the squared deviations from it.
+template <int K, int V>
+__device__ __forceinline__ W thread_welford(const float (&v)[K][V], const Segment& seg, float shift) {
+  float count = 0.f, sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (!seg.has(k)) continue;
+    count += float(V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) sum += v[k][e] - shift;
+  }
+  if (count == 0.f) return {0.f, 0.f, 0.f};
+  const float mean = sum / count;
+  float m2 = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (!seg.has(k)) continue;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const float d = (v[k][e] - shift) - mean;
+      m2 += d * d;
+    }
+  }
+  return {count, mean, m2};
+}
 
 template <class T, int V, bool kResidual>
-__global__ void forward_kernel(const ForwardParams p) {
+__global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardParams p) {
+  constexpr int K = kForwardVecs<V>;
   const int64_t n = p.cols, nvec = n / V;
-  const int tid = threadIdx.x, G = blockDim.x;
+  const int R = blockDim.y;
+  const int64_t seg_vecs = int64_t(blockDim.x) * K;
+  const int nseg = int((nvec + seg_vecs - 1) / seg_vecs);
   const T* w = static_cast<const T*>(p.weight);
   const T* b = static_cast<const T*>(p.bias);
-  for (int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; row < p.rows;
-       row += int64_t(gridDim.x) * blockDim.y) {
+  const RowRange rows = block_rows(p.rows);
+  for (int64_t row0 = rows.begin; row0 < rows.end; row0 += R) {
+    const bool live = row0 + threadIdx.y < rows.end;
+    const int64_t row = live ? row0 + threadIdx.y : row0;
     const T* xr = static_cast<const T*>(p.x) + p.x_rows.offset(row);
     const T* rr = kResidual ? static_cast<const T*>(p.residual) + p.residual_rows.offset(row) : nullptr;
     T* sr = kResidual ? static_cast<T*>(p.sum_out) + row * n : nullptr;
-    // Pass 1: s = x (+ residual, rounded and stored); Welford over s - s[0].
+    // Pass 1, per segment: s = x (+ residual, rounded and stored); Welford over s - s[0].
     const float shift = kResidual ? round_to<T>(to_f32(xr[0]) + to_f32(rr[0])) : to_f32(xr[0]);
+    float v[K][V];
     W acc{0.f, 0.f, 0.f};
-    for (int64_t i = tid; i < nvec; i += G) {
-      float v[V];
-      load_f32<T, V>(xr + i * V, v);
+    for (int s = 0; s < nseg; ++s) {
+      const Segment seg = segment_of<K>(s, nvec, live);
+      load_segment<T, V, K>(xr, seg, v);
       if (kResidual) {
-        float r[V];
-        load_f32<T, V>(rr + i * V, r);
+        float r[K][V];
+        load_segment<T, V, K>(rr, seg, r);
 #pragma unroll
-        for (int k = 0; k < V; ++k) v[k] = round_to<T>(v[k] + r[k]);
-        store_f32<T, V>(sr + i * V, v);
+        for (int k = 0; k < K; ++k)
+#pragma unroll
+          for (int e = 0; e < V; ++e) v[k][e] = round_to<T>(v[k][e] + r[k][e]);
+        store_segment<T, V, K>(sr, seg, v);
       }
-      acc = welford_merge(acc, welford_of<V>(v, shift));
+      acc = welford_merge(acc, thread_welford<K, V>(v, seg, shift));
     }
-    for (int64_t j = nvec * V + tid; j < n; j += G) {
-      float v = to_f32(xr[j]);
-      if (kResidual) {
-        v = round_to<T>(v + to_f32(rr[j]));
-        sr[j] = from_f32<T>(v);
-      }
-      welford_push(acc, v - shift);
-    }
-    acc = group_merge(acc);
+    acc = group_reduce(acc);
     float hi, lo, rstd;
     row_statistics(acc, shift, float(p.eps), p.center, hi, lo, rstd);
-    if (tid == 0) {
+    if (live && threadIdx.x == 0) {
       if (p.mean) static_cast<float2*>(p.mean)[row] = make_float2(hi, lo);
       static_cast<float*>(p.rstd)[row] = rstd;
     }
-    // Pass 2: y = (s - mean) * rstd * w + b. Each thread re-reads only what it wrote or read.
+    // Pass 2, last segment first (it is still in registers): y = (s - mean) * rstd * w + b.
     const T* src = kResidual ? sr : xr;
     T* yr = static_cast<T*>(p.y) + row * n;
-    for (int64_t i = tid; i < nvec; i += G) {
-      float v[V], wv[V], bv[V];
-      load_f32<T, V>(src + i * V, v);
-      if (w) load_f32<T, V>(w + i * V, wv);
-      if (b) load_f32<T, V>(b + i * V, bv);
+    for (int s = nseg - 1; s >= 0; --s) {
+      const Segment seg = segment_of<K>(s, nvec, live);
+      if (s != nseg - 1) load_segment<T, V, K>(src, seg, v);
 #pragma unroll
-      for (int k = 0; k < V; ++k)
-        v[k] = normalize_affine(v[k], hi, lo, rstd, w ? wv[k] : 1.f, b ? bv[k] : 0.f);
-      store_f32<T, V>(yr + i * V, v);
-    }
-    for (int64_t j = nvec * V + tid; j < n; j += G) {
-      const float v = normalize_affine(to_f32(src[j]), hi, lo, rstd, w ? to_f32(w[j]) : 1.f, b ? to_f32(b[j]) : 0.f);
-      yr[j] = from_f32<T>(v);
+      for (int k = 0; k < K; ++k) {
+        if (!seg.has(k)) continue;
+        const int64_t j = seg.vec(k) * V;
+        float wv[V], bv[V];
+        if (w) load_f32<T, V>(w + j, wv);
+        if (b) load_f32<T, V>(b + j, bv);
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+          v[k][e] = normalize_affine(v[k][e], hi, lo, rstd, w ? wv[e] : 1.f, b ? bv[e] : 0.f);
+        store_f32<T, V>(yr + j, v[k]);
+      }
     }
   }
+}
+
+// g = dy, xh = xhat = ((x - hi) - lo) * rstd for the thread's vectors of a segment; 0 where
+// it has none.
+template <class T, int V, int K>
+__device__ __forceinline__ void load_dy_xhat(const T* dyr, const T* xr, const Segment& seg, float2 mean,
+                                             float rstd, float (&g)[K][V], float (&xh)[K][V]) {
+  load_segment<T, V, K>(dyr, seg, g);
+  load_segment<T, V, K>(xr, seg, xh);
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int e = 0; e < V; ++e) xh[k][e] = seg.has(k) ? normalized(xh[k][e], mean.x, mean.y, rstd) : 0.f;
 }
 
 // g = dy * w rounded once (no FMA contraction), so both passes see the same g and a row
 // whose dx is exactly 0 (one element) gets 0, as on the CPU.
-__device__ __forceinline__ float scaled_grad(float dy, float w) { return __fmul_rn(dy, w); }
+template <class T, int V, int K>
+__device__ __forceinline__ void scale_by_weight(const T* w, const Segment& seg, float (&g)[K][V]) {
+  if (!w) return;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (!seg.has(k)) continue;
+    float wv[V];
+    load_f32<T, V>(w + seg.vec(k) * V, wv);
+#pragma unroll
+    for (int e = 0; e < V; ++e) g[k][e] = __fmul_rn(g[k][e], wv[e]);
+  }
+}
 
-template <class T, int V>
-__global__ void backward_input_kernel(const BackwardParams p) {
+// Row groups 1..R-1 of the block hand their column sums to group 0, which adds them in
+// group order (group 0 ends with the block's sums).
+template <int K, int V>
+__device__ __forceinline__ void add_row_groups(float (&acc)[K][V]) {
+  const int G = blockDim.x, R = blockDim.y, t = threadIdx.x, y = threadIdx.y;
+  if (R == 1) return;
+  __shared__ float handoff[kBackwardBlock * kBackwardValues];  // (R - 1) * G * K * V values
+  __syncthreads();  // the previous readers are done
+  if (y > 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+#pragma unroll
+      for (int e = 0; e < V; ++e) handoff[((k * V + e) * (R - 1) + y - 1) * G + t] = acc[k][e];
+  }
+  __syncthreads();
+  if (y == 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+#pragma unroll
+      for (int e = 0; e < V; ++e)
+        for (int q = 1; q < R; ++q) acc[k][e] += handoff[((k * V + e) * (R - 1) + q - 1) * G + t];
+  }
+}
+
+// Row group 0 writes the block's column sums as partial row `c` of `part` (n columns).
+template <int K, int V>
+__device__ __forceinline__ void write_partial_row(float* part, int64_t n, const float (&acc)[K][V]) {
+  if (threadIdx.y != 0) return;
+  const Segment seg = segment_of<K>(0, n / V, true);
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (!seg.has(k)) continue;
+#pragma unroll
+    for (int e = 0; e < V; ++e) part[seg.vec(k) * V + e] = acc[k][e];
+  }
+}
+
+// kPartials: the row is one segment and gridDim.x = partial_rows chunks (block_rows).
+template <class T, int V, bool kPartials>
+__global__ void __launch_bounds__(kMaxGroup, 1) backward_kernel(const BackwardParams p) {
+  constexpr int K = kBackwardVecs<V>;
   const int64_t n = p.cols, nvec = n / V;
-  const int tid = threadIdx.x, G = blockDim.x;
+  const int R = blockDim.y;
+  const int64_t seg_vecs = int64_t(blockDim.x) * K;
+  const int nseg = int((nvec + seg_vecs - 1) / seg_vecs);
   const T* w = static_cast<const T*>(p.weight);
   const float2* means = static_cast<const float2*>(p.mean);
   const float* rstds = static_cast<const float*>(p.rstd);
   const float inv_n = 1.f / float(n);
-  for (int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y; row < p.rows;
-       row += int64_t(gridDim.x) * blockDim.y) {
+  float dw[K][V] = {}, db[K][V] = {};  // kPartials: this row group's sums of dy * xhat, dy
+  const RowRange rows = block_rows(p.rows);
+  for (int64_t row0 = rows.begin; row0 < rows.end; row0 += R) {
+    const bool live = row0 + threadIdx.y < rows.end;
+    const int64_t row = live ? row0 + threadIdx.y : row0;
     const T* dyr = static_cast<const T*>(p.dy) + p.dy_rows.offset(row);
     const T* xr = static_cast<const T*>(p.x) + p.x_rows.offset(row);
-    const float2 c = means ? means[row] : make_float2(0.f, 0.f);
+    const float2 mean = means ? means[row] : make_float2(0.f, 0.f);
     const float rstd = rstds[row];
-    // Pass 1: sum(g) and sum(g * xhat) with g = dy * w, xhat = (x - mean) * rstd.
+    // Pass 1, per segment: xhat = (x - mean) * rstd; dweight += dy * xhat, dbias += dy;
+    // g = dy * w; sums of g and g * xhat.
+    float g[K][V], xh[K][V];
     float2 sums = make_float2(0.f, 0.f);
-    for (int64_t i = tid; i < nvec; i += G) {
-      float dy[V], x[V], wv[V];
-      load_f32<T, V>(dyr + i * V, dy);
-      load_f32<T, V>(xr + i * V, x);
-      if (w) load_f32<T, V>(w + i * V, wv);
+    for (int s = 0; s < nseg; ++s) {
+      const Segment seg = segment_of<K>(s, nvec, live);
+      load_dy_xhat<T, V, K>(dyr, xr, seg, mean, rstd, g, xh);
+      if (kPartials) {
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const float g = scaled_grad(dy[k], w ? wv[k] : 1.f);
-        sums.x += g;
-        sums.y += g * normalized(x[k], c.x, c.y, rstd);
+        for (int k = 0; k < K; ++k)
+#pragma unroll
+          for (int e = 0; e < V; ++e) dw[k][e] += g[k][e] * xh[k][e], db[k][e] += g[k][e];
       }
+      scale_by_weight<T, V, K>(w, seg, g);
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+#pragma unroll
+        for (int e = 0; e < V; ++e) sums.x += g[k][e], sums.y += g[k][e] * xh[k][e];
     }
-    for (int64_t j = nvec * V + tid; j < n; j += G) {
-      const float g = scaled_grad(to_f32(dyr[j]), w ? to_f32(w[j]) : 1.f);
-      sums.x += g;
-      sums.y += g * normalized(to_f32(xr[j]), c.x, c.y, rstd);
-    }
-    sums = group_sum2(sums);
+    sums = group_reduce(sums);
     const float mean_g = sums.x * inv_n, mean_gx = sums.y * inv_n;
-    // Pass 2: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (+ dsum).
+    // Pass 2, last segment first (still in registers):
+    // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (+ dsum).
     T* dxr = static_cast<T*>(p.dx) + row * n;
     const T* dsr = p.dsum ? static_cast<const T*>(p.dsum) + row * n : nullptr;
-    for (int64_t i = tid; i < nvec; i += G) {
-      float dy[V], x[V], wv[V], ds[V];
-      load_f32<T, V>(dyr + i * V, dy);
-      load_f32<T, V>(xr + i * V, x);
-      if (w) load_f32<T, V>(w + i * V, wv);
-      if (dsr) load_f32<T, V>(dsr + i * V, ds);
-#pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const float g = scaled_grad(dy[k], w ? wv[k] : 1.f);
-        x[k] = input_gradient(g, normalized(x[k], c.x, c.y, rstd), rstd, mean_g, mean_gx, p.center) +
-               (dsr ? ds[k] : 0.f);
+    for (int s = nseg - 1; s >= 0; --s) {
+      const Segment seg = segment_of<K>(s, nvec, live);
+      if (s != nseg - 1) {
+        load_dy_xhat<T, V, K>(dyr, xr, seg, mean, rstd, g, xh);
+        scale_by_weight<T, V, K>(w, seg, g);
       }
-      store_f32<T, V>(dxr + i * V, x);
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        if (!seg.has(k)) continue;
+        const int64_t j = seg.vec(k) * V;
+        float ds[V];
+        if (dsr) load_f32<T, V>(dsr + j, ds);
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+          g[k][e] = input_gradient(g[k][e], xh[k][e], rstd, mean_g, mean_gx, p.center) + (dsr ? ds[e] : 0.f);
+        store_f32<T, V>(dxr + j, g[k]);
+      }
     }
-    for (int64_t j = nvec * V + tid; j < n; j += G) {
-      const float g = scaled_grad(to_f32(dyr[j]), w ? to_f32(w[j]) : 1.f);
-      float d = input_gradient(g, normalized(to_f32(xr[j]), c.x, c.y, rstd), rstd, mean_g, mean_gx, p.center);
-      if (dsr) d += to_f32(dsr[j]);
-      dxr[j] = from_f32<T>(d);
-    }
+  }
+  if (kPartials) {
+    float* part = static_cast<float*>(p.partials);
+    const int64_t c = blockIdx.x, chunks = p.partial_rows;
+    add_row_groups<K, V>(dw);
+    write_partial_row<K, V>(part + c * n, n, dw);
+    add_row_groups<K, V>(db);
+    write_partial_row<K, V>(part + (chunks + c) * n, n, db);
   }
 }
 
-constexpr int kColsPerBlock = 32, kRowLanes = 8;
+constexpr int kColThreads = 32, kColLanes = 8;
 
-// Stage 1: block (32 columns x 8 row lanes) sums dy * xhat and dy over the rows of chunk
-// blockIdx.y, reduces its 8 lanes in fixed order and writes one partial row.
-template <class T>
-__global__ void param_grad_partials_kernel(const BackwardParams p) {
-  __shared__ float sw[kRowLanes][kColsPerBlock + 1], sb[kRowLanes][kColsPerBlock + 1];
-  const int64_t n = p.cols, chunks = p.partial_rows;
-  const int64_t j = int64_t(blockIdx.x) * kColsPerBlock + threadIdx.x;
-  const int64_t c = blockIdx.y;
+// For rows longer than one backward segment: the column sums of chunk blockIdx.y over
+// columns [blockIdx.x * 32 * V, +32 * V). Row lane y adds dy * xhat and dy over rows
+// r0 + y, r0 + y + 8, ...; lane 0 then adds the lanes in order and writes the partial rows.
+template <class T, int V>
+__global__ void column_partials_kernel(const BackwardParams p) {
+  __shared__ float handoff[2][kColLanes - 1][kColThreads * V];
+  const int64_t n = p.cols, chunks = p.partial_rows, c = blockIdx.y;
+  const int t = threadIdx.x, y = threadIdx.y;
+  const int64_t j = (int64_t(blockIdx.x) * kColThreads + t) * V;
   const int64_t r0 = p.rows * c / chunks, r1 = p.rows * (c + 1) / chunks;
   const float2* means = static_cast<const float2*>(p.mean);
   const float* rstds = static_cast<const float*>(p.rstd);
-  float dw = 0.f, db = 0.f;
+  float dw[V] = {}, db[V] = {};
   if (j < n) {
-    // dweight_j += dy_ij * xhat_ij; dbias_j += dy_ij
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += kRowLanes) {
-      const float dy = to_f32(static_cast<const T*>(p.dy)[p.dy_rows.offset(r) + j]);
-      const float x = to_f32(static_cast<const T*>(p.x)[p.x_rows.offset(r) + j]);
-      const float2 c = means ? means[r] : make_float2(0.f, 0.f);
-      dw += dy * normalized(x, c.x, c.y, rstds[r]);
-      db += dy;
+#pragma unroll 4
+    for (int64_t r = r0 + y; r < r1; r += kColLanes) {
+      float dy[V], x[V];
+      load_f32<T, V>(static_cast<const T*>(p.dy) + p.dy_rows.offset(r) + j, dy);
+      load_f32<T, V>(static_cast<const T*>(p.x) + p.x_rows.offset(r) + j, x);
+      const float2 mean = means ? means[r] : make_float2(0.f, 0.f);
+      const float rstd = rstds[r];
+#pragma unroll
+      for (int e = 0; e < V; ++e) dw[e] += dy[e] * normalized(x[e], mean.x, mean.y, rstd), db[e] += dy[e];
     }
   }
-  sw[threadIdx.y][threadIdx.x] = dw;
-  sb[threadIdx.y][threadIdx.x] = db;
-  __syncthreads();
-  if (threadIdx.y == 0 && j < n) {
-    for (int l = 1; l < kRowLanes; ++l) dw += sw[l][threadIdx.x], db += sb[l][threadIdx.x];
-    float* part = static_cast<float*>(p.partials);
-    part[c * n + j] = dw;
-    part[(chunks + c) * n + j] = db;
+  if (y > 0) {
+#pragma unroll
+    for (int e = 0; e < V; ++e) handoff[0][y - 1][t * V + e] = dw[e], handoff[1][y - 1][t * V + e] = db[e];
   }
+  __syncthreads();
+  if (y != 0 || j >= n) return;
+  for (int q = 1; q < kColLanes; ++q)
+#pragma unroll
+    for (int e = 0; e < V; ++e) dw[e] += handoff[0][q - 1][t * V + e], db[e] += handoff[1][q - 1][t * V + e];
+  float* part = static_cast<float*>(p.partials);
+#pragma unroll
+  for (int e = 0; e < V; ++e) part[c * n + j + e] = dw[e], part[(chunks + c) * n + j + e] = db[e];
 }
 
-// Stage 2: dweight_j = sum over chunks in order.
+constexpr int kFinalLanes = 32;
+
+// dweight_j (blockIdx.y = 0) or dbias_j (1) = the sum over chunks in a fixed order: lane y
+// adds chunks y, y + 32, ...; lane 0 then adds the 32 lane sums in order.
 template <class T>
 __global__ void param_grad_final_kernel(const BackwardParams p) {
+  __shared__ float lanes[kFinalLanes][32 + 1];
+  T* out = static_cast<T*>(blockIdx.y ? p.dbias : p.dweight);
+  if (!out) return;  // the whole block
   const int64_t n = p.cols, chunks = p.partial_rows;
-  const float* part = static_cast<const float*>(p.partials);
-  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < n; j += int64_t(gridDim.x) * blockDim.x) {
-    float dw = 0.f, db = 0.f;
-    for (int64_t c = 0; c < chunks; ++c) {
-      dw += part[c * n + j];
-      db += part[(chunks + c) * n + j];
-    }
-    if (p.dweight) static_cast<T*>(p.dweight)[j] = from_f32<T>(dw);
-    if (p.dbias) static_cast<T*>(p.dbias)[j] = from_f32<T>(db);
-  }
+  const int64_t j = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  const float* part = static_cast<const float*>(p.partials) + blockIdx.y * chunks * n;
+  float s = 0.f;
+  if (j < n)
+    for (int64_t c = threadIdx.y; c < chunks; c += kFinalLanes) s += part[c * n + j];
+  lanes[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y != 0 || j >= n) return;
+  for (int q = 1; q < kFinalLanes; ++q) s += lanes[q][threadIdx.x];
+  out[j] = from_f32<T>(s);
 }
 
-struct Launch {
-  dim3 grid, block;
-};
-
-// G threads per row: a warp for short rows (4 rows per block), else the whole block.
-Launch row_launch(int64_t rows, int64_t cols, int vec) {
-  const int64_t vecs = (cols + vec - 1) / vec;
-  constexpr int64_t kMaxGrid = int64_t(1) << 20;  // grid-stride loops cover the rest
-  if (vecs <= 32 * 8) {
-    const int rows_per_block = 4;
-    return {dim3(unsigned(std::min((rows + rows_per_block - 1) / rows_per_block, kMaxGrid))),
-            dim3(32, rows_per_block)};
+// G threads per row, enough that each holds at most `per_thread` vectors of the row: a
+// power of two up to a warp (several rows per block of `block_threads`), else a multiple
+// of 32 up to kMaxGroup (one row per block; longer rows take several segments).
+dim3 row_block(int64_t nvec, int per_thread, int block_threads) {
+  const int64_t need = (nvec + per_thread - 1) / per_thread;
+  int g = 1;
+  if (need <= 32) {
+    while (g < need) g *= 2;
+  } else {
+    g = int(std::min<int64_t>(kMaxGroup, (need + 31) / 32 * 32));
   }
-  const int64_t want = (vecs + 7) / 8;  // about 8 vectors per thread
-  const int g = int(std::min<int64_t>(kMaxRowThreads, std::max<int64_t>(64, (want + 31) / 32 * 32)));
-  return {dim3(unsigned(std::min(rows, kMaxGrid))), dim3(g, 1)};
+  return dim3(unsigned(g), unsigned(std::max(1, block_threads / g)));
 }
+
+// One block per block.y rows (block_rows loops when the grid is capped).
+dim3 row_grid(int64_t rows, dim3 block) {
+  constexpr int64_t kMaxGrid = int64_t(1) << 20;
+  return dim3(unsigned(std::min<int64_t>((rows + block.y - 1) / block.y, kMaxGrid)));
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 bool rows_aligned(const void* base, const RowLayout& l, int64_t cols, int bytes) {
-  if (reinterpret_cast<uintptr_t>(base) % 16) return false;
-  if ((cols * bytes) % 16) return false;
+  if (!aligned16(base) || (cols * bytes) % 16) return false;
   for (int d = 0; d < l.ndim; ++d)
     if ((l.stride[d] * bytes) % 16) return false;
   return true;
+}
+
+// Calls f(std::integral_constant<int, V>) with V = 16 / sizeof(T) values per vector when
+// every row start is 16-byte aligned (then V divides cols), else V = 1.
+template <class T, class F>
+void with_vector_width(bool aligned, F&& f) {
+  if (aligned) f(std::integral_constant<int, int(16 / sizeof(T))>{});
+  else f(std::integral_constant<int, 1>{});
 }
 
 }  // namespace
@@ -325,49 +502,54 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
   const cudaStream_t stream = as_stream(stream_handle);
   dispatch_cuda_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    constexpr int V = 16 / sizeof(T);
-    const int b = sizeof(T);
-    bool vec = rows_aligned(p.x, p.x_rows, p.cols, b) && (!p.weight || reinterpret_cast<uintptr_t>(p.weight) % 16 == 0) &&
-               (!p.bias || reinterpret_cast<uintptr_t>(p.bias) % 16 == 0) &&
-               reinterpret_cast<uintptr_t>(p.y) % 16 == 0;
-    if (p.residual)
-      vec = vec && rows_aligned(p.residual, p.residual_rows, p.cols, b) &&
-            reinterpret_cast<uintptr_t>(p.sum_out) % 16 == 0;
-    const Launch l = row_launch(p.rows, p.cols, vec ? V : 1);
-    if (vec) {
-      if (p.residual) forward_kernel<T, V, true><<<l.grid, l.block, 0, stream>>>(p);
-      else forward_kernel<T, V, false><<<l.grid, l.block, 0, stream>>>(p);
-    } else {
-      if (p.residual) forward_kernel<T, 1, true><<<l.grid, l.block, 0, stream>>>(p);
-      else forward_kernel<T, 1, false><<<l.grid, l.block, 0, stream>>>(p);
-    }
-    PFA_CHECK_LAUNCH();
+    const int bytes = sizeof(T);
+    bool vec = rows_aligned(p.x, p.x_rows, p.cols, bytes) && (!p.weight || aligned16(p.weight)) &&
+               (!p.bias || aligned16(p.bias)) && aligned16(p.y);
+    if (p.residual) vec = vec && rows_aligned(p.residual, p.residual_rows, p.cols, bytes) && aligned16(p.sum_out);
+    with_vector_width<T>(vec, [&](auto width) {
+      constexpr int V = decltype(width)::value;
+      const dim3 block = row_block(p.cols / V, kForwardVecs<V>, kForwardBlock);
+      const dim3 grid = row_grid(p.rows, block);
+      if (p.residual) forward_kernel<T, V, true><<<grid, block, 0, stream>>>(p);
+      else forward_kernel<T, V, false><<<grid, block, 0, stream>>>(p);
+      PFA_CHECK_LAUNCH();
+    });
   });
 }
 
 void backward_cuda(const BackwardParams& p, uintptr_t stream_handle) {
   if (p.rows == 0 || p.cols == 0) return;
   const cudaStream_t stream = as_stream(stream_handle);
+  const bool want_partials = p.dweight || p.dbias;
+  if (want_partials)
+    check(p.partial_rows > 0 && p.partial_rows <= std::min<int64_t>(p.rows, 65535),
+          "norm backward: bad partial_rows");
   dispatch_cuda_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    constexpr int V = 16 / sizeof(T);
-    const int b = sizeof(T);
-    const bool vec = rows_aligned(p.dy, p.dy_rows, p.cols, b) && rows_aligned(p.x, p.x_rows, p.cols, b) &&
-                     (!p.weight || reinterpret_cast<uintptr_t>(p.weight) % 16 == 0) &&
-                     (!p.dsum || reinterpret_cast<uintptr_t>(p.dsum) % 16 == 0) &&
-                     reinterpret_cast<uintptr_t>(p.dx) % 16 == 0;
-    const Launch l = row_launch(p.rows, p.cols, vec ? V : 1);
-    if (vec) backward_input_kernel<T, V><<<l.grid, l.block, 0, stream>>>(p);
-    else backward_input_kernel<T, 1><<<l.grid, l.block, 0, stream>>>(p);
-    PFA_CHECK_LAUNCH();
-    if (!p.dweight && !p.dbias) return;
-    check(p.partial_rows > 0 && p.partial_rows <= 65535, "norm backward: bad partial_rows");
-    const dim3 grid1(unsigned((p.cols + kColsPerBlock - 1) / kColsPerBlock), unsigned(p.partial_rows));
-    param_grad_partials_kernel<T><<<grid1, dim3(kColsPerBlock, kRowLanes), 0, stream>>>(p);
-    PFA_CHECK_LAUNCH();
-    const unsigned grid2 = unsigned(std::min<int64_t>((p.cols + 255) / 256, 4096));
-    param_grad_final_kernel<T><<<grid2, 256, 0, stream>>>(p);
-    PFA_CHECK_LAUNCH();
+    const int bytes = sizeof(T);
+    const bool vec = rows_aligned(p.dy, p.dy_rows, p.cols, bytes) && rows_aligned(p.x, p.x_rows, p.cols, bytes) &&
+                     (!p.weight || aligned16(p.weight)) && (!p.dsum || aligned16(p.dsum)) && aligned16(p.dx);
+    with_vector_width<T>(vec, [&](auto width) {
+      constexpr int V = decltype(width)::value;
+      constexpr int K = kBackwardVecs<V>;
+      const int64_t nvec = p.cols / V;
+      const dim3 block = row_block(nvec, K, kBackwardBlock);
+      const bool one_segment = nvec <= int64_t(block.x) * K;
+      if (want_partials && one_segment) {
+        backward_kernel<T, V, true><<<unsigned(p.partial_rows), block, 0, stream>>>(p);
+        PFA_CHECK_LAUNCH();
+      } else {
+        backward_kernel<T, V, false><<<row_grid(p.rows, block), block, 0, stream>>>(p);
+        PFA_CHECK_LAUNCH();
+        if (!want_partials) return;
+        const dim3 grid(unsigned((p.cols / V + kColThreads - 1) / kColThreads), unsigned(p.partial_rows));
+        column_partials_kernel<T, V><<<grid, dim3(kColThreads, kColLanes), 0, stream>>>(p);
+        PFA_CHECK_LAUNCH();
+      }
+      const dim3 grid(unsigned((p.cols + 31) / 32), 2);
+      param_grad_final_kernel<T><<<grid, dim3(32, kFinalLanes), 0, stream>>>(p);
+      PFA_CHECK_LAUNCH();
+    });
   });
 }
 
