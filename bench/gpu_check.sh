@@ -7,6 +7,7 @@
 #   GPU_CHECK_SKIP_BENCH=1 ...    tests and sanitizer only; GPU_CHECK_SKIP_RACECHECK=1, GPU_CHECK_SKIP_FP32=1
 #   GPU_CHECK_FAMILIES="norm conv"  only these families' tests, checks, sanitizer cases and benchmarks
 #   GPU_CHECK_BENCH_TIMEOUT=s GPU_CHECK_PYTEST_TIMEOUT=s GPU_CHECK_SMOKE_TIMEOUT=s
+#   GPU_CHECK_RACECHECK_FAMILIES="norm"  racecheck cases (default: the families above)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-$PWD/gpu_check_out}}
@@ -79,7 +80,8 @@ if [ -n "${GPU_CHECK_TRAIN:-}" ]; then
   cp "$LOGS/train/metrics.json" "$OUT/train_metrics.json" 2>/dev/null
 fi
 if [ -n "$SAN" ] && [ -z "${GPU_CHECK_SKIP_RACECHECK:-}" ]; then
-  timeout 100 "$SAN" --tool racecheck --error-exitcode 9 $PY bench/sanitize_cases.py attention conv \
+  timeout 100 "$SAN" --tool racecheck --error-exitcode 9 $PY bench/sanitize_cases.py \
+    ${GPU_CHECK_RACECHECK_FAMILIES:-$FAMILIES} \
     > "$LOGS/racecheck.log" 2>&1
   log "racecheck rc=$? :: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOGS/racecheck.log" | tail -1)"
 fi
