@@ -108,6 +108,17 @@ def test_parity_hidden_sizes(seed, device, name, cols):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(OPS))
+@pytest.mark.parametrize("rows,cols", [(70, 300), (4, 4096), (4, 8192), (4, 8193), (4, 16384), (4, 16385)])
+def test_parity_kernel_path_boundaries(seed, device, name, rows, cols):
+    # many rows per block; the CUDA kernels' register-resident limits (backward 8192, forward
+    # 16384 values per row) and one past them
+    x = torch.randn(rows, cols, dtype=torch.float64) * 2 + 0.5
+    for dtype in dtypes_for(device):
+        check_op(name, x, (cols,), device=device, dtype=dtype, residual=torch.randn_like(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(OPS))
 def test_parity_65536(seed, device, name):
     dtypes = [torch.float32, torch.bfloat16] if device == "cpu" else dtypes_for(device)
     for dtype in dtypes:
