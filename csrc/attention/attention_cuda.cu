@@ -306,15 +306,18 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
     float sc[MT][BK / 8][4] = {};
     mma::warp_mma_abt<T, MT, BK, D, LD>(sc, qw, kt);
 
-    // A bounded tile crosses the end of the keys or this warp's causal diagonal.
+    // A bounded tile crosses the end of the keys or this warp's causal diagonal. An interior
+    // tile with a positive scale (the usual case) keeps q.k unscaled: its row max scales after
+    // the reduction and p = exp2(q.k * scale log2 e - m) is one FFMA (nothing can be masked).
     const bool bounded = k0 + BK > s.lk || (p.causal && k0 + BK - 1 > wrow);
+    const bool fused_scale = !MASKED && !bounded && scale_log2 > 0.f;
     if (MASKED || bounded) {
       int lo[2 * MT], hi[2 * MT];
 #pragma unroll
       for (int r = 0; r < 2 * MT; ++r) lo[r] = 0, hi[r] = query_key_end(p, s, row + 8 * r);
       bound_scores<T, MASKED, false, BK>(sc, scale_log2, lo, hi, k0, p.mask_kind, ms + (kb & 1) * kMaskBytes,
                                          warp * WR);
-    } else {
+    } else if (!fused_scale) {
       scale_scores(sc, scale_log2);
     }
     float tmax[2 * MT], m_new[2 * MT], tsum[2 * MT];
@@ -330,17 +333,31 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
 #pragma unroll
         for (int e = 0; e < 4; ++e) tmax[2 * mt + (e >> 1)] = fmaxf(tmax[2 * mt + (e >> 1)], sc[mt][j][e]);
 #pragma unroll
-    for (int r = 0; r < 2 * MT; ++r) m_new[r] = softmax_new_max(st[r], quad_max(tmax[r]));
+    for (int r = 0; r < 2 * MT; ++r)
+      m_new[r] = softmax_new_max(st[r], fused_scale ? quad_max(tmax[r]) * scale_log2 : quad_max(tmax[r]));
+    if (fused_scale) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int j = 0; j < BK / 8; ++j)
+        for (int j = 0; j < BK / 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = 2 * mt + (e >> 1);
-          sc[mt][j][e] = masked_exp2(sc[mt][j][e], m_new[r], mma::Exp2Approx{});
-          tsum[r] += sc[mt][j][e];
-        }
+          for (int e = 0; e < 4; ++e) {
+            const int r = 2 * mt + (e >> 1);
+            sc[mt][j][e] = mma::Exp2Approx{}(fmaf(sc[mt][j][e], scale_log2, -m_new[r]));
+            tsum[r] += sc[mt][j][e];
+          }
+    } else {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < BK / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = 2 * mt + (e >> 1);
+            sc[mt][j][e] = masked_exp2(sc[mt][j][e], m_new[r], mma::Exp2Approx{});
+            tsum[r] += sc[mt][j][e];
+          }
+    }
 #pragma unroll
     for (int r = 0; r < 2 * MT; ++r) {
       // l stays a per-thread partial sum (alpha is the same across the quad); summed at the end

@@ -1,0 +1,117 @@
+"""GPU time per call, ours vs PyTorch, split into device time and eager wall time.
+
+device: the summed durations of every GPU kernel, memset and copy one call launches
+(torch.profiler, CUDA activity only), i.e. the speed of the kernels with host overhead removed;
+wall: back-to-back eager calls between CUDA events (pyfastattn.benchmark.common.time_fn), what
+a model sees, host overhead included. Ratios are torch / ours (> 1: ours is faster).
+
+  python bench/kernel_time.py [norm] [attention] [--json out.json]     (needs a CUDA GPU)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+import pyfastattn
+from pyfastattn.benchmark.common import time_fn
+
+
+def device_seconds(fn, iters: int = 10) -> float:
+    """Summed GPU activity per call of fn, in seconds."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    total_us = 0.0
+    for e in prof.key_averages():
+        total_us += getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+    return total_us / iters / 1e6
+
+
+def norm_rows():
+    rows = []
+    dt = torch.bfloat16
+    for n, c in [(32768, 768), (16384, 1024), (8192, 4096), (4096, 8192), (1024, 65536), (65536, 128)]:
+        x = torch.randn(n, c, device="cuda", dtype=dt, requires_grad=True)
+        w = torch.randn(c, device="cuda", dtype=dt, requires_grad=True)
+        b = torch.randn(c, device="cuda", dtype=dt, requires_grad=True)
+        dy = torch.randn(n, c, device="cuda", dtype=dt)
+        nbytes = n * c * x.element_size()
+        for name, ours, theirs, passes in [
+            ("layer_norm fwd", lambda: pyfastattn.layer_norm(x.detach(), (c,), w.detach(), b.detach()),
+             lambda: F.layer_norm(x.detach(), (c,), w.detach(), b.detach()), 2),
+            ("rms_norm fwd", lambda: pyfastattn.rms_norm(x.detach(), (c,), w.detach()),
+             lambda: F.rms_norm(x.detach(), (c,), w.detach()), 2),
+            ("layer_norm fwd+bwd", lambda: torch.autograd.grad(pyfastattn.layer_norm(x, (c,), w, b), (x, w, b), dy),
+             lambda: torch.autograd.grad(F.layer_norm(x, (c,), w, b), (x, w, b), dy), 5),
+        ]:
+            rows.append(measure(f"{name} {n}x{c}", ours, theirs, "GB/s", passes * nbytes / 1e9))
+    return rows
+
+
+def attention_rows():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    rows = []
+    dt = torch.bfloat16
+    for b, h, l, d, causal, bias in [(4, 16, 4096, 128, False, False), (4, 16, 4096, 128, True, False),
+                                     (4, 32, 4096, 64, False, False), (4, 32, 4096, 64, True, False),
+                                     (8, 16, 2048, 128, False, True), (8, 32, 2048, 64, False, True)]:
+        q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
+        m = torch.randn(b, h, l, l, device="cuda", dtype=dt, requires_grad=True) if bias else None
+        do = torch.randn(b, h, l, d, device="cuda", dtype=dt)
+        ins = [q, k, v] + ([m] if bias else [])
+        flops = 4.0 * b * h * l * l * d / (2 if causal else 1)
+        # torch's yardstick: its flash backend where it applies, else (bias) its efficient backend
+        backend = SDPBackend.EFFICIENT_ATTENTION if bias else SDPBackend.FLASH_ATTENTION
+
+        def torch_sdpa(*t):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(*t[:3], attn_mask=t[3] if bias else None, is_causal=causal)
+
+        def ours_sdpa(*t):
+            return pyfastattn.scaled_dot_product_attention(*t[:3], attn_mask=t[3] if bias else None, is_causal=causal)
+
+        name = f"B={b} H={h} L={l} D={d}{' causal' if causal else ''}{' bias+grad' if bias else ''}"
+        det = [t.detach() for t in ins]
+        rows.append(measure(f"{name} fwd", lambda: ours_sdpa(*det), lambda: torch_sdpa(*det), "TFLOP/s", flops / 1e12,
+                            ref=backend.name.lower()))
+        rows.append(measure(f"{name} fwd+bwd", lambda: torch.autograd.grad(ours_sdpa(*ins), ins, do),
+                            lambda: torch.autograd.grad(torch_sdpa(*ins), ins, do), "TFLOP/s", 3.5 * flops / 1e12,
+                            ref=backend.name.lower()))
+    return rows
+
+
+def measure(case, ours, theirs, unit, amount, ref="torch"):
+    dev_o, dev_t = device_seconds(ours), device_seconds(theirs)
+    wall_o, wall_t = time_fn(ours, "cuda", reps=20), time_fn(theirs, "cuda", reps=20)
+    row = {"case": case, "torch_ref": ref, "unit": unit, "device_us_ours": dev_o * 1e6, "device_us_torch": dev_t * 1e6,
+           "device_ratio": dev_t / dev_o, "rate_ours": amount / dev_o, "rate_torch": amount / dev_t,
+           "wall_us_ours": wall_o * 1e6, "wall_us_torch": wall_t * 1e6, "wall_ratio": wall_t / wall_o}
+    print(f"{case:44s} {ref:19s} device {dev_o * 1e6:9.1f} us vs {dev_t * 1e6:9.1f} us = {dev_t / dev_o:5.2f}x "
+          f"({amount / dev_o:7.1f} vs {amount / dev_t:7.1f} {unit}) | wall {wall_o * 1e6:9.1f} vs "
+          f"{wall_t * 1e6:9.1f} us = {wall_t / wall_o:5.2f}x", flush=True)
+    return row
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("families", nargs="*", default=["norm", "attention"])
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("kernel_time.py needs a CUDA GPU")
+    print(torch.cuda.get_device_name(), "bf16")
+    out = []
+    for fam in a.families:
+        out += {"norm": norm_rows, "attention": attention_rows}[fam]()
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "rows": out}, f, indent=1)
