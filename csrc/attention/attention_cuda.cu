@@ -933,14 +933,20 @@ dim3 grid_for(int64_t rows, int rows_per_block, int heads, int batch) {
   return dim3(unsigned(blocks), unsigned(heads), unsigned(batch));
 }
 
+// Shared memory a block may opt in to on the current device.
+size_t max_smem_optin() {
+  int dev = 0, bytes = 0;
+  PFA_CUDA_CHECK(cudaGetDevice(&dev));
+  PFA_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return size_t(bytes);
+}
+
 template <class... KArgs, class... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, size_t smem, cudaStream_t stream, Args&&... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
   if (smem > 48 * 1024) {
-    int dev = 0, max_smem = 0;
-    PFA_CUDA_CHECK(cudaGetDevice(&dev));
-    PFA_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    if (smem > size_t(max_smem))
+    const size_t max_smem = max_smem_optin();
+    if (smem > max_smem)
       throw std::runtime_error("attention (CUDA): this head dim needs " + std::to_string(smem) +
                                " bytes of shared memory per block; the device allows " +
                                std::to_string(max_smem));
@@ -1028,11 +1034,10 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
         // of queries per warp, key tiles of BK rows. Two m-tiles per warp halve the shared-memory
         // reads per tensor-core op (the streamed tiles' fragments serve both); the sizes keep the
         // accumulators spill-free and D = 256 within the opt-in shared memory.
-        constexpr int MTK = D <= 64 ? 2 : 1, BQ = D <= 32 ? 64 : 32;
-        constexpr int MTQ = D <= 128 ? 2 : 1, BK = D <= 32 ? 64 : 32;
+        constexpr int MTK = D <= 64 ? 2 : 1, BQ = D <= 32 ? 64 : 32, BK = D <= 32 ? 64 : 32;
         auto run = [&](auto masked) {
           constexpr bool M = decltype(masked)::value;
-          constexpr int BKEY = 64 * MTK, BQQ = 64 * MTQ;
+          constexpr int BKEY = 64 * MTK;
           const size_t kv_smem = size_t(2 * BKEY + 4 * BQ) * LD * sizeof(T) + 4 * BQ * sizeof(float) +
                                  (M ? 2 * mask_tile_bytes<BQ, BKEY>() : 0);
           const dim3 kv_grid = grid_for(p.len_k, BKEY, bp.dkv_heads, p.batch);
@@ -1042,9 +1047,21 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
           } else {
             launch(bwd_dkdv_mma<T, D, MTK, BQ, true, true, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
           }
-          const size_t q_smem = size_t(2 * BQQ + 4 * BK) * LD * sizeof(T) + (M ? 2 * mask_tile_bytes<BQQ, BK>() : 0);
-          launch(bwd_dq_mma<T, D, MTQ, BK, M>, grid_for(p.len_q, BQQ, p.heads_q, p.batch), q_smem, stream, bp,
-                 aligned, mask_vec);
+          auto launch_dq = [&](auto mt) {
+            constexpr int MTQ = decltype(mt)::value, BQQ = 64 * MTQ;
+            const size_t q_smem = size_t(2 * BQQ + 4 * BK) * LD * sizeof(T) + (M ? 2 * mask_tile_bytes<BQQ, BK>() : 0);
+            launch(bwd_dq_mma<T, D, MTQ, BK, M>, grid_for(p.len_q, BQQ, p.heads_q, p.batch), q_smem, stream, bp,
+                   aligned, mask_vec);
+          };
+          // Two query m-tiles per warp where the block's shared memory fits (D = 128 needs
+          // 102 KB, more than sm_86/sm_89 allow); D = 256 keeps one for registers.
+          constexpr size_t two_mt_smem = size_t(4 * 64 + 4 * BK) * LD * sizeof(T) + (M ? 2 * mask_tile_bytes<128, BK>() : 0);
+          if constexpr (D == 256)
+            launch_dq(Int<1>{});
+          else if (two_mt_smem <= max_smem_optin())
+            launch_dq(Int<2>{});
+          else
+            launch_dq(Int<1>{});
         };
         if (p.mask_kind == MaskKind::None)
           run(std::false_type{});
