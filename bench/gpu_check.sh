@@ -71,6 +71,17 @@ bench() {
      --json "$OUT/bench_$1.json" > "$LOGS/bench_$1.txt" 2>&1)
   log "bench $1 rc=$?"
 }
+# device time (profiler) vs eager wall time per call, ours vs torch: kernel speed without host overhead
+kt_fams=$(for f in norm attention; do has $f && echo $f; done)
+if [ -n "$kt_fams" ] && [ -z "${GPU_CHECK_SKIP_KERNEL_TIME:-}" ]; then
+  (cd /tmp && timeout 90 $PY "$OLDPWD/bench/kernel_time.py" $kt_fams --json "$OUT/kernel_time.json" \
+     > "$LOGS/kernel_time.txt" 2>&1)
+  log "kernel time rc=$?"
+fi
+if [ -f bench/host_overhead.py ]; then
+  (cd /tmp && timeout 30 $PY "$OLDPWD/bench/host_overhead.py" > "$LOGS/host_overhead.txt" 2>&1)
+  log "host overhead rc=$?"
+fi
 [ -z "${GPU_CHECK_SKIP_BENCH:-}" ] && bench bf16 "${GPU_CHECK_BENCH_TIMEOUT:-150}"
 # a short bf16 training run of the station transformer (attention with a learned bias, norms)
 if [ -n "${GPU_CHECK_TRAIN:-}" ]; then
@@ -88,4 +99,4 @@ fi
 [ -z "${GPU_CHECK_SKIP_BENCH:-}" ] && [ -z "${GPU_CHECK_SKIP_FP32:-}" ] && bench fp32 "${GPU_CHECK_BENCH_TIMEOUT:-150}"
 log "done"
 echo; cat "$OUT/summary.txt"; echo; grep -E "^FAILED|^ERROR" "$LOGS/pytest_cuda.log" | head -30
-for dt in bf16 fp32; do [ -f "$LOGS/bench_$dt.txt" ] && cat "$LOGS/bench_$dt.txt"; done
+for f in kernel_time host_overhead bench_bf16 bench_fp32; do [ -f "$LOGS/$f.txt" ] && cat "$LOGS/$f.txt"; done
