@@ -146,6 +146,8 @@ tap_conv_backward = _ops.define("tap_conv_backward", _tap_conv_backward, _tap_co
 
 
 def _pair(op: str, name: str, v, *, minimum: int) -> tuple[int, int]:
+    if type(v) is int and minimum <= v < 2**24:  # the common case; the rest also explains errors
+        return v, v
     if isinstance(v, bool):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
     if isinstance(v, int):
