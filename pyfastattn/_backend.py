@@ -5,6 +5,8 @@ handed to C++ is defined once.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import _C
@@ -35,10 +37,17 @@ def ptr(t: torch.Tensor | None) -> int:
     return t.data_ptr()
 
 
+# The raw handle without building a torch.cuda.Stream object (what inductor's code uses);
+# absent from CPU-only torch builds, where no tensor is on CUDA anyway.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def stream_of(t: torch.Tensor) -> int:
     """The current CUDA stream for t's device, as an integer (0 on the CPU)."""
-    if t.device.type != "cuda":
+    if not t.is_cuda:
         return 0
+    if _raw_stream is not None:
+        return _raw_stream(t.get_device())
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
@@ -57,16 +66,9 @@ def device_kind(t: torch.Tensor, op: str) -> str:
     raise RuntimeError(f"{op}: device {t.device} is not supported (only cpu and cuda)")
 
 
-class cuda_device_guard:
-    """Makes t's GPU the current device for the launch (a no-op on the CPU)."""
+_NO_GUARD = contextlib.nullcontext()
 
-    def __init__(self, t: torch.Tensor):
-        self._ctx = torch.cuda.device(t.device) if t.device.type == "cuda" else None
 
-    def __enter__(self):
-        if self._ctx is not None:
-            self._ctx.__enter__()
-
-    def __exit__(self, *exc):
-        if self._ctx is not None:
-            self._ctx.__exit__(*exc)
+def cuda_device_guard(t: torch.Tensor):
+    """Makes t's GPU the current device for the launch (a shared no-op on the CPU)."""
+    return torch.cuda.device(t.device) if t.is_cuda else _NO_GUARD

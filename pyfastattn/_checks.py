@@ -54,6 +54,19 @@ def same_device(op: str, ref_name: str, ref: torch.Tensor, **others) -> None:
                                "all tensors must be on one device")
 
 
+def like(op: str, ref_name: str, ref: torch.Tensor, name: str, t) -> None:
+    """tensor(), same_dtype() and same_device() for `t` against `ref` (itself already checked).
+
+    One comparison per property when all is well; the separate checks (and their messages)
+    run only to explain a failure.
+    """
+    if isinstance(t, torch.Tensor) and t.dtype == ref.dtype and t.device == ref.device:
+        return
+    tensor(op, name, t)
+    same_dtype(op, ref_name, ref, **{name: t})
+    same_device(op, ref_name, ref, **{name: t})
+
+
 def last_dim_contiguous(op: str, name: str, t: torch.Tensor) -> None:
     if t.dim() > 0 and t.shape[-1] > 1 and t.stride(-1) != 1:
         raise ValueError(f"{op}: {name} must be contiguous in its last dimension "

@@ -28,21 +28,25 @@ def row_view(t: torch.Tensor, inner: int):
     inner block is not contiguous, or the leading dims do not collapse to MAX_ROW_DIMS,
     a contiguous copy is made (the one case where this library copies an input).
     """
-    lead = t.shape[: t.dim() - inner]
-    inner_shape = t.shape[t.dim() - inner:]
+    shape = t.shape
+    split = len(shape) - inner
+    lead, inner_shape = shape[:split], shape[split:]
     cols = 1
     for s in inner_shape:
         cols *= s
     rows = 1
     for s in lead:
         rows *= s
+    if rows and cols and t.is_contiguous():  # the common case: what collapse_dims gives for it
+        return (t, rows, cols, [rows], [cols]) if rows > 1 else (t, rows, cols, [], [])
+    all_strides = t.stride()
     expected = 1
     inner_ok = True
-    for size, stride in zip(reversed(inner_shape), reversed(t.stride()[t.dim() - inner:])):
+    for size, stride in zip(reversed(inner_shape), reversed(all_strides[split:])):
         if size != 1 and stride != expected:
             inner_ok = False
         expected *= size
-    sizes, strides = collapse_dims(list(lead), list(t.stride()[: t.dim() - inner]))
+    sizes, strides = collapse_dims(list(lead), list(all_strides[:split]))
     if not inner_ok or len(sizes) > MAX_ROW_DIMS:
         t = t.contiguous()
         sizes, strides = ([rows], [cols]) if rows > 1 else ([], [])

@@ -19,6 +19,7 @@ import torch
 
 from . import _backend as B
 from . import _checks as C
+from . import _ops
 from ._C import conv as _conv
 
 __all__ = ["conv2d", "hex_conv2d", "hex_max_pool2d", "hex_avg_pool2d", "indexed_conv"]
@@ -64,7 +65,6 @@ def _kernel_geom(x: torch.Tensor, cout: int, geom) -> list:
 # Tap convolution
 
 
-@torch.library.custom_op("pyfastattn::tap_conv", mutates_args=())
 def _tap_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
               geom: list[int]) -> torch.Tensor:
     x = _cols_contiguous(x)
@@ -73,18 +73,16 @@ def _tap_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     if x.shape[1] == 0:  # no input channels: the output is the bias (the kernels pack input rows)
         return y.copy_(bias.view(1, -1, 1, 1).expand_as(y)) if bias is not None else y.zero_()
     with B.cuda_device_guard(x):
-        _conv.tap_conv_forward(x.device.type == "cuda", B.dtype_code(x), kg, B.ptr(x), _strides3(x),
+        _conv.tap_conv_forward(x.is_cuda, B.dtype_code(x), kg, B.ptr(x), _strides3(x),
                                B.ptr(weight), B.ptr(bias), B.ptr(y), B.stream_of(x))
     return y
 
 
-@_tap_conv.register_fake
-def _(x, weight, bias, geom):
+def _tap_conv_fake(x, weight, bias, geom):
     N, _, H, W = x.shape
     return x.new_empty(N, weight.shape[0], _out_size(H, geom, 0), _out_size(W, geom, 1))
 
 
-@torch.library.custom_op("pyfastattn::tap_conv_backward", mutates_args=())
 def _tap_conv_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geom: list[int],
                        need_dx: bool, need_dw: bool, need_db: bool
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,7 +91,7 @@ def _tap_conv_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     dy = _cols_contiguous(dy)
     cout = weight.shape[0]
     kg = _kernel_geom(x, cout, geom)
-    cuda = x.device.type == "cuda"
+    cuda = x.is_cuda
     stream = B.stream_of(x)
     dx = torch.empty(x.shape if need_dx else 0, dtype=x.dtype, device=x.device)
     dw = torch.empty(weight.shape if need_dw else 0, dtype=x.dtype, device=x.device)
@@ -118,8 +116,7 @@ def _tap_conv_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     return dx, dw, db
 
 
-@_tap_conv_backward.register_fake
-def _(dy, x, weight, geom, need_dx, need_dw, need_db):
+def _tap_conv_backward_fake(dy, x, weight, geom, need_dx, need_dw, need_db):
     return (x.new_empty(x.shape if need_dx else 0), x.new_empty(weight.shape if need_dw else 0),
             x.new_empty(weight.shape[0] if need_db else 0))
 
@@ -135,11 +132,13 @@ def _tap_conv_grad(ctx, dy):
     x, weight = ctx.saved_tensors
     need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     need_db = ctx.has_bias and ctx.needs_input_grad[2]
-    dx, dw, db = torch.ops.pyfastattn.tap_conv_backward(dy, x, weight, ctx.geom, need_dx, need_dw, need_db)
+    dx, dw, db = tap_conv_backward(dy, x, weight, ctx.geom, need_dx, need_dw, need_db)
     return dx if need_dx else None, dw if need_dw else None, db if need_db else None, None
 
 
-_tap_conv.register_autograd(_tap_conv_grad, setup_context=_tap_conv_setup)
+tap_conv = _ops.define("tap_conv", _tap_conv, _tap_conv_fake, backward=_tap_conv_grad,
+                       setup_context=_tap_conv_setup)
+tap_conv_backward = _ops.define("tap_conv_backward", _tap_conv_backward, _tap_conv_backward_fake)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,6 +146,8 @@ _tap_conv.register_autograd(_tap_conv_grad, setup_context=_tap_conv_setup)
 
 
 def _pair(op: str, name: str, v, *, minimum: int) -> tuple[int, int]:
+    if type(v) is int and minimum <= v < 2**24:  # the common case; the rest also explains errors
+        return v, v
     if isinstance(v, bool):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
     if isinstance(v, int):
@@ -252,7 +253,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
                              f"input ({H + pad[0] + pad_end[0]}x{W + pad[1] + pad_end[1]})")
     geom = [groups, stride[0], stride[1], pad[0], pad[1], pad_end[0], pad_end[1], ext[0], ext[1],
             _GRID, kh, kw, dilation[0], dilation[1], 0]
-    y = torch.ops.pyfastattn.tap_conv(x, _param(weight), _param(bias), geom)
+    y = tap_conv(x, _param(weight), _param(bias), geom)
     return y.squeeze(0) if unbatched else y
 
 
@@ -282,7 +283,7 @@ def hex_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
         raise ValueError(f"{op}: the kernel of radius {k} (diameter {2 * k + 1}) is larger than the "
                          f"grid ({R}x{Q})")
     geom = [groups, stride, stride, 0, 0, 0, 0, 1, 1, _HEX, 2 * k + 1, 2 * k + 1, 1, 1, k]
-    y = torch.ops.pyfastattn.tap_conv(x, _param(weight), _param(bias), geom)
+    y = tap_conv(x, _param(weight), _param(bias), geom)
     return y.squeeze(0) if unbatched else y
 
 
@@ -290,7 +291,6 @@ def hex_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 # Pooling
 
 
-@torch.library.custom_op("pyfastattn::tap_pool", mutates_args=())
 def _tap_pool(x: torch.Tensor, mode: int, geom: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, argmax); argmax (int32 winning tap) is empty for average pooling."""
     x = _cols_contiguous(x)
@@ -299,19 +299,17 @@ def _tap_pool(x: torch.Tensor, mode: int, geom: list[int]) -> tuple[torch.Tensor
     y = torch.empty(kg[0], kg[1], kg[5], kg[6], dtype=x.dtype, device=x.device)
     am = torch.empty(y.shape if mode == _MAX else 0, dtype=torch.int32, device=x.device)
     with B.cuda_device_guard(x):
-        _conv.tap_pool_forward(x.device.type == "cuda", B.dtype_code(x), mode, pg, B.ptr(x), _strides3(x),
+        _conv.tap_pool_forward(x.is_cuda, B.dtype_code(x), mode, pg, B.ptr(x), _strides3(x),
                                B.ptr(y), B.ptr(am), B.stream_of(x))
     return y, am
 
 
-@_tap_pool.register_fake
-def _(x, mode, geom):
+def _tap_pool_fake(x, mode, geom):
     N, Cc, H, W = x.shape
     shape = (N, Cc, _out_size(H, geom, 0), _out_size(W, geom, 1))
     return x.new_empty(shape), x.new_empty(shape if mode == _MAX else 0, dtype=torch.int32)
 
 
-@torch.library.custom_op("pyfastattn::tap_pool_backward", mutates_args=())
 def _tap_pool_backward(dy: torch.Tensor, argmax: torch.Tensor, x: torch.Tensor, mode: int,
                        geom: list[int]) -> torch.Tensor:
     dy = _cols_contiguous(dy)
@@ -319,13 +317,12 @@ def _tap_pool_backward(dy: torch.Tensor, argmax: torch.Tensor, x: torch.Tensor, 
     pg = kg[:4] + kg[5:7] + kg[8:]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     with B.cuda_device_guard(x):
-        _conv.tap_pool_backward(x.device.type == "cuda", B.dtype_code(x), mode, pg, B.ptr(dy), _strides3(dy),
+        _conv.tap_pool_backward(x.is_cuda, B.dtype_code(x), mode, pg, B.ptr(dy), _strides3(dy),
                                 B.ptr(argmax), B.ptr(dx), B.stream_of(x))
     return dx
 
 
-@_tap_pool_backward.register_fake
-def _(dy, argmax, x, mode, geom):
+def _tap_pool_backward_fake(dy, argmax, x, mode, geom):
     return torch.empty_like(x)
 
 
@@ -338,10 +335,12 @@ def _tap_pool_setup(ctx, inputs, output):
 
 def _tap_pool_grad(ctx, dy, dargmax):
     x, argmax = ctx.saved_tensors
-    return torch.ops.pyfastattn.tap_pool_backward(dy, argmax, x, ctx.mode, ctx.geom), None, None
+    return tap_pool_backward(dy, argmax, x, ctx.mode, ctx.geom), None, None
 
 
-_tap_pool.register_autograd(_tap_pool_grad, setup_context=_tap_pool_setup)
+tap_pool = _ops.define("tap_pool", _tap_pool, _tap_pool_fake, backward=_tap_pool_grad,
+                       setup_context=_tap_pool_setup)
+tap_pool_backward = _ops.define("tap_pool_backward", _tap_pool_backward, _tap_pool_backward_fake)
 
 
 def _hex_pool(op: str, input, radius, stride, mode):
@@ -358,7 +357,7 @@ def _hex_pool(op: str, input, radius, stride, mode):
     if radius > 36:
         raise ValueError(f"{op}: radius {radius} is too large (at most 36)")
     geom = [1, stride, stride, 0, 0, 0, 0, 1, 1, _HEX, 2 * radius + 1, 2 * radius + 1, 1, 1, radius]
-    y, _ = torch.ops.pyfastattn.tap_pool(x, mode, geom)
+    y, _ = tap_pool(x, mode, geom)
     return y.squeeze(0) if unbatched else y
 
 
@@ -393,7 +392,6 @@ def _check_neighbors(neighbors: torch.Tensor, P: int) -> torch.Tensor:
     return neighbors.to(torch.int32).contiguous()
 
 
-@torch.library.custom_op("pyfastattn::indexed_conv", mutates_args=())
 def _indexed_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   neighbors: torch.Tensor) -> torch.Tensor:
     x = _cols_contiguous(x)
@@ -403,14 +401,13 @@ def _indexed_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     cout = weight.shape[0]
     y = torch.empty(N, cout, Pout, dtype=x.dtype, device=x.device)
     with B.cuda_device_guard(x):
-        _conv.indexed_forward(x.device.type == "cuda", B.dtype_code(x), [N, Cin, cout, P, Pout, T], B.ptr(nb),
+        _conv.indexed_forward(x.is_cuda, B.dtype_code(x), [N, Cin, cout, P, Pout, T], B.ptr(nb),
                               B.ptr(x), [x.stride(0), x.stride(1)], B.ptr(weight), B.ptr(bias), B.ptr(y),
                               B.stream_of(x))
     return y
 
 
-@_indexed_conv.register_fake
-def _(x, weight, bias, neighbors):
+def _indexed_conv_fake(x, weight, bias, neighbors):
     return x.new_empty(x.shape[0], weight.shape[0], neighbors.shape[0])
 
 
@@ -426,7 +423,6 @@ def _inverse_table(nb: torch.Tensor, P: int):
     return offsets.to(torch.int32), entries[order].to(torch.int32).contiguous()
 
 
-@torch.library.custom_op("pyfastattn::indexed_conv_backward", mutates_args=())
 def _indexed_conv_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, neighbors: torch.Tensor,
                            need_dx: bool, need_dw: bool, need_db: bool
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -437,7 +433,7 @@ def _indexed_conv_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     cout = weight.shape[0]
     nb = neighbors.to(torch.int32).contiguous()
     dims = [N, Cin, cout, P, Pout, T]
-    cuda = x.device.type == "cuda"
+    cuda = x.is_cuda
     stream = B.stream_of(x)
     dx = torch.empty(x.shape if need_dx else 0, dtype=x.dtype, device=x.device)
     dw = torch.empty(weight.shape if need_dw else 0, dtype=x.dtype, device=x.device)
@@ -464,8 +460,7 @@ def _indexed_conv_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tens
     return dx, dw, db
 
 
-@_indexed_conv_backward.register_fake
-def _(dy, x, weight, neighbors, need_dx, need_dw, need_db):
+def _indexed_conv_backward_fake(dy, x, weight, neighbors, need_dx, need_dw, need_db):
     return (x.new_empty(x.shape if need_dx else 0), x.new_empty(weight.shape if need_dw else 0),
             x.new_empty(weight.shape[0] if need_db else 0))
 
@@ -480,11 +475,14 @@ def _indexed_grad(ctx, dy):
     x, weight, neighbors = ctx.saved_tensors
     need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     need_db = ctx.has_bias and ctx.needs_input_grad[2]
-    dx, dw, db = torch.ops.pyfastattn.indexed_conv_backward(dy, x, weight, neighbors, need_dx, need_dw, need_db)
+    dx, dw, db = indexed_conv_backward(dy, x, weight, neighbors, need_dx, need_dw, need_db)
     return dx if need_dx else None, dw if need_dw else None, db if need_db else None, None
 
 
-_indexed_conv.register_autograd(_indexed_grad, setup_context=_indexed_setup)
+indexed_conv_op = _ops.define("indexed_conv", _indexed_conv, _indexed_conv_fake, backward=_indexed_grad,
+                              setup_context=_indexed_setup)
+indexed_conv_backward = _ops.define("indexed_conv_backward", _indexed_conv_backward,
+                                    _indexed_conv_backward_fake)
 
 
 def indexed_conv(input: torch.Tensor, weight: torch.Tensor, neighbors: torch.Tensor,
@@ -513,4 +511,4 @@ def indexed_conv(input: torch.Tensor, weight: torch.Tensor, neighbors: torch.Ten
         raise ValueError(f"{op}: bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
     for name, n in (("input points", P), ("neighbors", neighbors.numel()), ("input batch", N)):
         C.int32_indexable(op, name, n)
-    return torch.ops.pyfastattn.indexed_conv(input, _param(weight), _param(bias), neighbors.contiguous())
+    return indexed_conv_op(input, _param(weight), _param(bias), neighbors.contiguous())

@@ -11,6 +11,7 @@ import torch
 
 from . import _backend as B
 from . import _checks as C
+from . import _ops
 from ._C import norm as _norm
 from ._layout import row_view
 
@@ -21,31 +22,30 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@torch.library.custom_op("pyfastattn::norm_forward", mutates_args=())
 def _norm_forward(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor],
                   bias: Optional[torch.Tensor], inner: int, eps: float, center: bool
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (y, mean, rstd, x + residual); mean is empty for RMS norm, the sum empty without a residual."""
     xv, rows, cols, xs, xst = row_view(x, inner)
     acc = _acc_dtype(x.dtype)
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dev = x.device
+    y = torch.empty(x.shape, dtype=x.dtype, device=dev)
     # the mean as hi + lo (csrc/norm/norm_math.h), saved for backward
-    mean = torch.empty((rows, 2) if center else (0,), dtype=acc, device=x.device)
-    rstd = torch.empty(rows, dtype=acc, device=x.device)
+    mean = torch.empty((rows, 2) if center else (0,), dtype=acc, device=dev)
+    rstd = torch.empty(rows, dtype=acc, device=dev)
     if residual is not None:
         rv, _, _, rs, rst = row_view(residual, inner)
-        total = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        total = torch.empty(x.shape, dtype=x.dtype, device=dev)
     else:
         rv, rs, rst, total = None, [], [], x.new_empty(0)
     with B.cuda_device_guard(x):
-        _norm.forward(x.device.type == "cuda", B.dtype_code(x), rows, cols, B.ptr(xv), xs, xst,
+        _norm.forward(x.is_cuda, B.dtype_code(x), rows, cols, B.ptr(xv), xs, xst,
                       B.ptr(rv), rs, rst, B.ptr(total), B.ptr(weight), B.ptr(bias), B.ptr(y),
                       B.ptr(mean), B.ptr(rstd), float(eps), bool(center), B.stream_of(x))
     return y, mean, rstd, total
 
 
-@_norm_forward.register_fake
-def _(x, residual, weight, bias, inner, eps, center):
+def _norm_forward_fake(x, residual, weight, bias, inner, eps, center):
     rows = 1
     for s in x.shape[: x.dim() - inner]:
         rows *= s
@@ -55,7 +55,6 @@ def _(x, residual, weight, bias, inner, eps, center):
             x.new_empty(rows, dtype=acc), total)
 
 
-@torch.library.custom_op("pyfastattn::norm_backward", mutates_args=())
 def _norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], mean: torch.Tensor,
                    rstd: torch.Tensor, dsum: Optional[torch.Tensor], inner: int, center: bool,
                    need_dweight: bool, need_dbias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,7 +66,7 @@ def _norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Ten
     wshape = x.shape[x.dim() - inner:]
     dweight = (torch.zeros if rows == 0 else torch.empty)(wshape if need_dweight else 0, dtype=x.dtype, device=x.device)
     dbias = (torch.zeros if rows == 0 else torch.empty)(wshape if need_dbias else 0, dtype=x.dtype, device=x.device)
-    cuda = x.device.type == "cuda"
+    cuda = x.is_cuda
     chunks = _norm.reduction_chunks(rows, cols, cuda) if (need_dweight or need_dbias) else 0
     partials = torch.empty(2 * chunks * cols, dtype=_acc_dtype(x.dtype), device=x.device)
     with B.cuda_device_guard(x):
@@ -77,8 +76,7 @@ def _norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Ten
     return dx, dweight, dbias
 
 
-@_norm_backward.register_fake
-def _(dy, x, weight, mean, rstd, dsum, inner, center, need_dweight, need_dbias):
+def _norm_backward_fake(dy, x, weight, mean, rstd, dsum, inner, center, need_dweight, need_dbias):
     wshape = x.shape[x.dim() - inner:]
     return (torch.empty_like(x), x.new_empty(wshape if need_dweight else 0),
             x.new_empty(wshape if need_dbias else 0))
@@ -98,13 +96,15 @@ def _backward(ctx, dy, dmean, drstd, dtotal):
     need_dw = ctx.has_weight and ctx.needs_input_grad[2]
     need_db = ctx.has_bias and ctx.needs_input_grad[3]
     dsum = dtotal if ctx.has_residual else None
-    dx, dw, db = torch.ops.pyfastattn.norm_backward(dy, normalized, weight, mean, rstd, dsum,
-                                                    ctx.inner, ctx.center, need_dw, need_db)
+    dx, dw, db = norm_backward(dy, normalized, weight, mean, rstd, dsum,
+                              ctx.inner, ctx.center, need_dw, need_db)
     return (dx, dx if ctx.has_residual else None, dw if need_dw else None,
             db if need_db else None, None, None, None)
 
 
-_norm_forward.register_autograd(_backward, setup_context=_setup_context)
+norm_forward = _ops.define("norm_forward", _norm_forward, _norm_forward_fake, backward=_backward,
+                           setup_context=_setup_context)
+norm_backward = _ops.define("norm_backward", _norm_backward, _norm_backward_fake)
 
 
 def _check_args(op, input, normalized_shape, weight, bias, residual=None):
@@ -112,37 +112,42 @@ def _check_args(op, input, normalized_shape, weight, bias, residual=None):
     C.float64_only_on_cpu(op, "input", input)
     B.device_kind(input, op)
     if isinstance(normalized_shape, int):
-        normalized_shape = (normalized_shape,)
+        normalized_shape = (int(normalized_shape),)
+    elif type(normalized_shape) is torch.Size:  # ints by construction (x.shape[-1:])
+        normalized_shape = tuple(normalized_shape)
+    else:
+        normalized_shape = _int_sequence(op, normalized_shape)
+    inner = len(normalized_shape)
+    if inner == 0:
+        raise ValueError(f"{op}: normalized_shape must not be empty")
+    shape = input.shape
+    if inner > len(shape) or shape[len(shape) - inner:] != normalized_shape:
+        raise ValueError(f"{op}: normalized_shape {list(normalized_shape)} does not match the trailing "
+                         f"dims of input of shape {tuple(shape)}")
+    C.last_dim_contiguous(op, "input", input)
+    for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
+        if t is not None:
+            C.like(op, "input", input, name, t)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.shape != normalized_shape:
+            raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected {list(normalized_shape)}")
+    if residual is not None:
+        if residual.shape != shape:
+            raise ValueError(f"{op}: residual has shape {tuple(residual.shape)} but input has "
+                             f"{tuple(shape)}; they must match")
+        C.last_dim_contiguous(op, "residual", residual)
+    return inner
+
+
+def _int_sequence(op, normalized_shape) -> tuple:
     try:
         if isinstance(normalized_shape, (str, bytes)) or not all(
                 isinstance(s, int) or (isinstance(s, torch.Tensor) and s.dim() == 0) for s in normalized_shape):
             raise TypeError
-        normalized_shape = tuple(int(s) for s in normalized_shape)
+        return tuple(int(s) for s in normalized_shape)
     except TypeError:
         raise TypeError(f"{op}: normalized_shape must be an int or a sequence of ints, "
                         f"got {normalized_shape!r}") from None
-    inner = len(normalized_shape)
-    if inner == 0:
-        raise ValueError(f"{op}: normalized_shape must not be empty")
-    if inner > input.dim() or tuple(input.shape[input.dim() - inner:]) != normalized_shape:
-        raise ValueError(f"{op}: normalized_shape {list(normalized_shape)} does not match the trailing "
-                         f"dims of input of shape {tuple(input.shape)}")
-    C.last_dim_contiguous(op, "input", input)
-    for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
-        if t is None:
-            continue
-        C.tensor(op, name, t)
-        C.same_dtype(op, "input", input, **{name: t})
-        C.same_device(op, "input", input, **{name: t})
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and tuple(t.shape) != normalized_shape:
-            raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected {list(normalized_shape)}")
-    if residual is not None:
-        if residual.shape != input.shape:
-            raise ValueError(f"{op}: residual has shape {tuple(residual.shape)} but input has "
-                             f"{tuple(input.shape)}; they must match")
-        C.last_dim_contiguous(op, "residual", residual)
-    return inner
 
 
 def _contiguous_param(t):
@@ -156,8 +161,8 @@ def layer_norm(input: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
     """Drop-in for torch.nn.functional.layer_norm (statistics in float32, Welford)."""
     inner = _check_args("layer_norm", input, normalized_shape, weight, bias)
     eps = C.positive_float("layer_norm", "eps", eps)
-    y, _, _, _ = torch.ops.pyfastattn.norm_forward(input, None, _contiguous_param(weight),
-                                                   _contiguous_param(bias), inner, eps, True)
+    y, _, _, _ = norm_forward(input, None, _contiguous_param(weight), _contiguous_param(bias), inner,
+                              eps, True)
     return y
 
 
@@ -166,8 +171,7 @@ def rms_norm(input: torch.Tensor, normalized_shape: Union[int, Sequence[int]],
     """Drop-in for torch.nn.functional.rms_norm (eps=None means finfo(input.dtype).eps)."""
     inner = _check_args("rms_norm", input, normalized_shape, weight, None)
     eps = torch.finfo(input.dtype).eps if eps is None else C.positive_float("rms_norm", "eps", eps)
-    y, _, _, _ = torch.ops.pyfastattn.norm_forward(input, None, _contiguous_param(weight), None,
-                                                   inner, eps, False)
+    y, _, _, _ = norm_forward(input, None, _contiguous_param(weight), None, inner, eps, False)
     return y
 
 
@@ -185,6 +189,6 @@ def add_layer_norm(input: torch.Tensor, residual: torch.Tensor, weight: Optional
         C.tensor(op, "input", input, ndim=range(1, 64))
     inner = _check_args(op, input, input.shape[-1:], weight, bias, residual)
     eps = C.positive_float(op, "eps", eps)
-    y, _, _, total = torch.ops.pyfastattn.norm_forward(input, residual, _contiguous_param(weight),
-                                                       _contiguous_param(bias), inner, eps, True)
+    y, _, _, total = norm_forward(input, residual, _contiguous_param(weight), _contiguous_param(bias),
+                                  inner, eps, True)
     return y, total
