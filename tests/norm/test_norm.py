@@ -75,11 +75,13 @@ def check_op(name, x, shape, weight=True, bias=True, device="cpu", dtype=torch.f
     x0, r0 = x, r
     x, r, w, b = (None if t is None else t.to(dtype).double() for t in (x, r, w, b))
     ref_in = [x, r, w, b]
+    # ... and the output gradients as the kernel receives them (autograd rounds them to dtype)
+    ref_gouts = [g.to(dtype).double() for g in gouts]
     if name == "add_layer_norm":
         ref_out, ref_grad = _run(lambda x, r, w, b, shape: _torch_add_ln(x, r, w, b, sum_dtype=dtype),
-                                 ref_in, shape, gouts)
+                                 ref_in, shape, ref_gouts)
     else:
-        ref_out, ref_grad = _run(theirs, ref_in, shape, gouts)
+        ref_out, ref_grad = _run(theirs, ref_in, shape, ref_gouts)
     our_in = [with_layout(x, x0), with_layout(r, r0), cast(w), cast(b)]
     our_out, our_grad = _run(ours, our_in, shape, gouts)
     same_out, same_grad = (None, None)
