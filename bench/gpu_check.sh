@@ -79,7 +79,7 @@ if [ -n "$kt_fams" ] && [ -z "${GPU_CHECK_SKIP_KERNEL_TIME:-}" ]; then
   log "kernel time rc=$?"
 fi
 if [ -f bench/host_overhead.py ]; then
-  (cd /tmp && timeout 30 $PY "$OLDPWD/bench/host_overhead.py" > "$LOGS/host_overhead.txt" 2>&1)
+  (cd /tmp && timeout 30 $PY "$OLDPWD/bench/host_overhead.py" --device cuda --repeats 21 > "$LOGS/host_overhead.txt" 2>&1)
   log "host overhead rc=$?"
 fi
 [ -z "${GPU_CHECK_SKIP_BENCH:-}" ] && bench bf16 "${GPU_CHECK_BENCH_TIMEOUT:-150}"
