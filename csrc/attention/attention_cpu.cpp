@@ -124,10 +124,9 @@ inline void tile_gemm(int m, int n, int k, const A* X, int64_t xr, int64_t xk, c
 
 int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-// Waking a thread team costs microseconds (far more on a loaded machine): tiny problems,
-// such as gradcheck's, run on the calling thread.
+// Multiply-adds of one pass, for pfa::worth_threads.
 bool worth_threads(const ForwardParams& p) {
-  return double(p.batch) * p.heads_q * p.len_q * double(p.len_k) * p.head_dim > double(1 << 20);
+  return pfa::worth_threads(double(p.batch) * p.heads_q * p.len_q * double(p.len_k) * p.head_dim);
 }
 
 // Where sequence b lives: dense rows start at 0 in their own (b, h) slice; varlen rows are

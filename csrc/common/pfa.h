@@ -141,4 +141,9 @@ void dispatch_cpu_dtype(DType dtype, F&& f) {
   throw std::invalid_argument("unsupported dtype code " + std::to_string(int(dtype)));
 }
 
+// Waking an OpenMP thread team costs microseconds, far more on a loaded machine: problems of
+// fewer than about a million multiply-adds (gradcheck-sized calls, small inference batches) run
+// on the calling thread. Results never depend on the thread count.
+inline bool worth_threads(double work) { return work > double(1 << 20); }
+
 }  // namespace pfa

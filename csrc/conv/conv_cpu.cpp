@@ -296,6 +296,13 @@ std::vector<A> pack_weight_rows(const TapConvParams& p, int64_t KcP) {
   return wc;
 }
 
+// Multiply-adds of one pass (each pass of a layer does about as many), for worth_threads.
+double work_of(const TapConvParams& p) {
+  return double(p.N) * p.Cout * p.Ho * p.Wo * (p.Cin / std::max<int64_t>(1, p.groups)) * p.taps.count();
+}
+double work_of(const TapPoolParams& p) { return double(p.N) * p.C * p.Ho * p.Wo * p.taps.count(); }
+double work_of(const IndexedConvParams& p) { return double(p.N) * p.Cout * p.P_out * p.T * p.Cin; }
+
 // Few input channels: positions are the vector dimension, straight in NCHW order:
 //   y[co][p] = bias[co] + sum_{(t, ci)} wc[co][(t, ci)] * colT[(t, ci)][p]
 template <class T>
@@ -308,7 +315,7 @@ void tap_conv_forward_cols(const TapConvParams& p) {
   const int64_t M = p.Ho * p.Wo, MP = padded_lanes<A>(M), mpad = M + kMaxMR;
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(work_of(p)))
   {
     std::vector<A> col(size_t(Kc * mpad), A(0));
     std::vector<A> cbuf(size_t(Cog * MP));
@@ -363,7 +370,7 @@ void tap_conv_forward_typed(const TapConvParams& p) {
   const int64_t plane_elems = geo.rows * geo.Wq * Cig;
   const int nplanes = p.stride_h * p.stride_w;
   const int64_t M = p.Ho * geo.Wq;
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(work_of(p)))
   {
     std::vector<A> planes(size_t(nplanes * plane_elems));
     std::vector<A> cbuf(size_t(M * CogP));
@@ -414,7 +421,7 @@ void tap_conv_backward_input_cols(const TapConvParams& p) {
   const std::vector<A> wc = pack_weight_rows<T>(p, KcP);
   const int64_t M = p.Ho * p.Wo, MP = padded_lanes<A>(M), mpad = M + kMaxMR;
   T* dx = static_cast<T*>(p.dx);
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(work_of(p)))
   {
     std::vector<A> dyT(size_t(Cog * mpad), A(0));  // dy[co][p], planar
     std::vector<A> g(size_t(Kc * MP));
@@ -516,7 +523,7 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
         for (int t = 0; t < T_; ++t)
           wb[size_t(((grp * T_ + t) * Cog + co) * CigP + ci)] =
               Storage<T>::load(w[((grp * Cog + co) * Cig + ci) * T_ + t]);
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(work_of(p)))
   {
     std::vector<A> dyp(size_t(rows * Wd * Cog));
     std::vector<A> cbuf(size_t(Hi_max * Wd * CigP));
@@ -578,7 +585,7 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
 template <class T, class A = Acc<T>>
 void reduce_chunks(const A* partials, int64_t chunks, int64_t stride, int64_t offset, int64_t count,
                    T* out) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(double(chunks) * count))
   for (int64_t i = 0; i < count; ++i) {
     A s = A(0);
     for (int64_t j = 0; j < chunks; ++j) s += partials[j * stride + offset + i];
@@ -605,7 +612,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
   const int64_t Kc = T_ * Cig;
   const int64_t pitch = cols ? p.Wo : geo.Wq;  // as in the forward pass
   const int64_t M = p.Ho * pitch, mpad = M + kMaxMR;
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(work_of(p)))
   {
     std::vector<A> planes(size_t(p.dw && !cols ? nplanes * plane_elems : 0));
     std::vector<A> col(size_t(p.dw && cols ? (Kc + kMaxMR) * mpad : 0), A(0));
@@ -701,7 +708,7 @@ void tap_pool_forward_typed(const TapPoolParams& p) {
   for (int t = 0; t < T_; ++t) p.taps.offset(t, dr[t], dc[t]);
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (worth_threads(work_of(p)))
   for (int64_t plane = 0; plane < p.N * p.C; ++plane) {
     const int64_t n = plane / p.C, c = plane % p.C;
     const T* xp = x + n * p.x_strides.n + c * p.x_strides.c;
@@ -747,7 +754,7 @@ void tap_pool_backward_typed(const TapPoolParams& p) {
   for (int t = 0; t < T_; ++t) p.taps.offset(t, dr[t], dc[t]);
   const T* dy = static_cast<const T*>(p.dy);
   T* dx = static_cast<T*>(p.dx);
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(work_of(p)))
   {
     std::vector<A> acc(size_t(p.H * p.W));
 #pragma omp for schedule(dynamic)
@@ -831,7 +838,7 @@ void indexed_forward_typed(const IndexedConvParams& p) {
         wk[size_t((t * p.Cin + ci) * CoP + co)] = Storage<T>::load(w[(co * p.Cin + ci) * p.T + t]);
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(work_of(p)))
   {
     std::vector<A> col(size_t((p.P_out + kMaxMR) * K));
     std::vector<A> cbuf(size_t(p.P_out * CoP));
@@ -873,7 +880,7 @@ void indexed_backward_input_typed(const IndexedConvParams& p) {
       for (int64_t t = 0; t < p.T; ++t)
         wk[size_t(co * NP + t * CiP + ci)] = Storage<T>::load(w[(co * p.Cin + ci) * p.T + t]);
   T* dx = static_cast<T*>(p.dx);
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(work_of(p)))
   {
     std::vector<A> dyp(size_t((p.P_out + kMaxMR) * p.Cout));
     std::vector<A> g(size_t(p.P_out * NP));
@@ -917,7 +924,7 @@ void indexed_backward_weight_typed(const IndexedConvParams& p) {
   const int64_t wcount = p.Cout * K, chunk_stride = wcount + p.Cout;
   A* partials = static_cast<A*>(p.partials);
   const int64_t chunks = p.partial_chunks;
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(work_of(p)))
   {
     std::vector<A> col(size_t(p.dw ? (p.P_out + kMaxMR) * K : 0));
     std::vector<A> dyp(size_t((p.P_out + kMaxMR) * CoP));

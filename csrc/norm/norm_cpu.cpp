@@ -166,11 +166,12 @@ PFA_NORM_CPU_KERNELS(bfloat16_t)
 #undef PFA_NORM_CPU_KERNELS
 
 constexpr int64_t kRowsPerTask = 16;
+constexpr double kOpsPerElement = 8;  // statistics and normalization, as multiply-adds
 
 template <class T>
 void forward_typed(const ForwardParams& p) {
   const int64_t tasks = (p.rows + kRowsPerTask - 1) / kRowsPerTask;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(kOpsPerElement * p.rows * p.cols))
   for (int64_t t = 0; t < tasks; ++t)
     forward_rows_any(static_cast<const T*>(nullptr), p, t * kRowsPerTask,
                      std::min(p.rows, (t + 1) * kRowsPerTask));
@@ -182,7 +183,7 @@ void backward_typed(const BackwardParams& p) {
   const int64_t n = p.cols;
   const bool want_partials = p.dweight || p.dbias;
   const int64_t chunks = want_partials ? p.partial_rows : std::max<int64_t>(1, std::min<int64_t>(p.rows, 256));
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(2 * kOpsPerElement * p.rows * n))
   {
     std::vector<A> g(n), xhat(n);
 #pragma omp for schedule(static)
@@ -193,7 +194,7 @@ void backward_typed(const BackwardParams& p) {
   // Stage 2: dweight[j] = sum_c partial[c][j], always summed in chunk order.
   const A* dw_part = static_cast<const A*>(p.partials);
   const A* db_part = dw_part + chunks * n;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(2.0 * chunks * n))
   for (int64_t j = 0; j < n; ++j) {
     A sw = 0, sb = 0;
     for (int64_t c = 0; c < chunks; ++c) {
