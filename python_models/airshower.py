@@ -1,10 +1,11 @@
 """Air-shower reconstruction networks for the hexagonal surface-detector footprints of
 `airshower_sim`: energy, arrival direction and core (and Xmax when traces are given).
 
-- `HexCNN`: hexagonal convolutions (`hex_conv2d`) and hexagonal max pooling on the 9x9 axial
-  tensor of the patch, with the station positions as two extra input channels; with traces, a strided `conv2d` along time encodes each station's trace
-  into channels first. Feature maps are re-masked to the hexagon after every layer (cells
-  outside the patch are not stations).
+- `HexCNN`: residual hexagonal convolutions (`hex_conv2d`) on the 9x9 axial tensor of the
+  patch, with the station positions as two extra input channels; with
+  traces, a strided `conv2d` along time encodes each station's trace into channels first.
+  Feature maps are re-masked to the hexagon after every layer (cells outside the patch are not
+  stations).
 - `ShowerTransformer`: stations as tokens. Pairwise geometry (offsets, distance, time and
   signal differences) passes through a small MLP into a per-head additive attention bias, as
   Particle Transformer's interaction matrix (Qu, Li, Qian, ICML 2022) does; the bias gets
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .airshower_sim import SPACING, patch_mask, patch_xy
+from .airshower_sim import C_LIGHT, SPACING, patch_mask, patch_xy
 from .ops import get_ops, hex_taps
 from .transformer import ATTN_OPS, EncoderLayer, LayerNorm
 
@@ -32,14 +33,23 @@ LG_E_MEAN, LG_E_SCALE = 19.25, 0.45
 CORE_SCALE = 750.0          # m
 XMAX_MEAN, XMAX_SCALE = 750.0, 70.0
 TIME_SCALE = 1000.0         # ns
+# shower_loss weights of the energy, axis and core terms: about 1 / (goal resolution)² in the
+# normalised units (7 % ≈ 0.066, 1.5° ≈ 0.026, 25 m ≈ 0.033), relative to the energy's, so that
+# no task's error dominates the gradient (with equal weights the energy term did)
+LOSS_WEIGHTS = (1.0, 6.0, 4.0)
 
 
 # ---------------------------------------------------------------- data -> tensors
 
 def station_features(events: dict) -> torch.Tensor:
-    """(N, 3, R, Q) float32: log10(1 + S/VEM), time / µs, triggered."""
+    """(N, 3, R, Q) float32: log10(1 + S/VEM), time, triggered.
+
+    The time (relative to the centre station) is in units of the light travel time over one
+    station spacing, the unit of the position channels HexCNN adds: a plane front from axis u
+    then reads t = -(u_x x + u_y y), of order 1 per spacing.
+    """
     s = np.log10(1.0 + events["signal"])
-    t = events["time"] / TIME_SCALE
+    t = events["time"] * (C_LIGHT / SPACING)
     return torch.from_numpy(np.stack([s, t, events["triggered"].astype(np.float32)], axis=1).astype(np.float32))
 
 
@@ -68,11 +78,14 @@ def decode(out: torch.Tensor) -> dict:
 
 
 def shower_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the normalised targets (the axis compared as a unit vector)."""
+    """Mean squared errors over the normalised targets (the axis compared as a unit vector),
+    energy, axis and core weighted by `LOSS_WEIGHTS`."""
     out = out.float()
     axis = nn.functional.normalize(out[:, 1:4], dim=1)
     pred = torch.cat([out[:, :1], axis, out[:, 4:]], dim=1)
-    return ((pred - target) ** 2).mean(0).sum()
+    se = ((pred - target) ** 2).mean(0)
+    w_e, w_axis, w_core = LOSS_WEIGHTS
+    return w_e * se[0] + w_axis * se[1:4].sum() + w_core * se[4:6].sum() + se[6:].sum()
 
 
 def resolutions(out: torch.Tensor, target: torch.Tensor) -> dict:
@@ -108,10 +121,15 @@ class HexConv(nn.Module):
 
 
 class HexCNN(nn.Module):
-    def __init__(self, radius: int = 4, channels=(64, 128), trace_bins: int | None = None,
+    """A hexagonal convolution from the inputs to `width` channels, `blocks` residual blocks
+    x + GELU(hex_conv(x)), all at the patch's full 9x9 resolution (no pooling: on a patch this
+    small, pooling lost the sub-spacing position detail the core and direction need), then the
+    flattened map through an MLP head."""
+
+    def __init__(self, radius: int = 4, width: int = 32, blocks: int = 4, trace_bins: int | None = None,
                  trace_channels: int = 32, hidden: int = 256, backend: str = "pyfastattn"):
         super().__init__()
-        needs = ("hex_conv2d", "hex_max_pool2d") + (("conv2d",) if trace_bins else ())
+        needs = ("hex_conv2d",) + (("conv2d",) if trace_bins else ())
         self.ops = ops = get_ops(backend, needs, "HexCNN")
         self.backend, self.trace_bins = backend, trace_bins
         if trace_bins is not None and trace_bins < 36:
@@ -128,22 +146,14 @@ class HexCNN(nn.Module):
             for w in (self.tw1, self.tw2):
                 nn.init.kaiming_uniform_(w, a=5 ** 0.5)
             cin += trace_channels
-        layers, masks, c = [], [], cin
         mask = torch.from_numpy(patch_mask(radius)).float()[None, None]
         xy = torch.from_numpy(patch_xy(radius) / SPACING).permute(2, 0, 1)[None]
+        self.register_buffer("mask", mask, persistent=False)
         self.register_buffer("coords", xy * mask, persistent=False)
-        for cout in channels:
-            layers.append(nn.ModuleList([HexConv(c, cout, ops), HexConv(cout, cout, ops)]))
-            masks.append(mask)
-            # a pooled cell is a station-derived feature if any cell of its hexagon was
-            mask = get_ops("torch").hex_max_pool2d(mask, radius=1, stride=2)
-            c = cout
-        self.stages = nn.ModuleList(layers)
-        for i, m in enumerate(masks):
-            self.register_buffer(f"mask{i}", m, persistent=False)
-        side = mask.shape[-1]
+        self.stem = HexConv(cin, width, ops)
+        self.blocks = nn.ModuleList(HexConv(width, width, ops) for _ in range(blocks))
         self.act = nn.GELU()
-        self.head = nn.Sequential(nn.Linear(c * side * side, hidden), nn.GELU(),
+        self.head = nn.Sequential(nn.Linear(width * mask.numel(), hidden), nn.GELU(),
                                   nn.Linear(hidden, 7 if trace_bins else 6))
 
     def encode_traces(self, traces):
@@ -160,11 +170,11 @@ class HexCNN(nn.Module):
             if traces is None:
                 raise ValueError("HexCNN: built with trace_bins, so forward needs traces")
             x = torch.cat([x, self.encode_traces(traces).to(x.dtype)], dim=1)
-        for i, (c1, c2) in enumerate(self.stages):
-            mask = getattr(self, f"mask{i}").to(x.dtype)
-            x = self.act(c1(x)) * mask
-            x = self.act(c2(x)) * mask
-            x = self.ops.hex_max_pool2d(x, radius=1, stride=2)
+        # feature maps are re-masked to the stations after every convolution
+        mask = self.mask.to(x.dtype)
+        x = self.act(self.stem(x)) * mask
+        for conv in self.blocks:
+            x = x + self.act(conv(x)) * mask
         return self.head(x.flatten(1))
 
 

@@ -60,7 +60,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="HexCNN or ShowerTransformer")
     g.add_argument("--traces", action="store_true", help="simulate and use traces (adds Xmax)")
     g.add_argument("--width", type=int, default=None,
-                   help="HexCNN channels (w, 2w) [32]; model dim of ShowerTransformer and ViT [64]")
+                   help="HexCNN channels [32]; model dim of ShowerTransformer and ViT [64]")
     g.add_argument("--n-train", type=int, default=None, help="training events / sequences")
     g.add_argument("--n-test", type=int, default=None, help="test events / sequences")
     g = parser.add_argument_group("vit")
@@ -136,8 +136,7 @@ class AirshowerTask(_Task):
         self.test = self._tensors(self.test_ev)
         bins = self.train_ev["traces"].shape[-1] if a.traces else None
         if a.arch == "cnn":
-            w = a.width or 32
-            return A.HexCNN(channels=(w, 2 * w), trace_bins=bins, backend=a.backend)
+            return A.HexCNN(width=a.width or 32, trace_bins=bins, backend=a.backend)
         w = a.width or 64
         return A.ShowerTransformer(dim=w, hidden=2 * w, trace_bins=bins, backend=a.backend)
 

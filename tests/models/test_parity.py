@@ -47,7 +47,7 @@ def _hexcnn(seed, traces):
     inputs = (A.station_features(ev),) + ((A.trace_features(ev),) if traces else ())
 
     def build(backend):
-        return A.HexCNN(channels=(8, 12), hidden=16, trace_bins=40 if traces else None,
+        return A.HexCNN(width=8, blocks=2, hidden=16, trace_bins=40 if traces else None,
                         trace_channels=6, backend=backend)
     return build, inputs
 
@@ -120,7 +120,7 @@ def _check_parity(pair, case, seed):
 
 NEEDS = {
     "transformer-prenorm": ATTN_OPS, "transformer-postnorm": ATTN_OPS, "vit": ATTN_OPS + ("conv2d",),
-    "hexcnn": ("hex_conv2d", "hex_max_pool2d"), "hexcnn-traces": ("hex_conv2d", "hex_max_pool2d", "conv2d"),
+    "hexcnn": ("hex_conv2d",), "hexcnn-traces": ("hex_conv2d", "conv2d"),
     "shower-transformer": ATTN_OPS, "shower-transformer-traces": ATTN_OPS,
 }
 

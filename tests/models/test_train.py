@@ -58,7 +58,7 @@ def test_optimisation_reduces_loss(flush_denormal):
     torch.manual_seed(0)
     ev = simulate(16, seed=0, traces=True, n_bins=40)
     y = A.targets(ev, with_xmax=True)
-    cnn = A.HexCNN(channels=(8, 16), hidden=32, trace_bins=40, trace_channels=8, backend="torch")
+    cnn = A.HexCNN(width=8, blocks=2, hidden=32, trace_bins=40, trace_channels=8, backend="torch")
     x, tr = A.station_features(ev), A.trace_features(ev)
     first, last = _steps_reduce_loss(cnn, lambda: A.shower_loss(cnn(x, tr), y))
     assert last < 0.8 * first, ("HexCNN", first, last)
