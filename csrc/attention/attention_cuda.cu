@@ -335,7 +335,8 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
 #pragma unroll
     for (int r = 0; r < 2 * MT; ++r)
       m_new[r] = softmax_new_max(st[r], fused_scale ? quad_max(tmax[r]) * scale_log2 : quad_max(tmax[r]));
-    if (fused_scale) {
+    // P = p_of(score, m_new) elementwise; tsum = rowsum(P)
+    auto exponentiate = [&](auto p_of) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -343,21 +344,14 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = 2 * mt + (e >> 1);
-            sc[mt][j][e] = mma::Exp2Approx{}(fmaf(sc[mt][j][e], scale_log2, -m_new[r]));
+            sc[mt][j][e] = p_of(sc[mt][j][e], m_new[r]);
             tsum[r] += sc[mt][j][e];
           }
-    } else {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int j = 0; j < BK / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = 2 * mt + (e >> 1);
-            sc[mt][j][e] = masked_exp2(sc[mt][j][e], m_new[r], mma::Exp2Approx{});
-            tsum[r] += sc[mt][j][e];
-          }
-    }
+    };
+    if (fused_scale)
+      exponentiate([&](float qk, float m) { return mma::Exp2Approx{}(fmaf(qk, scale_log2, -m)); });
+    else
+      exponentiate([](float s2, float m) { return masked_exp2(s2, m, mma::Exp2Approx{}); });
 #pragma unroll
     for (int r = 0; r < 2 * MT; ++r) {
       // l stays a per-thread partial sum (alpha is the same across the quad); summed at the end
