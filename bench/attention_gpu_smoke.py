@@ -19,6 +19,7 @@ for dt, D, causal, mk, (lq, lk), gqa in itertools.product(
         [None, "bool", "float"], [(1, 1), (77, 130), (256, 256)], [False, True]):
     B, Hq = 2, 4
     Hkv = 2 if gqa else Hq
+    group = Hq // Hkv
     q = torch.randn(B, Hq, lq, D, device=dev, dtype=dt, requires_grad=True)
     k = torch.randn(B, Hkv, lk, D, device=dev, dtype=dt, requires_grad=True)
     v = torch.randn(B, Hkv, lk, D, device=dev, dtype=dt, requires_grad=True)
@@ -40,8 +41,7 @@ for dt, D, causal, mk, (lq, lk), gqa in itertools.product(
         # Absolute floor 1e-5 times the size of dP = dO V^T: a gradient that is exactly 0 in exact
         # arithmetic (dq or dMask with one key: dS = dP - rowsum(dO * O) with O = V) is the
         # rounding noise of that difference.
-        g = Hq // Hkv
-        dp_scale = max(1.0, float((do.double() @ leaves[2].repeat_interleave(g, 1).transpose(-1, -2)).abs().max()))
+        dp_scale = max(1.0, float((do.double() @ leaves[2].repeat_interleave(group, 1).transpose(-1, -2)).abs().max()))
         ok = lambda a, b, c: ((a.double() - b).abs().max() <= 1e-5 * dp_scale or
                               ((a.double() - b).norm() <= 1e-5 * b.norm() and
                                (a.double() - b).abs().max() <= 1e-4 * b.abs().max()))
@@ -58,9 +58,8 @@ for dt, D, causal, mk, (lq, lk), gqa in itertools.product(
         # torch's own op in this dtype: with GQA, on K/V expanded to Hq heads (torch picks its
         # math backend for enable_gqa with a float mask; expanded, the same fused backends as
         # without GQA, whose rounding is that of a FlashAttention-style kernel)
-        g = Hq // Hkv
         to = torch.nn.functional.scaled_dot_product_attention(
-            tq, tk.repeat_interleave(g, 1), tv.repeat_interleave(g, 1), attn_mask=tm, is_causal=tcausal)
+            tq, tk.repeat_interleave(group, 1), tv.repeat_interleave(group, 1), attn_mask=tm, is_causal=tcausal)
         tg = torch.autograd.grad(to, [tq, tk, tv] + ([mask_leaf] if mk == "float" else []), do)
         ok = lambda a, b, c: (a.double() - b).abs().max() <= 2 * (c.double() - b).abs().max() + 1e-5
         outs = [(out, r, to)] + list(zip(grads, rg, tg))

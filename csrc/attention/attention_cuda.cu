@@ -144,7 +144,7 @@ __host__ __device__ constexpr int mask_tile_bytes() {
 
 // The mask's bytes per element.
 template <class T>
-__device__ __forceinline__ int mask_elem_bytes(const ForwardParams& p) {
+__host__ __device__ __forceinline__ int mask_elem_bytes(const ForwardParams& p) {
   return p.mask_kind == MaskKind::Bool ? 1 : int(sizeof(T));
 }
 
@@ -178,8 +178,9 @@ __device__ __forceinline__ void load_mask_tile(unsigned char* s, const ForwardPa
 }
 
 // Host: can load_mask_tile use 16-byte cp.async for this mask?
-bool mask_rows_aligned(const ForwardParams& p, int es) {
-  const int64_t per_chunk = 16 / es;
+template <class T>
+bool mask_rows_aligned(const ForwardParams& p) {
+  const int64_t per_chunk = 16 / mask_elem_bytes<T>(p);
   return p.mask_kind != MaskKind::None && reinterpret_cast<uintptr_t>(p.mask) % 16 == 0 &&
          p.mask_stride_k == 1 && p.mask_stride_b % per_chunk == 0 && p.mask_stride_h % per_chunk == 0 &&
          p.mask_stride_q % per_chunk == 0;
@@ -980,7 +981,7 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
     } else {
       const bool aligned = rows_aligned(p.q, varlen) && rows_aligned(p.k, varlen) &&
                            rows_aligned(p.v, varlen) && rows_aligned(p.out, varlen);
-      const bool mask_vec = mask_rows_aligned(p, p.mask_kind == MaskKind::Bool ? 1 : int(sizeof(T)));
+      const bool mask_vec = mask_rows_aligned<T>(p);
       with_mma_dim(p.head_dim, [&](auto dc) {
         // 128-row Q tiles (two m-tiles per warp) halve the K/V shared-memory reads per row;
         // D = 256 keeps one m-tile so its 16 x 256 output accumulator fits in registers.
@@ -1021,7 +1022,7 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
       const bool aligned = rows_aligned(p.q, varlen) && rows_aligned(p.k, varlen) && rows_aligned(p.v, varlen) &&
                            rows_aligned(bp.dout, varlen) && rows_aligned(bp.dq, varlen) &&
                            rows_aligned(bp.dk, varlen) && rows_aligned(bp.dv, varlen);
-      const bool mask_vec = mask_rows_aligned(p, p.mask_kind == MaskKind::Bool ? 1 : int(sizeof(T)));
+      const bool mask_vec = mask_rows_aligned<T>(p);
       with_mma_dim(p.head_dim, [&](auto dc) {
         constexpr int D = decltype(dc)::value, LD = mma::padded_ld<D>();
         // Key pass: MTK m-tiles of keys per warp, query tiles of BQ rows; query pass: MTQ m-tiles
@@ -1041,18 +1042,20 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
           } else {
             launch(bwd_dkdv_mma<T, D, MTK, BQ, true, true, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
           }
+          // query pass with MT m-tiles per warp: Q/dO tiles, double-buffered K/V (and mask) tiles
+          auto q_smem = [&](int mt) {
+            return size_t(2 * 64 * mt + 4 * BK) * LD * sizeof(T) + (M ? 2 * size_t(64 * mt) * mask_pitch<BK>() : 0);
+          };
           auto launch_dq = [&](auto mt) {
-            constexpr int MTQ = decltype(mt)::value, BQQ = 64 * MTQ;
-            const size_t q_smem = size_t(2 * BQQ + 4 * BK) * LD * sizeof(T) + (M ? 2 * mask_tile_bytes<BQQ, BK>() : 0);
-            launch(bwd_dq_mma<T, D, MTQ, BK, M>, grid_for(p.len_q, BQQ, p.heads_q, p.batch), q_smem, stream, bp,
-                   aligned, mask_vec);
+            constexpr int MTQ = decltype(mt)::value;
+            launch(bwd_dq_mma<T, D, MTQ, BK, M>, grid_for(p.len_q, 64 * MTQ, p.heads_q, p.batch), q_smem(MTQ),
+                   stream, bp, aligned, mask_vec);
           };
           // Two query m-tiles per warp where the block's shared memory fits (D = 128 needs
           // 102 KB, more than sm_86/sm_89 allow); D = 256 keeps one for registers.
-          constexpr size_t two_mt_smem = size_t(4 * 64 + 4 * BK) * LD * sizeof(T) + (M ? 2 * mask_tile_bytes<128, BK>() : 0);
           if constexpr (D == 256)
             launch_dq(Int<1>{});
-          else if (two_mt_smem <= max_smem_optin())
+          else if (q_smem(2) <= max_smem_optin())
             launch_dq(Int<2>{});
           else
             launch_dq(Int<1>{});
