@@ -20,6 +20,7 @@ Outputs are one tensor (N, 6) or (N, 7): normalised log10 energy, axis (3), core
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -77,14 +78,14 @@ def decode(out: torch.Tensor) -> dict:
     return d
 
 
-def shower_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def shower_loss(out: torch.Tensor, target: torch.Tensor, weights=LOSS_WEIGHTS) -> torch.Tensor:
     """Mean squared errors over the normalised targets (the axis compared as a unit vector),
-    energy, axis and core weighted by `LOSS_WEIGHTS`."""
+    energy, axis and core weighted by `weights` (default `LOSS_WEIGHTS`)."""
     out = out.float()
     axis = nn.functional.normalize(out[:, 1:4], dim=1)
     pred = torch.cat([out[:, :1], axis, out[:, 4:]], dim=1)
     se = ((pred - target) ** 2).mean(0)
-    w_e, w_axis, w_core = LOSS_WEIGHTS
+    w_e, w_axis, w_core = weights
     return w_e * se[0] + w_axis * se[1:4].sum() + w_core * se[4:6].sum() + se[6:].sum()
 
 
@@ -99,6 +100,73 @@ def resolutions(out: torch.Tensor, target: torch.Tensor) -> dict:
     if "xmax" in p:
         res["xmax_g_cm2"] = float((p["xmax"] - t["xmax"]).std())
     return res
+
+
+# ---------------------------------------------------------------- patch symmetries
+
+@lru_cache(maxsize=None)
+def patch_symmetries(radius: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 12 symmetries of the hexagonal patch about its centre station: rotations by
+    multiples of 60°, each with and without a mirror (x -> -x). Returns (source (12, n*n) long,
+    mats (12, 2, 2) float32): symmetry g moves the station at xy to mats[g] @ xy, so the
+    transformed map is x.flatten(-2)[..., source[g]]; cells outside the patch map to themselves.
+    Symmetry 0 is the identity."""
+    n = 2 * radius + 1
+    xy = patch_xy(radius).reshape(-1, 2).astype(np.float64)
+    inside = patch_mask(radius).reshape(-1)
+    mats, sources = [], []
+    for mirror in (False, True):
+        for k in range(6):
+            c, s = math.cos(k * math.pi / 3), math.sin(k * math.pi / 3)
+            m = np.array([[c, -s], [s, c]]) @ (np.diag([-1.0, 1.0]) if mirror else np.eye(2))
+            # the station that lands on cell j came from m^-1 xy_j = m^T xy_j
+            back = xy @ m  # rows: (m^T xy_j)^T
+            dist = np.linalg.norm(back[:, None, :] - xy[None, :, :], axis=2)
+            src = np.where(inside, dist.argmin(1), np.arange(n * n))
+            if not (np.all(dist[inside, src[inside]] < 1e-6 * SPACING) and np.all(inside[src[inside]])):
+                raise AssertionError("the patch is not symmetric under this map")  # by construction it is
+            mats.append(m)
+            sources.append(src)
+    return (torch.from_numpy(np.stack(sources)).long(),
+            torch.from_numpy(np.stack(mats).astype(np.float32)))
+
+
+def apply_symmetry(maps: torch.Tensor, g: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """maps (N, C, R, Q) with symmetry g[i] applied to event i (g: (N,) long)."""
+    N, C, R, Q = maps.shape
+    idx = source.to(maps.device)[g].unsqueeze(1).expand(N, C, R * Q)
+    return maps.reshape(N, C, R * Q).gather(2, idx).reshape(N, C, R, Q)
+
+
+def transform_targets(y: torch.Tensor, g: torch.Tensor, mats: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Rotates/mirrors the axis' and core's horizontal parts of y (N, 6+) by mats[g[i]] (or
+    its inverse, the transpose); the energy, the axis' vertical part and Xmax are invariant."""
+    m = mats.to(y.device, y.dtype)[g]
+    if inverse:
+        m = m.transpose(1, 2)
+    out = y.clone()
+    out[:, 1:3] = torch.einsum("nij,nj->ni", m, y[:, 1:3])
+    out[:, 4:6] = torch.einsum("nij,nj->ni", m, y[:, 4:6])
+    return out
+
+
+@torch.no_grad()
+def symmetric_predict(model: nn.Module, x: torch.Tensor, traces: torch.Tensor | None = None,
+                      radius: int = 4) -> torch.Tensor:
+    """HexCNN output averaged over the patch's 12 symmetries: each transformed footprint is
+    reconstructed, the prediction mapped back, and the 12 averaged (the axis as unit vectors).
+    Same layout as model(x)."""
+    source, mats = patch_symmetries(radius)
+    outs = []
+    for k in range(len(mats)):
+        g = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
+        args = (apply_symmetry(x, g, source),)
+        if traces is not None:
+            args += (apply_symmetry(traces, g, source),)
+        out = model(*args).float()
+        out = torch.cat([out[:, :1], nn.functional.normalize(out[:, 1:4], dim=1), out[:, 4:]], dim=1)
+        outs.append(transform_targets(out, g, mats, inverse=True))
+    return torch.stack(outs).mean(0)
 
 
 # ---------------------------------------------------------------- HexCNN

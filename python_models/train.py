@@ -61,6 +61,11 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--traces", action="store_true", help="simulate and use traces (adds Xmax)")
     g.add_argument("--width", type=int, default=None,
                    help="HexCNN channels [32]; model dim of ShowerTransformer and ViT [64]")
+    g.add_argument("--augment", action="store_true",
+                   help="cnn: train on each event under a random one of the patch's 12 symmetries")
+    g.add_argument("--loss-weights", type=float, nargs=3, default=None, metavar=("ENERGY", "AXIS", "CORE"),
+                   help="weights of the energy, axis and core terms of the loss "
+                        "(default: python_models.airshower.LOSS_WEIGHTS)")
     g.add_argument("--n-train", type=int, default=None, help="training events / sequences")
     g.add_argument("--n-test", type=int, default=None, help="test events / sequences")
     g = parser.add_argument_group("vit")
@@ -150,20 +155,45 @@ class AirshowerTask(_Task):
         return xs + (y,)
 
     def loss(self, model, batch):
-        return self.A.shower_loss(model(*batch[:-1]), batch[-1])
+        *xs, y = batch
+        if model.training and self.args.augment and self.args.arch == "cnn":
+            source, mats = self.symmetries
+            g = torch.randint(0, len(mats), (y.shape[0],), device=y.device)
+            xs = [self.A.apply_symmetry(t, g, source) for t in xs]
+            y = self.A.transform_targets(y, g, mats)
+        return self.A.shower_loss(model(*xs), y, self.loss_weights)
+
+    @property
+    def loss_weights(self):
+        return tuple(self.args.loss_weights or self.A.LOSS_WEIGHTS)
+
+    @property
+    def symmetries(self):
+        if not hasattr(self, "_symmetries"):
+            self._symmetries = self.A.patch_symmetries()
+        return self._symmetries
 
     @torch.no_grad()
-    def evaluate(self, model, device, autocast):
-        outs, ys = [], []
+    def evaluate(self, model, device, autocast, final=False):
+        """Resolutions on the test set; for the CNN's final evaluation also those of the
+        prediction averaged over the patch's 12 symmetries (keys prefixed `sym_`)."""
+        symmetric = final and self.args.arch == "cnn"
+        outs, sym_outs, ys = [], [], []
         for b in self.batches(self.test, torch.arange(len(self.test[-1])), 512):
             b = tuple(t.to(device) for t in b)
             with autocast():
                 outs.append(model(*b[:-1]).float().cpu())
+                if symmetric:
+                    sym_outs.append(self.A.symmetric_predict(model, *b[:-1]).cpu())
             ys.append(b[-1].cpu())
         out, y = torch.cat(outs), torch.cat(ys)
-        self.last = (out, y)
         m = self.A.resolutions(out, y)
-        m["loss"] = float(self.A.shower_loss(out, y))
+        m["loss"] = float(self.A.shower_loss(out, y, self.loss_weights))
+        self.last = (out, y)
+        if symmetric:
+            sym = torch.cat(sym_outs)
+            m.update({f"sym_{k}": v for k, v in self.A.resolutions(sym, y).items()})
+            self.last = (sym, y)
         return m
 
     def plots(self, out_dir):
@@ -190,7 +220,7 @@ class VitTask(_Task):
         return nn.functional.cross_entropy(model(x).float(), y, label_smoothing=0.05)
 
     @torch.no_grad()
-    def evaluate(self, model, device, autocast):
+    def evaluate(self, model, device, autocast, final=False):
         x, y = (t.to(device) for t in self.test)
         with autocast():
             logits = model(x).float()
@@ -220,7 +250,7 @@ class Seq2SeqTask(_Task):
                                            ignore_index=self.task.PAD)
 
     @torch.no_grad()
-    def evaluate(self, model, device, autocast):
+    def evaluate(self, model, device, autocast, final=False):
         from .transformer import exact_match
         src, tgt = (t.to(device) for t in self.test)
         hits = []
@@ -272,7 +302,8 @@ def run(args) -> dict:
     module = model
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.AdamW(module.parameters(), lr=args.lr, weight_decay=0.01)
+    # fused: one kernel over all parameters (on the CPU ~6x faster than the per-tensor loop)
+    opt = torch.optim.AdamW(module.parameters(), lr=args.lr, weight_decay=0.01, fused=True)
     n_train = len(task.train[0])
     per_rank = n_train // world
     steps = math.ceil(per_rank / args.batch_size)
@@ -325,7 +356,7 @@ def run(args) -> dict:
             bar.set_postfix(loss=f"{total / count:.4f}")
         train_loss = _all_reduce_mean(total / max(count, 1), world)
         module.eval()
-        metrics = task.evaluate(module, device, autocast) if rank == 0 else {}
+        metrics = task.evaluate(module, device, autocast, final=epoch + 1 == args.epochs) if rank == 0 else {}
         entry = {"epoch": epoch + 1, "train_loss": train_loss, "test": metrics,
                  "seconds": time.time() - t0, "lr": sched.get_last_lr()[0]}
         history.append(entry)
@@ -354,7 +385,7 @@ def run(args) -> dict:
             plots.training_curves(history, out_dir / "training_curves.png")
             if hasattr(task, "plots") and history:
                 if not hasattr(task, "last"):
-                    task.evaluate(module, device, autocast)
+                    task.evaluate(module, device, autocast, final=True)
                 task.plots(out_dir)
     if world > 1:
         dist.barrier()

@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "conv/conv.h"
@@ -58,7 +59,6 @@ template <> struct Vec<double> {
 };
 template <class A> constexpr int kLanes = Vec<A>::L;
 
-constexpr int kMaxMR = 24;  // rows a kernel may read past M: packs keep this much slack
 constexpr int64_t kPosBlock = 64;  // positions per block of the weight-gradient GEMMs
 
 template <class A>
@@ -74,10 +74,9 @@ struct Gemm {
 };
 
 // One MR x (NV vectors) tile of C: acc = sum_s sum_k a_s[m*am + k*ak] * b_s[k*bk + n],
-// kept in registers; rows >= mr are computed on slack and not stored.
+// kept in registers.
 template <class A, int MR, int NV>
-__attribute__((always_inline)) inline void micro_tile(const Gemm<A>& g, int64_t m0, int64_t n0,
-                                                      int mr) {
+__attribute__((always_inline)) inline void micro_tile(const Gemm<A>& g, int64_t m0, int64_t n0) {
   using V = typename Vec<A>::type;
   constexpr int L = kLanes<A>;
   V acc[MR][NV];
@@ -96,7 +95,7 @@ __attribute__((always_inline)) inline void micro_tile(const Gemm<A>& g, int64_t 
       }
     }
   }
-  for (int i = 0; i < mr; ++i) {
+  for (int i = 0; i < MR; ++i) {
     A* cp = g.c + (m0 + i) * g.cm + n0;
     for (int j = 0; j < NV; ++j) {
       V v = acc[i][j];
@@ -110,10 +109,19 @@ __attribute__((always_inline)) inline void micro_tile(const Gemm<A>& g, int64_t 
   }
 }
 
+// The r < MR rows left after the full tiles: one tile of exactly r rows (no row past M is
+// read or computed).
+template <class A, int NV, int... R>
+__attribute__((always_inline)) inline void micro_rest(const Gemm<A>& g, int64_t m0, int64_t n0, int r,
+                                                      std::integer_sequence<int, R...>) {
+  ((r == R + 1 ? micro_tile<A, R + 1, NV>(g, m0, n0) : void()), ...);
+}
+
 template <class A, int MR, int NV>
 __attribute__((always_inline)) inline void micro_column(const Gemm<A>& g, int64_t n0) {
-  for (int64_t m0 = 0; m0 < g.M; m0 += MR)
-    micro_tile<A, MR, NV>(g, m0, n0, int(std::min<int64_t>(MR, g.M - m0)));
+  int64_t m0 = 0;
+  for (; m0 + MR <= g.M; m0 += MR) micro_tile<A, MR, NV>(g, m0, n0);
+  micro_rest<A, NV>(g, m0, n0, int(g.M - m0), std::make_integer_sequence<int, MR - 1>{});
 }
 
 // Column blocks of 4 vectors (6 rows), the rest with 3/2/1 vectors (8/12/24 rows): at
@@ -144,21 +152,19 @@ inline int64_t fdiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 
 
 // ---------------------------------------------------------------------------------------
 // Packing: a channel-last, zero-padded plane in the accumulation type.
-//   dst[(ii*cols + jj)*cpitch + c] = src[c, s_h*(i0+ii) + ph, s_w*(j0+jj) + pw]
+//   dst[(ii*cols + jj)*cpitch + c] = src[c, s_h*(i0+ii) + ph, s_w*jj + pw]
 // (zero outside the source or for c >= C).
 struct PlaneSpec {
   int64_t C = 0, H = 0, W = 0;  // source
   int64_t sC = 0, sH = 0;       // source strides, cols contiguous
   int sh = 1, sw = 1, ph = 0, pw = 0;
-  int64_t i0 = 0, j0 = 0, rows = 0, cols = 0, cpitch = 0;
+  int64_t i0 = 0, rows = 0, cols = 0, cpitch = 0;
 };
 
 template <class T, class A = Acc<T>>
 void pack_plane(const T* src, const PlaneSpec& s, A* dst) {
-  // Columns jj in [ja, jb) land inside the source row: iw = sw*(j0+jj) + pw in [0, W).
-  const int64_t lo = s.sw * s.j0 + s.pw;  // iw of jj = 0
-  const int64_t ja = std::min(s.cols, lo >= 0 ? int64_t(0) : (-lo + s.sw - 1) / s.sw);
-  const int64_t jb = std::max(ja, std::min(s.cols, s.W - lo <= 0 ? int64_t(0) : (s.W - lo + s.sw - 1) / s.sw));
+  // Columns jj in [0, jb) land inside the source row: iw = sw*jj + pw in [0, W).
+  const int64_t jb = std::min(s.cols, s.W - s.pw <= 0 ? int64_t(0) : (s.W - s.pw + s.sw - 1) / s.sw);
   for (int64_t ii = 0; ii < s.rows; ++ii) {
     const int64_t ih = s.sh * (s.i0 + ii) + s.ph;
     A* drow = dst + ii * s.cols * s.cpitch;
@@ -166,36 +172,50 @@ void pack_plane(const T* src, const PlaneSpec& s, A* dst) {
       std::fill(drow, drow + s.cols * s.cpitch, A(0));
       continue;
     }
-    std::fill(drow, drow + ja * s.cpitch, A(0));
     std::fill(drow + jb * s.cpitch, drow + s.cols * s.cpitch, A(0));
-    const T* srow = src + ih * s.sH + lo;
+    const T* srow = src + ih * s.sH + s.pw;
     // Channel-outer: contiguous reads along the row, writes strided by cpitch (in L1).
     for (int64_t c = 0; c < s.C; ++c) {
       const T* sp = srow + c * s.sC;
       A* d = drow + c;
-      for (int64_t jj = ja; jj < jb; ++jj) d[jj * s.cpitch] = Storage<T>::load(sp[jj * s.sw]);
+      for (int64_t jj = 0; jj < jb; ++jj) d[jj * s.cpitch] = Storage<T>::load(sp[jj * s.sw]);
     }
     if (s.cpitch > s.C)
-      for (int64_t jj = ja; jj < jb; ++jj) std::fill(drow + jj * s.cpitch + s.C, drow + (jj + 1) * s.cpitch, A(0));
+      for (int64_t jj = 0; jj < jb; ++jj) std::fill(drow + jj * s.cpitch + s.C, drow + (jj + 1) * s.cpitch, A(0));
   }
 }
 
 // ---------------------------------------------------------------------------------------
+// Flattened planes: a tap becomes one constant shift of the flat position when the plane
+// rows are read at one pitch. An output row of out_w positions reads source columns
+// [lo, out_w - 1 + hi] of a source src_w wide; the zero columns past the source serve as
+// this row's right halo and, wrapped, as the next row's left halo, so the pitch is
+// max(src_w - lo, out_w + hi) rather than out_w + hi - lo. `lead` zero positions before
+// row 0 take the first row's wrapped reads (shifts may be negative), one zero row after
+// the last takes the dropped columns' reads past it.
+struct FlatRows {
+  int64_t pitch = 0, lead = 0;
+};
+FlatRows flat_rows(int64_t src_w, int64_t out_w, int64_t lo, int64_t hi) {
+  return {std::max(src_w - lo, out_w + hi), std::max<int64_t>(0, -lo)};
+}
+
 // Tap convolution geometry (forward and backward-weight): tap t reads phase plane
-// plane[t] at flat shift shift[t] from the output position oh*Wq + ow.
+// plane[t] at flat position lead + shift[t] + oh*Wq + ow (in positions of the plane).
 struct FwdGeometry {
   int T = 0;
-  int64_t Hq = 0, Wq = 0, rows = 0;  // plane rows incl. slack
-  int64_t qd_lo = 0, qc_lo = 0;
+  int64_t Wq = 0, lead = 0, rows = 0;  // pitch, zero positions before row 0, rows
+  int64_t qd_lo = 0;
   std::vector<int> plane;
   std::vector<int64_t> shift;
+  int64_t plane_positions() const { return lead + rows * Wq; }
 };
 
 FwdGeometry fwd_geometry(const TapConvParams& p) {
   FwdGeometry g;
   g.T = p.taps.count();
   std::vector<int64_t> qd(g.T), qc(g.T), rd(g.T), rc(g.T);
-  int64_t qd_hi = 0, qc_hi = 0;
+  int64_t qd_hi = 0, qc_lo = 0, qc_hi = 0;
   for (int t = 0; t < g.T; ++t) {
     int dr, dc;
     p.taps.offset(t, dr, dc);
@@ -206,27 +226,29 @@ FwdGeometry fwd_geometry(const TapConvParams& p) {
     rc[t] = e - qc[t] * p.stride_w;
     if (t == 0 || qd[t] < g.qd_lo) g.qd_lo = qd[t];
     if (t == 0 || qd[t] > qd_hi) qd_hi = qd[t];
-    if (t == 0 || qc[t] < g.qc_lo) g.qc_lo = qc[t];
+    if (t == 0 || qc[t] < qc_lo) qc_lo = qc[t];
     if (t == 0 || qc[t] > qc_hi) qc_hi = qc[t];
   }
-  g.Hq = p.Ho + qd_hi - g.qd_lo;
-  g.Wq = p.Wo + qc_hi - g.qc_lo;
-  g.rows = g.Hq + (kMaxMR + g.Wq - 1) / g.Wq + 1;
+  const FlatRows fr = flat_rows((p.W + p.stride_w - 1) / p.stride_w, p.Wo, qc_lo, qc_hi);
+  g.Wq = fr.pitch;
+  g.lead = fr.lead;
+  g.rows = p.Ho + qd_hi - g.qd_lo + 1;
   g.plane.resize(g.T);
   g.shift.resize(g.T);
   for (int t = 0; t < g.T; ++t) {
     g.plane[t] = int(rd[t] * p.stride_w + rc[t]);
-    g.shift[t] = (qd[t] - g.qd_lo) * g.Wq + (qc[t] - g.qc_lo);
+    g.shift[t] = (qd[t] - g.qd_lo) * g.Wq + qc[t];
   }
   return g;
 }
 
-// Packs sample n, group grp of x into the s_h*s_w phase planes of `g`.
+// Packs sample n, group grp of x into the s_h*s_w phase planes of `g` (the lead positions
+// are left as they are: zero).
 template <class T, class A = Acc<T>>
 void pack_input_planes(const TapConvParams& p, const FwdGeometry& g, int64_t n, int64_t grp,
                        int64_t Cig, A* planes) {
   const T* x = static_cast<const T*>(p.x) + n * p.x_strides.n + grp * Cig * p.x_strides.c;
-  const int64_t plane_elems = g.rows * g.Wq * Cig;
+  const int64_t plane_elems = g.plane_positions() * Cig;
   for (int a = 0; a < p.stride_h; ++a)
     for (int b = 0; b < p.stride_w; ++b) {
       PlaneSpec s;
@@ -240,18 +262,17 @@ void pack_input_planes(const TapConvParams& p, const FwdGeometry& g, int64_t n, 
       s.ph = a;
       s.pw = b;
       s.i0 = g.qd_lo;
-      s.j0 = g.qc_lo;
       s.rows = g.rows;
       s.cols = g.Wq;
       s.cpitch = Cig;
-      pack_plane<T>(x, s, planes + (a * p.stride_w + b) * plane_elems);
+      pack_plane<T>(x, s, planes + (a * p.stride_w + b) * plane_elems + g.lead * Cig);
     }
 }
 
 // With few input channels per group the per-tap K (= Cig) is too short for the micro-GEMM,
 // so the taps are stacked instead (im2col, position-minor, on the exact output grid):
 //   colT[t*Cig + ci][oh*Wo + ow] = x[ci, oh*s - pad + dr_t, ow*s - pad + dc_t]   (0 outside)
-// Row pitch `mpad` leaves kMaxMR columns of slack; callers allocate kMaxMR spare rows.
+// Row pitch `mpad` >= Ho*Wo; the columns past Ho*Wo are left as they are (zero).
 constexpr int64_t kColsBelow = 8;
 
 template <class T, class A = Acc<T>>
@@ -282,12 +303,12 @@ void im2col_rows(const TapConvParams& p, int64_t n, int64_t grp, int64_t Cig, in
   }
 }
 
-// wc[g][co][t*Cig + ci] (row pitch Kc rounded up to the vector width, kMaxMR spare rows).
+// wc[g][co][t*Cig + ci] (row pitch Kc rounded up to the vector width).
 template <class T, class A = Acc<T>>
 std::vector<A> pack_weight_rows(const TapConvParams& p, int64_t KcP) {
   const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
   const int T_ = p.taps.count();
-  std::vector<A> wc(size_t((G * Cog + kMaxMR) * KcP), A(0));
+  std::vector<A> wc(size_t(G * Cog * KcP), A(0));
   const T* w = static_cast<const T*>(p.w);
   for (int64_t co = 0; co < G * Cog; ++co)
     for (int64_t ci = 0; ci < Cig; ++ci)
@@ -312,17 +333,17 @@ void tap_conv_forward_cols(const TapConvParams& p) {
   const int T_ = p.taps.count();
   const int64_t Kc = T_ * Cig, KcP = padded_lanes<A>(Kc);
   const std::vector<A> wc = pack_weight_rows<T>(p, KcP);
-  const int64_t M = p.Ho * p.Wo, MP = padded_lanes<A>(M), mpad = M + kMaxMR;
+  const int64_t M = p.Ho * p.Wo, MP = padded_lanes<A>(M);
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> col(size_t(Kc * mpad), A(0));
+    std::vector<A> col(size_t(Kc * MP), A(0));
     std::vector<A> cbuf(size_t(Cog * MP));
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < p.N * G; ++item) {
       const int64_t n = item / G, grp = item % G;
-      im2col_rows<T>(p, n, grp, Cig, mpad, col.data());
+      im2col_rows<T>(p, n, grp, Cig, MP, col.data());
       const A* a0 = wc.data() + grp * Cog * KcP;
       const A* b0 = col.data();
       Gemm<A> gm;
@@ -333,7 +354,7 @@ void tap_conv_forward_cols(const TapConvParams& p) {
       gm.b = &b0;
       gm.am = KcP;
       gm.ak = 1;
-      gm.bk = mpad;
+      gm.bk = MP;
       gm.c = cbuf.data();
       gm.cm = MP;
       gemm_run(gm);
@@ -367,7 +388,7 @@ void tap_conv_forward_typed(const TapConvParams& p) {
               Storage<T>::load(w[((grp * Cog + co) * Cig + ci) * T_ + t]);
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
-  const int64_t plane_elems = geo.rows * geo.Wq * Cig;
+  const int64_t plane_elems = geo.plane_positions() * Cig;
   const int nplanes = p.stride_h * p.stride_w;
   const int64_t M = p.Ho * geo.Wq;
 #pragma omp parallel if (worth_threads(work_of(p)))
@@ -380,7 +401,7 @@ void tap_conv_forward_typed(const TapConvParams& p) {
       const int64_t n = item / G, grp = item % G;
       pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
       for (int t = 0; t < T_; ++t) {
-        ap[t] = planes.data() + geo.plane[t] * plane_elems + geo.shift[t] * Cig;
+        ap[t] = planes.data() + geo.plane[t] * plane_elems + (geo.lead + geo.shift[t]) * Cig;
         bp[t] = wf.data() + (grp * T_ + t) * Cig * CogP;
       }
       Gemm<A> gm;
@@ -419,11 +440,11 @@ void tap_conv_backward_input_cols(const TapConvParams& p) {
   const int T_ = p.taps.count();
   const int64_t Kc = T_ * Cig, KcP = padded_lanes<A>(Kc);
   const std::vector<A> wc = pack_weight_rows<T>(p, KcP);
-  const int64_t M = p.Ho * p.Wo, MP = padded_lanes<A>(M), mpad = M + kMaxMR;
+  const int64_t M = p.Ho * p.Wo, MP = padded_lanes<A>(M);
   T* dx = static_cast<T*>(p.dx);
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> dyT(size_t(Cog * mpad), A(0));  // dy[co][p], planar
+    std::vector<A> dyT(size_t(Cog * MP), A(0));  // dy[co][p], planar
     std::vector<A> g(size_t(Kc * MP));
     std::vector<A> acc(size_t(Cig * p.H * p.W));
 #pragma omp for schedule(dynamic)
@@ -433,7 +454,7 @@ void tap_conv_backward_input_cols(const TapConvParams& p) {
       for (int64_t co = 0; co < Cog; ++co)
         for (int64_t oh = 0; oh < p.Ho; ++oh) {
           const T* src = dy + co * p.dy_strides.c + oh * p.dy_strides.h;
-          A* d = dyT.data() + co * mpad + oh * p.Wo;
+          A* d = dyT.data() + co * MP + oh * p.Wo;
           for (int64_t ow = 0; ow < p.Wo; ++ow) d[ow] = Storage<T>::load(src[ow]);
         }
       const A* a0 = wc.data() + grp * Cog * KcP;
@@ -446,7 +467,7 @@ void tap_conv_backward_input_cols(const TapConvParams& p) {
       gm.b = &b0;
       gm.am = 1;
       gm.ak = KcP;
-      gm.bk = mpad;
+      gm.bk = MP;
       gm.c = g.data();
       gm.cm = MP;
       gemm_run(gm);
@@ -511,9 +532,9 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
     return;
   }
   const int64_t Hi_max = (p.H + sh - 1) / sh, Wi_max = (p.W + sw - 1) / sw;
-  const int64_t Wd = Wi_max + f_hi - f_lo;
-  const int64_t Hd = Hi_max + e_hi - e_lo;
-  const int64_t rows = Hd + (kMaxMR + Wd - 1) / Wd + 1;
+  // dy packed as a flattened plane (see flat_rows): dy[i + e, j + f] at lead + (i + e - e_lo)*Wd + j + f
+  const FlatRows fr = flat_rows(p.Wo, Wi_max, f_lo, f_hi);
+  const int64_t Wd = fr.pitch, rows = Hi_max + e_hi - e_lo + 1;
   // wb[g][t][co][ci] (ci padded with zeros)
   std::vector<A> wb(size_t(G * T_ * Cog * CigP), A(0));
   const T* w = static_cast<const T*>(p.w);
@@ -525,7 +546,7 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
               Storage<T>::load(w[((grp * Cog + co) * Cig + ci) * T_ + t]);
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> dyp(size_t(rows * Wd * Cog));
+    std::vector<A> dyp(size_t((fr.lead + rows * Wd) * Cog));
     std::vector<A> cbuf(size_t(Hi_max * Wd * CigP));
     std::vector<const A*> ap(T_), bp(T_);
 #pragma omp for schedule(dynamic)
@@ -538,12 +559,11 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
       s.sC = p.dy_strides.c;
       s.sH = p.dy_strides.h;
       s.i0 = e_lo;
-      s.j0 = f_lo;
       s.rows = rows;
       s.cols = Wd;
       s.cpitch = Cog;
       pack_plane<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s,
-                    dyp.data());
+                    dyp.data() + fr.lead * Cog);
       for (int a = 0; a < sh; ++a)
         for (int b = 0; b < sw; ++b) {
           const int64_t Hi = (p.H - a + sh - 1) / sh, Wi = (p.W - b + sw - 1) / sw;
@@ -552,7 +572,7 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
           const int nt = int(taps.size());
           if (nt > 0) {
             for (int u = 0; u < nt; ++u) {
-              ap[u] = dyp.data() + ((taps[u].e - e_lo) * Wd + (taps[u].f - f_lo)) * Cog;
+              ap[u] = dyp.data() + (fr.lead + (taps[u].e - e_lo) * Wd + taps[u].f) * Cog;
               bp[u] = wb.data() + (grp * T_ + taps[u].t) * Cog * CigP;
             }
             Gemm<A> gm;
@@ -602,7 +622,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
   const int64_t CogP = padded_lanes<A>(Cog);
   const FwdGeometry geo = fwd_geometry(p);
   const int T_ = geo.T;
-  const int64_t plane_elems = geo.rows * geo.Wq * Cig;
+  const int64_t plane_elems = geo.plane_positions() * Cig;
   const int nplanes = p.stride_h * p.stride_w;
   const int64_t wcount = p.Cout * Cig * T_;
   const int64_t chunk_stride = wcount + p.Cout;
@@ -611,11 +631,11 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
   const bool cols = Cig < kColsBelow;
   const int64_t Kc = T_ * Cig;
   const int64_t pitch = cols ? p.Wo : geo.Wq;  // as in the forward pass
-  const int64_t M = p.Ho * pitch, mpad = M + kMaxMR;
+  const int64_t M = p.Ho * pitch, mpad = M;
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
     std::vector<A> planes(size_t(p.dw && !cols ? nplanes * plane_elems : 0));
-    std::vector<A> col(size_t(p.dw && cols ? (Kc + kMaxMR) * mpad : 0), A(0));
+    std::vector<A> col(size_t(p.dw && cols ? Kc * mpad : 0), A(0));
     std::vector<A> dyp(size_t(M * CogP));
     std::vector<A> acc(size_t(G * T_ * Cig * CogP));  // [g][t][ci][co]
     std::vector<A> bacc(size_t(p.Cout));
@@ -665,7 +685,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
           // Position blocks outermost, so that the dy block stays in L1 across the taps.
           for (int64_t k0 = 0; k0 < M; k0 += kPosBlock)
             for (int t = 0; t < T_; ++t) {
-              const A* a0 = planes.data() + geo.plane[t] * plane_elems + (geo.shift[t] + k0) * Cig;
+              const A* a0 = planes.data() + geo.plane[t] * plane_elems + (geo.lead + geo.shift[t] + k0) * Cig;
               const A* b0 = dyp.data() + k0 * CogP;
               Gemm<A> gm;
               gm.M = Cig;
@@ -810,7 +830,6 @@ void gather_columns(const IndexedConvParams& p, int64_t n, A* col) {
       }
       for (int64_t ci = 0; ci < p.Cin; ++ci) d[ci] = Storage<T>::load(x[ci * p.x_stride_c + src]);
     }
-  std::fill(col + p.P_out * K, col + (p.P_out + kMaxMR) * K, A(0));
 }
 
 // Channel-last copy of dy[n] (P_out, cpitch), zero past Cout.
@@ -822,7 +841,6 @@ void pack_dy_points(const IndexedConvParams& p, int64_t n, int64_t cpitch, A* ds
     for (int64_t co = 0; co < p.Cout; ++co) d[co] = Storage<T>::load(dy[co * p.dy_stride_c + o]);
     std::fill(d + p.Cout, d + cpitch, A(0));
   }
-  std::fill(dst + p.P_out * cpitch, dst + (p.P_out + kMaxMR) * cpitch, A(0));
 }
 
 // y[n, co, o] = bias[co] + sum_{t, ci} w[co, ci, t] * col[o][t*Cin + ci]
@@ -840,7 +858,7 @@ void indexed_forward_typed(const IndexedConvParams& p) {
   T* y = static_cast<T*>(p.y);
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> col(size_t((p.P_out + kMaxMR) * K));
+    std::vector<A> col(size_t(p.P_out * K));
     std::vector<A> cbuf(size_t(p.P_out * CoP));
 #pragma omp for schedule(dynamic)
     for (int64_t n = 0; n < p.N; ++n) {
@@ -882,7 +900,7 @@ void indexed_backward_input_typed(const IndexedConvParams& p) {
   T* dx = static_cast<T*>(p.dx);
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> dyp(size_t((p.P_out + kMaxMR) * p.Cout));
+    std::vector<A> dyp(size_t(p.P_out * p.Cout));
     std::vector<A> g(size_t(p.P_out * NP));
     std::vector<A> acc(size_t(p.Cin));
 #pragma omp for schedule(dynamic)
@@ -926,8 +944,8 @@ void indexed_backward_weight_typed(const IndexedConvParams& p) {
   const int64_t chunks = p.partial_chunks;
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> col(size_t(p.dw ? (p.P_out + kMaxMR) * K : 0));
-    std::vector<A> dyp(size_t((p.P_out + kMaxMR) * CoP));
+    std::vector<A> col(size_t(p.dw ? p.P_out * K : 0));
+    std::vector<A> dyp(size_t(p.P_out * CoP));
     std::vector<A> acc(size_t(K * CoP));  // [t*Cin + ci][co]
     std::vector<A> bacc(size_t(p.Cout));
 #pragma omp for schedule(dynamic)

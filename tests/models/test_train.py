@@ -96,7 +96,7 @@ ALL_OPS = ("sdpa", "layer_norm", "add_layer_norm", "conv2d", "hex_conv2d", "hex_
 
 @pytest.mark.parametrize("backend", ["torch", _backend_param("pyfastattn", ALL_OPS)])
 @pytest.mark.parametrize("model,extra", [
-    ("airshower", ["--arch", "cnn", "--traces"]),
+    ("airshower", ["--arch", "cnn", "--traces", "--augment"]),
     ("airshower", ["--arch", "transformer"]),
     ("vit", []),
     ("transformer", ["--task", "reverse", "--max-len", "6", "--dtype", "bf16"]),
@@ -110,6 +110,8 @@ def test_cli_smoke(tmp_path, model, extra, backend):
         for name in ("event_display", "resolution_vs_energy", "predicted_vs_true"):
             assert (out / f"{name}.png").stat().st_size > 0
         assert set(res["final"]) >= {"energy", "angle_deg_68", "core_m_68"}
+        if "cnn" in extra:  # the final evaluation adds the symmetry-averaged prediction's
+            assert set(res["final"]) >= {"sym_energy", "sym_angle_deg_68", "sym_core_m_68", "sym_xmax_g_cm2"}
 
 
 def test_resume_continues_exactly(tmp_path):
