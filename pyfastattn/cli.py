@@ -71,10 +71,13 @@ def cmd_info(args) -> int:
 def cmd_bench(args) -> int:
     import torch
     from pyfastattn.benchmark import FAMILIES
-    from pyfastattn.benchmark.common import device_name, format_table, write_json
+    from pyfastattn.benchmark.common import device_name, format_table, keep_freed_memory, write_json
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and keep_freed_memory():
+        print("note: malloc keeps freed memory for the run (steady CPU timings; see "
+              "pyfastattn.benchmark.common.keep_freed_memory)", file=sys.stderr)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     if device == "cpu" and args.dtype == "fp16":
         print("note: fp16 on the CPU is emulated by every implementation; timings say little", file=sys.stderr)

@@ -195,7 +195,7 @@ class HexCNN(nn.Module):
     flattened map through an MLP head."""
 
     def __init__(self, radius: int = 4, width: int = 32, blocks: int = 4, trace_bins: int | None = None,
-                 trace_channels: int = 32, hidden: int = 256, backend: str = "pyfastattn"):
+                 trace_channels: int = 32, hidden: int = 512, backend: str = "pyfastattn"):
         super().__init__()
         needs = ("hex_conv2d",) + (("conv2d",) if trace_bins else ())
         self.ops = ops = get_ops(backend, needs, "HexCNN")

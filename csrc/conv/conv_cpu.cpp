@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -142,6 +143,76 @@ __attribute__((always_inline)) inline void gemm_body(const Gemm<A>& g) {
 PFA_CPU_CLONES void gemm_run(const Gemm<float>& g) { gemm_body(g); }
 PFA_CPU_CLONES void gemm_run(const Gemm<double>& g) { gemm_body(g); }
 
+// A tap GEMM in chunks of taps whose B panels (K x NP each) fit in L1 together: every row
+// tile re-reads B, so B read from L1 instead of L2; A's rows are re-read once per chunk.
+template <class A>
+void gemm_run_in_tap_chunks(Gemm<A> g) {
+  constexpr int64_t kL1PanelBytes = 24 * 1024;
+  const int per = int(std::max<int64_t>(1, kL1PanelBytes / (g.K * g.NP * int64_t(sizeof(A)))));
+  const A* const* a = g.a;
+  const A* const* b = g.b;
+  const int ntaps = g.ntaps;
+  for (int s = 0; s < ntaps; s += per) {
+    g.a = a + s;
+    g.b = b + s;
+    g.ntaps = std::min(per, ntaps - s);
+    gemm_run(g);
+    g.accumulate = true;  // later chunks add to the first's
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Transpose: dst[c*dst_ld + r] = src[r*src_ld + c] for r < rows, c < cols, in L x L register
+// blocks (L = vector lanes): after swapping bit S of the row and column index for S = L/2,
+// ..., 1, element (r, c) sits at (c, r). Moves between channel-last tiles and NCHW planes.
+
+// Rows a and b = a + S of a block: the elements whose column has bit S set in a trade places
+// with those whose column has it clear in b.
+template <class V, int L, int S, int... J>
+__attribute__((always_inline)) inline void swap_index_bit(V& a, V& b, std::integer_sequence<int, J...>) {
+  const V lo = __builtin_shufflevector(a, b, ((J & S) ? L + J - S : J)...);
+  const V hi = __builtin_shufflevector(a, b, ((J & S) ? L + J : J + S)...);
+  a = lo;
+  b = hi;
+}
+
+template <class V, int L, int S>
+__attribute__((always_inline)) inline void swap_index_bits_from(V* v) {
+  for (int i = 0; i < L; ++i)
+    if (!(i & S)) swap_index_bit<V, L, S>(v[i], v[i + S], std::make_integer_sequence<int, L>{});
+  if constexpr (S > 1) swap_index_bits_from<V, L, S / 2>(v);
+}
+
+template <class A>
+__attribute__((always_inline)) inline void transpose_body(const A* src, int64_t src_ld, A* dst, int64_t dst_ld,
+                                                          int64_t rows, int64_t cols) {
+  using V = typename Vec<A>::type;
+  constexpr int L = kLanes<A>;
+  int64_t r0 = 0;
+  for (; r0 + L <= rows; r0 += L) {
+    int64_t c0 = 0;
+    for (; c0 + L <= cols; c0 += L) {
+      V v[L];
+      for (int i = 0; i < L; ++i) std::memcpy(&v[i], src + (r0 + i) * src_ld + c0, sizeof(V));
+      swap_index_bits_from<V, L, L / 2>(v);
+      for (int i = 0; i < L; ++i) std::memcpy(dst + (c0 + i) * dst_ld + r0, &v[i], sizeof(V));
+    }
+    for (; c0 < cols; ++c0)
+      for (int i = 0; i < L; ++i) dst[c0 * dst_ld + r0 + i] = src[(r0 + i) * src_ld + c0];
+  }
+  for (; r0 < rows; ++r0)
+    for (int64_t c = 0; c < cols; ++c) dst[c * dst_ld + r0] = src[r0 * src_ld + c];
+}
+
+PFA_CPU_CLONES void transpose(const float* src, int64_t src_ld, float* dst, int64_t dst_ld, int64_t rows,
+                              int64_t cols) {
+  transpose_body(src, src_ld, dst, dst_ld, rows, cols);
+}
+PFA_CPU_CLONES void transpose(const double* src, int64_t src_ld, double* dst, int64_t dst_ld, int64_t rows,
+                              int64_t cols) {
+  transpose_body(src, src_ld, dst, dst_ld, rows, cols);
+}
+
 template <class A>
 int64_t padded_lanes(int64_t n) {
   return (n + kLanes<A> - 1) / kLanes<A> * kLanes<A>;
@@ -161,10 +232,33 @@ struct PlaneSpec {
   int64_t i0 = 0, rows = 0, cols = 0, cpitch = 0;
 };
 
+// `scratch` (resized as needed) holds the transposed rows on the vectorized path: whole rows
+// of a source with contiguous rows, stored in the accumulation type.
 template <class T, class A = Acc<T>>
-void pack_plane(const T* src, const PlaneSpec& s, A* dst) {
+void pack_plane(const T* src, const PlaneSpec& s, A* dst, std::vector<A>& scratch) {
   // Columns jj in [0, jb) land inside the source row: iw = sw*jj + pw in [0, W).
   const int64_t jb = std::min(s.cols, s.W - s.pw <= 0 ? int64_t(0) : (s.W - s.pw + s.sw - 1) / s.sw);
+  if constexpr (std::is_same_v<T, A>) {
+    if (s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0 && s.sH == s.W && jb == s.W) {
+      // rows ii in [ia, ib) are source rows i0 + ii in [0, H): one transpose of that block
+      const int64_t ia = std::clamp<int64_t>(-s.i0, 0, s.rows), ib = std::clamp<int64_t>(s.H - s.i0, ia, s.rows);
+      const int64_t row_elems = s.W * s.cpitch;
+      if (scratch.size() < size_t((ib - ia) * row_elems)) scratch.resize(size_t((ib - ia) * row_elems));
+      transpose(src + (s.i0 + ia) * s.W, s.sC, scratch.data(), s.cpitch, s.C, (ib - ia) * s.W);
+      for (int64_t ii = 0; ii < s.rows; ++ii) {
+        A* drow = dst + ii * s.cols * s.cpitch;
+        if (ii < ia || ii >= ib) {
+          std::fill(drow, drow + s.cols * s.cpitch, A(0));
+          continue;
+        }
+        std::copy(scratch.data() + (ii - ia) * row_elems, scratch.data() + (ii - ia + 1) * row_elems, drow);
+        std::fill(drow + row_elems, drow + s.cols * s.cpitch, A(0));
+        if (s.cpitch > s.C)
+          for (int64_t jj = 0; jj < s.W; ++jj) std::fill(drow + jj * s.cpitch + s.C, drow + (jj + 1) * s.cpitch, A(0));
+      }
+      return;
+    }
+  }
   for (int64_t ii = 0; ii < s.rows; ++ii) {
     const int64_t ih = s.sh * (s.i0 + ii) + s.ph;
     A* drow = dst + ii * s.cols * s.cpitch;
@@ -246,7 +340,7 @@ FwdGeometry fwd_geometry(const TapConvParams& p) {
 // are left as they are: zero).
 template <class T, class A = Acc<T>>
 void pack_input_planes(const TapConvParams& p, const FwdGeometry& g, int64_t n, int64_t grp,
-                       int64_t Cig, A* planes) {
+                       int64_t Cig, A* planes, std::vector<A>& scratch) {
   const T* x = static_cast<const T*>(p.x) + n * p.x_strides.n + grp * Cig * p.x_strides.c;
   const int64_t plane_elems = g.plane_positions() * Cig;
   for (int a = 0; a < p.stride_h; ++a)
@@ -265,7 +359,7 @@ void pack_input_planes(const TapConvParams& p, const FwdGeometry& g, int64_t n, 
       s.rows = g.rows;
       s.cols = g.Wq;
       s.cpitch = Cig;
-      pack_plane<T>(x, s, planes + (a * p.stride_w + b) * plane_elems + g.lead * Cig);
+      pack_plane<T>(x, s, planes + (a * p.stride_w + b) * plane_elems + g.lead * Cig, scratch);
     }
 }
 
@@ -315,6 +409,32 @@ std::vector<A> pack_weight_rows(const TapConvParams& p, int64_t KcP) {
       for (int t = 0; t < T_; ++t)
         wc[size_t(co * KcP + t * Cig + ci)] = Storage<T>::load(w[(co * Cig + ci) * T_ + t]);
   return wc;
+}
+
+// A channel-last GEMM tile back to NCHW planes, plus the bias when given:
+//   out[c*Ho*Wo + oh*Wo + ow] = tile[(oh*pitch + ow)*cpitch + c] + bias[c]   (c < C)
+// The float/double path compacts the tile's rows in place and transposes them.
+template <class T, class A = Acc<T>>
+void unpack_tile(A* tile, int64_t pitch, int64_t cpitch, int64_t Ho, int64_t Wo, int64_t C, const T* bias,
+                 T* out) {
+  const int64_t HW = Ho * Wo;
+  if constexpr (std::is_same_v<T, A>) {
+    for (int64_t oh = 1; oh < Ho; ++oh)
+      std::memmove(tile + oh * Wo * cpitch, tile + oh * pitch * cpitch, sizeof(A) * size_t(Wo * cpitch));
+    transpose(tile, cpitch, out, HW, HW, C);
+    if (bias)
+      for (int64_t c = 0; c < C; ++c) {
+        const A b = bias[c];
+        for (int64_t i = 0; i < HW; ++i) out[c * HW + i] += b;
+      }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const A b = bias ? Storage<T>::load(bias[c]) : A(0);
+      for (int64_t oh = 0; oh < Ho; ++oh)
+        for (int64_t ow = 0; ow < Wo; ++ow)
+          out[c * HW + oh * Wo + ow] = Storage<T>::store(tile[size_t((oh * pitch + ow) * cpitch + c)] + b);
+    }
+  }
 }
 
 // Multiply-adds of one pass (each pass of a layer does about as many), for worth_threads.
@@ -393,13 +513,13 @@ void tap_conv_forward_typed(const TapConvParams& p) {
   const int64_t M = p.Ho * geo.Wq;
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> planes(size_t(nplanes * plane_elems));
+    std::vector<A> planes(size_t(nplanes * plane_elems)), scratch;
     std::vector<A> cbuf(size_t(M * CogP));
     std::vector<const A*> ap(T_), bp(T_);
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < p.N * G; ++item) {
       const int64_t n = item / G, grp = item % G;
-      pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
+      pack_input_planes<T>(p, geo, n, grp, Cig, planes.data(), scratch);
       for (int t = 0; t < T_; ++t) {
         ap[t] = planes.data() + geo.plane[t] * plane_elems + (geo.lead + geo.shift[t]) * Cig;
         bp[t] = wf.data() + (grp * T_ + t) * Cig * CogP;
@@ -416,15 +536,9 @@ void tap_conv_forward_typed(const TapConvParams& p) {
       gm.bk = CogP;
       gm.c = cbuf.data();
       gm.cm = CogP;
-      gemm_run(gm);
-      // Channel-last tile -> NCHW, plus bias.
-      for (int64_t co = 0; co < Cog; ++co) {
-        const A b0 = bias ? Storage<T>::load(bias[grp * Cog + co]) : A(0);
-        T* yc = y + ((n * p.Cout) + grp * Cog + co) * p.Ho * p.Wo;
-        for (int64_t oh = 0; oh < p.Ho; ++oh)
-          for (int64_t ow = 0; ow < p.Wo; ++ow)
-            yc[oh * p.Wo + ow] = Storage<T>::store(cbuf[size_t((oh * geo.Wq + ow) * CogP + co)] + b0);
-      }
+      gemm_run_in_tap_chunks(gm);
+      unpack_tile<T>(cbuf.data(), geo.Wq, CogP, p.Ho, p.Wo, Cog, bias ? bias + grp * Cog : nullptr,
+                     y + (n * p.Cout + grp * Cog) * p.Ho * p.Wo);
     }
   }
 }
@@ -546,7 +660,7 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
               Storage<T>::load(w[((grp * Cog + co) * Cig + ci) * T_ + t]);
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> dyp(size_t((fr.lead + rows * Wd) * Cog));
+    std::vector<A> dyp(size_t((fr.lead + rows * Wd) * Cog)), scratch;
     std::vector<A> cbuf(size_t(Hi_max * Wd * CigP));
     std::vector<const A*> ap(T_), bp(T_);
 #pragma omp for schedule(dynamic)
@@ -563,7 +677,7 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
       s.cols = Wd;
       s.cpitch = Cog;
       pack_plane<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s,
-                    dyp.data() + fr.lead * Cog);
+                    dyp.data() + fr.lead * Cog, scratch);
       for (int a = 0; a < sh; ++a)
         for (int b = 0; b < sw; ++b) {
           const int64_t Hi = (p.H - a + sh - 1) / sh, Wi = (p.W - b + sw - 1) / sw;
@@ -587,7 +701,12 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
             gm.bk = CigP;
             gm.c = cbuf.data();
             gm.cm = CigP;
-            gemm_run(gm);
+            gemm_run_in_tap_chunks(gm);
+          }
+          if (sh == 1 && sw == 1) {  // one phase, holding every tap
+            unpack_tile<T>(cbuf.data(), Wd, CigP, Hi, Wi, Cig, static_cast<const T*>(nullptr),
+                           dx + (n * p.Cin + grp * Cig) * p.H * p.W);
+            continue;
           }
           for (int64_t ci = 0; ci < Cig; ++ci) {
             T* dxc = dx + ((n * p.Cin) + grp * Cig + ci) * p.H * p.W;
@@ -634,7 +753,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
   const int64_t M = p.Ho * pitch, mpad = M;
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> planes(size_t(p.dw && !cols ? nplanes * plane_elems : 0));
+    std::vector<A> planes(size_t(p.dw && !cols ? nplanes * plane_elems : 0)), scratch;
     std::vector<A> col(size_t(p.dw && cols ? Kc * mpad : 0), A(0));
     std::vector<A> dyp(size_t(M * CogP));
     std::vector<A> acc(size_t(G * T_ * Cig * CogP));  // [g][t][ci][co]
@@ -656,7 +775,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
           s.cols = pitch;
           s.cpitch = CogP;
           pack_plane<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c,
-                        s, dyp.data());
+                        s, dyp.data(), scratch);
           for (int64_t m = 0; m < M; ++m)
             for (int64_t co = 0; co < Cog; ++co) bacc[size_t(grp * Cog + co)] += dyp[size_t(m * CogP + co)];
           if (!p.dw) continue;
@@ -681,7 +800,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
             }
             continue;
           }
-          pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
+          pack_input_planes<T>(p, geo, n, grp, Cig, planes.data(), scratch);
           // Position blocks outermost, so that the dy block stays in L1 across the taps.
           for (int64_t k0 = 0; k0 < M; k0 += kPosBlock)
             for (int t = 0; t < T_; ++t) {

@@ -9,6 +9,26 @@ from typing import Callable, Iterable
 import torch
 
 
+def keep_freed_memory() -> bool:
+    """On glibc, stop malloc from handing freed memory back to the OS (trim) and from serving
+    large blocks with fresh mmaps, for the rest of the process. Otherwise a call's large
+    temporaries (oneDNN's workspaces, our packed tiles, the outputs) are page-faulted in again
+    on some calls and not others, depending on what ran before: the same F.conv2d then swings
+    2x between runs on the CPU. Returns whether it applied."""
+    import ctypes
+    import ctypes.util
+    import platform
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(mallopt(M_MMAP_THRESHOLD, 32 << 20))
+
+
 def synchronize(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
