@@ -1,17 +1,19 @@
 // CPU kernels of the convolution family.
 //
-// Every convolution here is reduced to one register-blocked micro-GEMM over packed,
-// channel-last tiles (no im2col for the tap convolutions):
+// Every convolution here is reduced to one register-blocked micro-GEMM over packed tiles:
 //   C[m][n] (+)= sum_{tap s} sum_k A_s[m*am + k*ak] * B_s[k*bk + n]
 // - forward:        m = output position, n = output channel, k = (tap, input channel);
-//                   A_s is the packed input shifted by tap s, B_s the tap's weight slice.
+//                   A_s is the channel-last input shifted by tap s, B_s the tap's weight slice.
+//                   With few input channels the roles swap: m = output channel, n = position
+//                   (vectors along positions), B_s the planar input shifted by tap s.
 // - backward-input: the same with dy as input and the transposed weight, once per stride
 //                   phase of dx (only the taps that land on that phase take part).
 // - backward-weight: per tap, m = input channel, n = output channel, k = position.
-// Positions are flattened over a padded plane with row pitch Wq, so every tap becomes one
-// constant shift (conv_math.h's coordinate map); the few columns past the real width are
-// computed and dropped. A stride s splits the input into s*s phase planes so that a tap
-// stays a constant shift inside one plane. Output channels are padded to the vector width.
+// Positions are flattened over a zero-padded plane with row pitch Wq (flat_rows), so every
+// tap becomes one constant shift (conv_math.h's coordinate map); the few columns past the
+// real width are computed and dropped. A stride s splits the input into s*s phase planes so
+// that a tap stays a constant shift inside one plane. Channel-last tiles are packed from and
+// unpacked to NCHW with register-block transposes.
 //
 // OpenMP runs over samples (and groups); dw/db use weight_chunks() fixed batch slices,
 // each summed by one thread in sample order, then the chunks in chunk order, so results do
@@ -239,7 +241,7 @@ void pack_plane(const T* src, const PlaneSpec& s, A* dst, std::vector<A>& scratc
   // Columns jj in [0, jb) land inside the source row: iw = sw*jj + pw in [0, W).
   const int64_t jb = std::min(s.cols, s.W - s.pw <= 0 ? int64_t(0) : (s.W - s.pw + s.sw - 1) / s.sw);
   if constexpr (std::is_same_v<T, A>) {
-    if (s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0 && s.sH == s.W && jb == s.W) {
+    if (s.C > 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0 && s.sH == s.W && jb == s.W) {
       // rows ii in [ia, ib) are source rows i0 + ii in [0, H): one transpose of that block
       const int64_t ia = std::clamp<int64_t>(-s.i0, 0, s.rows), ib = std::clamp<int64_t>(s.H - s.i0, ia, s.rows);
       const int64_t row_elems = s.W * s.cpitch;
@@ -397,7 +399,7 @@ void im2col_rows(const TapConvParams& p, int64_t n, int64_t grp, int64_t Cig, in
   }
 }
 
-// wc[g][co][t*Cig + ci] (row pitch Kc rounded up to the vector width).
+// wc[g][co][t*Cig + ci] (row pitch KcP >= Kc, zeros past Kc).
 template <class T, class A = Acc<T>>
 std::vector<A> pack_weight_rows(const TapConvParams& p, int64_t KcP) {
   const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
@@ -444,45 +446,74 @@ double work_of(const TapConvParams& p) {
 double work_of(const TapPoolParams& p) { return double(p.N) * p.C * p.Ho * p.Wo * p.taps.count(); }
 double work_of(const IndexedConvParams& p) { return double(p.N) * p.Cout * p.P_out * p.T * p.Cin; }
 
-// Few input channels: positions are the vector dimension, straight in NCHW order:
-//   y[co][p] = bias[co] + sum_{(t, ci)} wc[co][(t, ci)] * colT[(t, ci)][p]
+// Few input channels: positions are the vector dimension. Each input channel is packed as
+// its own flattened plane (pitch Wq, as fwd_geometry), so tap t reads every plane at one
+// shift and no im2col is needed (m = oh*Wq + ow):
+//   y[co][m] = bias[co] + sum_t sum_ci wc[co][t*Cig + ci] * plane[phase_t][ci][lead + shift_t + m]
 template <class T>
 void tap_conv_forward_cols(const TapConvParams& p) {
   using A = Acc<T>;
   const int64_t G = p.groups, Cig = p.Cin / G, Cog = p.Cout / G;
-  const int T_ = p.taps.count();
-  const int64_t Kc = T_ * Cig, KcP = padded_lanes<A>(Kc);
-  const std::vector<A> wc = pack_weight_rows<T>(p, KcP);
-  const int64_t M = p.Ho * p.Wo, MP = padded_lanes<A>(M);
+  const FwdGeometry geo = fwd_geometry(p);
+  const int T_ = geo.T;
+  const int64_t Kc = T_ * Cig;
+  const std::vector<A> wc = pack_weight_rows<T>(p, Kc);
+  const int64_t M = p.Ho * geo.Wq, MP = padded_lanes<A>(M);
+  const int64_t PP = geo.plane_positions() + (MP - M);  // + zeros for the padded columns' reads
+  const int nplanes = p.stride_h * p.stride_w;
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> col(size_t(Kc * MP), A(0));
+    std::vector<A> planes(size_t(nplanes * Cig * PP), A(0)), scratch;
     std::vector<A> cbuf(size_t(Cog * MP));
+    std::vector<const A*> ap(T_), bp(T_);
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < p.N * G; ++item) {
       const int64_t n = item / G, grp = item % G;
-      im2col_rows<T>(p, n, grp, Cig, MP, col.data());
-      const A* a0 = wc.data() + grp * Cog * KcP;
-      const A* b0 = col.data();
+      const T* x = static_cast<const T*>(p.x) + n * p.x_strides.n + grp * Cig * p.x_strides.c;
+      for (int a = 0; a < p.stride_h; ++a)
+        for (int b = 0; b < p.stride_w; ++b)
+          for (int64_t ci = 0; ci < Cig; ++ci) {
+            PlaneSpec s;
+            s.C = 1;
+            s.H = p.H;
+            s.W = p.W;
+            s.sH = p.x_strides.h;
+            s.sh = p.stride_h;
+            s.sw = p.stride_w;
+            s.ph = a;
+            s.pw = b;
+            s.i0 = geo.qd_lo;
+            s.rows = geo.rows;
+            s.cols = geo.Wq;
+            s.cpitch = 1;
+            pack_plane<T>(x + ci * p.x_strides.c, s,
+                          planes.data() + ((a * p.stride_w + b) * Cig + ci) * PP + geo.lead, scratch);
+          }
+      for (int t = 0; t < T_; ++t) {
+        ap[t] = wc.data() + grp * Cog * Kc + t * Cig;
+        bp[t] = planes.data() + geo.plane[t] * Cig * PP + geo.lead + geo.shift[t];
+      }
       Gemm<A> gm;
       gm.M = Cog;
       gm.NP = MP;
-      gm.K = Kc;
-      gm.a = &a0;
-      gm.b = &b0;
-      gm.am = KcP;
+      gm.K = Cig;
+      gm.ntaps = T_;
+      gm.a = ap.data();
+      gm.b = bp.data();
+      gm.am = Kc;
       gm.ak = 1;
-      gm.bk = MP;
+      gm.bk = PP;
       gm.c = cbuf.data();
       gm.cm = MP;
       gemm_run(gm);
       for (int64_t co = 0; co < Cog; ++co) {
         const A b = bias ? Storage<T>::load(bias[grp * Cog + co]) : A(0);
-        T* yc = y + (n * p.Cout + grp * Cog + co) * M;
+        T* yc = y + (n * p.Cout + grp * Cog + co) * p.Ho * p.Wo;
         const A* cc = cbuf.data() + co * MP;
-        for (int64_t i = 0; i < M; ++i) yc[i] = Storage<T>::store(cc[i] + b);
+        for (int64_t oh = 0; oh < p.Ho; ++oh)
+          for (int64_t ow = 0; ow < p.Wo; ++ow) yc[oh * p.Wo + ow] = Storage<T>::store(cc[oh * geo.Wq + ow] + b);
       }
     }
   }
