@@ -22,7 +22,7 @@ def test_keep_freed_memory_applies_on_glibc():
 def test_bench_quick_writes_ratios(tmp_path, family):
     out = tmp_path / "bench.json"
     res = subprocess.run([sys.executable, "-m", "pyfastattn", "bench", family, "--device", "cpu", "--quick",
-                          "--json", str(out)], capture_output=True, text=True, timeout=600)
+                          "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     rows = json.loads(out.read_text())["results"]
     ours = [r for r in rows if r["impl"] == "pyfastattn"]
