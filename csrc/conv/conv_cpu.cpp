@@ -286,14 +286,15 @@ void pack_plane(const T* src, const PlaneSpec& s, A* dst, std::vector<A>& scratc
 // rows are read at one pitch. An output row of out_w positions reads source columns
 // [lo, out_w - 1 + hi] of a source src_w wide; the zero columns past the source serve as
 // this row's right halo and, wrapped, as the next row's left halo, so the pitch is
-// max(src_w - lo, out_w + hi) rather than out_w + hi - lo. `lead` zero positions before
-// row 0 take the first row's wrapped reads (shifts may be negative), one zero row after
-// the last takes the dropped columns' reads past it.
+// max(src_w - lo, out_w + max(hi, 0)) rather than out_w + hi - lo (never below out_w: the
+// output rows themselves must not overlap, e.g. with padding past the kernel, where hi < 0).
+// `lead` zero positions before row 0 take the first row's wrapped reads (shifts may be
+// negative), one zero row after the last takes the dropped columns' reads past it.
 struct FlatRows {
   int64_t pitch = 0, lead = 0;
 };
 FlatRows flat_rows(int64_t src_w, int64_t out_w, int64_t lo, int64_t hi) {
-  return {std::max(src_w - lo, out_w + hi), std::max<int64_t>(0, -lo)};
+  return {std::max(src_w - lo, out_w + std::max<int64_t>(hi, 0)), std::max<int64_t>(0, -lo)};
 }
 
 // Tap convolution geometry (forward and backward-weight): tap t reads phase plane

@@ -22,8 +22,10 @@ CASES = [
     (2, 2, 33, 14, 14, 5, 2, 2, 1, 1),         # lecture shapes: 14x14x2 -> 32+
     (1, 3, 32, 32, 32, 3, 1, 1, 1, 1),         # CIFAR-like
     (3, 16, 20, 5, 4, 3, 1, 2, 2, 1),          # dilation larger than the input
-    # >= 8 input channels per group: the packed-plane path (the cases above use im2col)
+    (2, 4, 6, 9, 10, 3, 1, 5, 1, 1),           # padding past the kernel: output rows wider than the taps reach
+    # >= 8 input channels per group: the channel-last path (the cases above with fewer: planar)
     (2, 16, 12, 9, 8, 3, 2, 1, 1, 1),
+    (1, 8, 5, 6, 7, 3, 2, (4, 6), 1, 1),
     (1, 24, 16, 10, 11, (3, 2), (2, 3), (1, 0), (1, 2), 2),
     (2, 9, 33, 7, 6, 3, 1, "same", 1, 1),
 ]
