@@ -157,7 +157,7 @@ class AirshowerTask(_Task):
     def loss(self, model, batch):
         *xs, y = batch
         if model.training and self.args.augment and self.args.arch == "cnn":
-            source, mats = self.symmetries
+            source, mats = self.A.patch_symmetries()
             g = torch.randint(0, len(mats), (y.shape[0],), device=y.device)
             xs = [self.A.apply_symmetry(t, g, source) for t in xs]
             y = self.A.transform_targets(y, g, mats)
@@ -166,12 +166,6 @@ class AirshowerTask(_Task):
     @property
     def loss_weights(self):
         return tuple(self.args.loss_weights or self.A.LOSS_WEIGHTS)
-
-    @property
-    def symmetries(self):
-        if not hasattr(self, "_symmetries"):
-            self._symmetries = self.A.patch_symmetries()
-        return self._symmetries
 
     @torch.no_grad()
     def evaluate(self, model, device, autocast, final=False):

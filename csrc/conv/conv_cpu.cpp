@@ -339,6 +339,25 @@ FwdGeometry fwd_geometry(const TapConvParams& p) {
   return g;
 }
 
+// Phase plane (a, b) of C input channels of x in the layout of `g`, channel pitch C.
+PlaneSpec input_phase_spec(const TapConvParams& p, const FwdGeometry& g, int a, int b, int64_t C) {
+  PlaneSpec s;
+  s.C = C;
+  s.H = p.H;
+  s.W = p.W;
+  s.sC = p.x_strides.c;
+  s.sH = p.x_strides.h;
+  s.sh = p.stride_h;
+  s.sw = p.stride_w;
+  s.ph = a;
+  s.pw = b;
+  s.i0 = g.qd_lo;
+  s.rows = g.rows;
+  s.cols = g.Wq;
+  s.cpitch = C;
+  return s;
+}
+
 // Packs sample n, group grp of x into the s_h*s_w phase planes of `g` (the lead positions
 // are left as they are: zero).
 template <class T, class A = Acc<T>>
@@ -347,33 +366,19 @@ void pack_input_planes(const TapConvParams& p, const FwdGeometry& g, int64_t n, 
   const T* x = static_cast<const T*>(p.x) + n * p.x_strides.n + grp * Cig * p.x_strides.c;
   const int64_t plane_elems = g.plane_positions() * Cig;
   for (int a = 0; a < p.stride_h; ++a)
-    for (int b = 0; b < p.stride_w; ++b) {
-      PlaneSpec s;
-      s.C = Cig;
-      s.H = p.H;
-      s.W = p.W;
-      s.sC = p.x_strides.c;
-      s.sH = p.x_strides.h;
-      s.sh = p.stride_h;
-      s.sw = p.stride_w;
-      s.ph = a;
-      s.pw = b;
-      s.i0 = g.qd_lo;
-      s.rows = g.rows;
-      s.cols = g.Wq;
-      s.cpitch = Cig;
-      pack_plane<T>(x, s, planes + (a * p.stride_w + b) * plane_elems + g.lead * Cig, scratch);
-    }
+    for (int b = 0; b < p.stride_w; ++b)
+      pack_plane<T>(x, input_phase_spec(p, g, a, b, Cig),
+                    planes + (a * p.stride_w + b) * plane_elems + g.lead * Cig, scratch);
 }
 
-// With few input channels per group the per-tap K (= Cig) is too short for the micro-GEMM,
-// so the taps are stacked instead (im2col, position-minor, on the exact output grid):
+// Below kColsBelow input channels per group the passes take positions as the vector dimension
+// (the per-tap channel count is too short to vectorize). The backward-weight pass then
+// stacks the taps (im2col, position-minor, on the exact output grid):
 //   colT[t*Cig + ci][oh*Wo + ow] = x[ci, oh*s - pad + dr_t, ow*s - pad + dc_t]   (0 outside)
-// Row pitch `mpad` >= Ho*Wo; the columns past Ho*Wo are left as they are (zero).
 constexpr int64_t kColsBelow = 8;
 
 template <class T, class A = Acc<T>>
-void im2col_rows(const TapConvParams& p, int64_t n, int64_t grp, int64_t Cig, int64_t mpad, A* colT) {
+void im2col_rows(const TapConvParams& p, int64_t n, int64_t grp, int64_t Cig, A* colT) {
   const T* x = static_cast<const T*>(p.x) + n * p.x_strides.n + grp * Cig * p.x_strides.c;
   const int T_ = p.taps.count();
   for (int t = 0; t < T_; ++t) {
@@ -382,7 +387,7 @@ void im2col_rows(const TapConvParams& p, int64_t n, int64_t grp, int64_t Cig, in
     int64_t oa, ob;  // outputs whose column lands inside the input
     valid_out_range(p.W, p.stride_w, p.pad_w, dc, p.Wo, oa, ob);
     for (int64_t ci = 0; ci < Cig; ++ci) {
-      A* row = colT + (t * Cig + ci) * mpad;
+      A* row = colT + (t * Cig + ci) * p.Ho * p.Wo;
       const T* xc = x + ci * p.x_strides.c;
       for (int64_t oh = 0; oh < p.Ho; ++oh) {
         A* d = row + oh * p.Wo;
@@ -475,23 +480,9 @@ void tap_conv_forward_cols(const TapConvParams& p) {
       const T* x = static_cast<const T*>(p.x) + n * p.x_strides.n + grp * Cig * p.x_strides.c;
       for (int a = 0; a < p.stride_h; ++a)
         for (int b = 0; b < p.stride_w; ++b)
-          for (int64_t ci = 0; ci < Cig; ++ci) {
-            PlaneSpec s;
-            s.C = 1;
-            s.H = p.H;
-            s.W = p.W;
-            s.sH = p.x_strides.h;
-            s.sh = p.stride_h;
-            s.sw = p.stride_w;
-            s.ph = a;
-            s.pw = b;
-            s.i0 = geo.qd_lo;
-            s.rows = geo.rows;
-            s.cols = geo.Wq;
-            s.cpitch = 1;
-            pack_plane<T>(x + ci * p.x_strides.c, s,
+          for (int64_t ci = 0; ci < Cig; ++ci)
+            pack_plane<T>(x + ci * p.x_strides.c, input_phase_spec(p, geo, a, b, 1),
                           planes.data() + ((a * p.stride_w + b) * Cig + ci) * PP + geo.lead, scratch);
-          }
       for (int t = 0; t < T_; ++t) {
         ap[t] = wc.data() + grp * Cog * Kc + t * Cig;
         bp[t] = planes.data() + geo.plane[t] * Cig * PP + geo.lead + geo.shift[t];
@@ -782,11 +773,11 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
   const bool cols = Cig < kColsBelow;
   const int64_t Kc = T_ * Cig;
   const int64_t pitch = cols ? p.Wo : geo.Wq;  // as in the forward pass
-  const int64_t M = p.Ho * pitch, mpad = M;
+  const int64_t M = p.Ho * pitch;
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
     std::vector<A> planes(size_t(p.dw && !cols ? nplanes * plane_elems : 0)), scratch;
-    std::vector<A> col(size_t(p.dw && cols ? Kc * mpad : 0), A(0));
+    std::vector<A> col(size_t(p.dw && cols ? Kc * M : 0), A(0));
     std::vector<A> dyp(size_t(M * CogP));
     std::vector<A> acc(size_t(G * T_ * Cig * CogP));  // [g][t][ci][co]
     std::vector<A> bacc(size_t(p.Cout));
@@ -812,7 +803,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
             for (int64_t co = 0; co < Cog; ++co) bacc[size_t(grp * Cog + co)] += dyp[size_t(m * CogP + co)];
           if (!p.dw) continue;
           if (cols) {  // dw[(t, ci)][co] = sum_p colT[(t, ci)][p] * dy[p][co]: one product
-            im2col_rows<T>(p, n, grp, Cig, mpad, col.data());
+            im2col_rows<T>(p, n, grp, Cig, col.data());
             for (int64_t k0 = 0; k0 < M; k0 += kPosBlock) {
               const A* a0 = col.data() + k0;
               const A* b0 = dyp.data() + k0 * CogP;
@@ -822,7 +813,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
               gm.K = std::min<int64_t>(kPosBlock, M - k0);
               gm.a = &a0;
               gm.b = &b0;
-              gm.am = mpad;
+              gm.am = M;
               gm.ak = 1;
               gm.bk = CogP;
               gm.c = acc.data() + grp * T_ * Cig * CogP;
