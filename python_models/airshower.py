@@ -34,10 +34,11 @@ LG_E_MEAN, LG_E_SCALE = 19.25, 0.45
 CORE_SCALE = 750.0          # m
 XMAX_MEAN, XMAX_SCALE = 750.0, 70.0
 TIME_SCALE = 1000.0         # ns
-# shower_loss weights of the energy, axis and core terms: about 1 / (goal resolution)² in the
-# normalised units (7 % ≈ 0.066, 1.5° ≈ 0.026, 25 m ≈ 0.033), relative to the energy's, so that
-# no task's error dominates the gradient (with equal weights the energy term did)
-LOSS_WEIGHTS = (1.0, 6.0, 4.0)
+# shower_loss weights of the energy, axis, core and Xmax terms: about 1 / (goal resolution)² in
+# the normalised units (7 % ≈ 0.066, 1.5° ≈ 0.026, 25 m ≈ 0.033, 20 g/cm² ≈ 0.29), relative to
+# the energy's, so that no task's error dominates the gradient (with equal weights the energy
+# term did; with traces, an Xmax weight of 1 made the Xmax term 50x the energy's)
+LOSS_WEIGHTS = (1.0, 6.0, 4.0, 0.05)
 
 
 # ---------------------------------------------------------------- data -> tensors
@@ -54,10 +55,15 @@ def station_features(events: dict) -> torch.Tensor:
     return torch.from_numpy(np.stack([s, t, events["triggered"].astype(np.float32)], axis=1).astype(np.float32))
 
 
-def trace_features(events: dict) -> torch.Tensor:
-    """(N, T, R, Q) float32: log(1 + trace / VEM per bin)."""
-    tr = np.log1p(events["traces"].astype(np.float32))
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(tr, -1, 1)))
+def trace_features(events: dict, chunk: int = 8192) -> torch.Tensor:
+    """(N, T, R, Q) float16: log(1 + trace / VEM per bin), kept in half precision (the models
+    convert the stations they encode) so that a training set of traces fits in memory."""
+    tr = events["traces"]
+    out = torch.empty((tr.shape[0], tr.shape[3], tr.shape[1], tr.shape[2]), dtype=torch.float16)
+    for s in range(0, tr.shape[0], chunk):
+        part = np.log1p(tr[s:s + chunk].astype(np.float32))
+        out[s:s + chunk] = torch.from_numpy(np.moveaxis(part, -1, 1))
+    return out
 
 
 def targets(events: dict, with_xmax: bool = False) -> torch.Tensor:
@@ -80,13 +86,14 @@ def decode(out: torch.Tensor) -> dict:
 
 def shower_loss(out: torch.Tensor, target: torch.Tensor, weights=LOSS_WEIGHTS) -> torch.Tensor:
     """Mean squared errors over the normalised targets (the axis compared as a unit vector),
-    energy, axis and core weighted by `weights` (default `LOSS_WEIGHTS`)."""
+    energy, axis, core and Xmax weighted by `weights` (default `LOSS_WEIGHTS`; missing trailing
+    weights take their defaults)."""
     out = out.float()
     axis = nn.functional.normalize(out[:, 1:4], dim=1)
     pred = torch.cat([out[:, :1], axis, out[:, 4:]], dim=1)
     se = ((pred - target) ** 2).mean(0)
-    w_e, w_axis, w_core = weights
-    return w_e * se[0] + w_axis * se[1:4].sum() + w_core * se[4:6].sum() + se[6:].sum()
+    w_e, w_axis, w_core, w_xmax = tuple(weights) + LOSS_WEIGHTS[len(weights):]
+    return w_e * se[0] + w_axis * se[1:4].sum() + w_core * se[4:6].sum() + w_xmax * se[6:].sum()
 
 
 def resolutions(out: torch.Tensor, target: torch.Tensor) -> dict:
@@ -194,6 +201,8 @@ class HexCNN(nn.Module):
     small, pooling lost the sub-spacing position detail the core and direction need), then the
     flattened map through an MLP head."""
 
+    STATION_GROUPS = 16
+
     def __init__(self, radius: int = 4, width: int = 32, blocks: int = 4, trace_bins: int | None = None,
                  trace_channels: int = 32, hidden: int = 512, backend: str = "pyfastattn"):
         super().__init__()
@@ -225,12 +234,25 @@ class HexCNN(nn.Module):
                                   nn.Linear(hidden, 7 if trace_bins else 6))
 
     def encode_traces(self, traces):
-        # (N, T, R, Q) -> (N, C, R, Q): two strided convolutions along time, then a mean
+        """(N, T, R, Q) -> (N, C, R, Q): two strided convolutions along time, then a mean over
+        time. Only stations with a trace are encoded (the others, ~85 % of a patch, get zero
+        features); they are laid out as `STATION_GROUPS` groups of stations so the convolutions
+        have a batch to spread over threads."""
         N, T, R, Q = traces.shape
-        x = traces.reshape(N, 1, T, R * Q)
+        flat = traces.permute(0, 2, 3, 1).reshape(N * R * Q, T)
+        idx = (flat != 0).any(1).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return traces.new_zeros((N, self.tw2.shape[0], R, Q), dtype=self.tw1.dtype)
+        groups = self.STATION_GROUPS
+        per = -(-idx.numel() // groups)
+        x = torch.zeros(groups * per, T, dtype=self.tw1.dtype, device=traces.device)
+        x[: idx.numel()] = flat[idx].to(x.dtype)
+        x = x.reshape(groups, 1, per, T).transpose(2, 3)  # (groups, 1, T, stations per group)
         x = self.act(self.ops.conv2d(x, self.tw1, self.tb1, stride=(4, 1)))
         x = self.act(self.ops.conv2d(x, self.tw2, self.tb2, stride=(4, 1)))
-        return x.mean(2).reshape(N, -1, R, Q)
+        feats = x.mean(2).permute(0, 2, 1).reshape(groups * per, -1)[: idx.numel()]
+        out = feats.new_zeros(N * R * Q, feats.shape[1]).index_copy(0, idx, feats)
+        return out.reshape(N, R, Q, -1).permute(0, 3, 1, 2)
 
     def forward(self, x, traces=None):
         x = torch.cat([x, self.coords.to(x.dtype).expand(x.shape[0], -1, -1, -1)], dim=1)

@@ -59,12 +59,13 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--arch", choices=("cnn", "transformer"), default="cnn",
                    help="HexCNN or ShowerTransformer")
     g.add_argument("--traces", action="store_true", help="simulate and use traces (adds Xmax)")
+    g.add_argument("--trace-bins", type=int, default=120, help="25 ns bins per trace (with --traces)")
     g.add_argument("--width", type=int, default=None,
                    help="HexCNN channels [32]; model dim of ShowerTransformer and ViT [64]")
     g.add_argument("--augment", action="store_true",
                    help="cnn: train on each event under a random one of the patch's 12 symmetries")
-    g.add_argument("--loss-weights", type=float, nargs=3, default=None, metavar=("ENERGY", "AXIS", "CORE"),
-                   help="weights of the energy, axis and core terms of the loss "
+    g.add_argument("--loss-weights", type=float, nargs="+", default=None, metavar="W",
+                   help="weights of the energy, axis, core [and Xmax] terms of the loss "
                         "(default: python_models.airshower.LOSS_WEIGHTS)")
     g.add_argument("--n-train", type=int, default=None, help="training events / sequences")
     g.add_argument("--n-test", type=int, default=None, help="test events / sequences")
@@ -135,8 +136,8 @@ class AirshowerTask(_Task):
         from .airshower_sim import simulate
         a = self.args
         self.A = A
-        self.train_ev = simulate(a.n_train, seed=a.seed * 2 + 1000, traces=a.traces)
-        self.test_ev = simulate(a.n_test, seed=a.seed * 2 + 1001, traces=a.traces)
+        self.train_ev = simulate(a.n_train, seed=a.seed * 2 + 1000, traces=a.traces, n_bins=a.trace_bins)
+        self.test_ev = simulate(a.n_test, seed=a.seed * 2 + 1001, traces=a.traces, n_bins=a.trace_bins)
         self.train = self._tensors(self.train_ev)
         self.test = self._tensors(self.test_ev)
         bins = self.train_ev["traces"].shape[-1] if a.traces else None
@@ -397,6 +398,8 @@ def main(argv=None):
     parser = build_parser(argparse.ArgumentParser(prog="pyfastattn train", description=__doc__,
                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
+    if args.loss_weights is not None and len(args.loss_weights) not in (3, 4):
+        parser.error(f"--loss-weights takes 3 or 4 values (energy axis core [xmax]), got {len(args.loss_weights)}")
     run(args)
     return 0
 
