@@ -421,20 +421,26 @@ std::vector<A> pack_weight_rows(const TapConvParams& p, int64_t KcP) {
 
 // A channel-last GEMM tile back to NCHW planes, plus the bias when given:
 //   out[c*Ho*Wo + oh*Wo + ow] = tile[(oh*pitch + ow)*cpitch + c] + bias[c]   (c < C)
-// The float/double path compacts the tile's rows in place and transposes them.
+// The float/double path transposes the whole tile into a channel-major `stage` (per thread,
+// resized as needed; it stays in cache, so the transpose's scattered stores do too), then
+// writes each output row as one contiguous run with the bias added: `out`, which goes to
+// memory, only gets sequential stores.
 template <class T, class A = Acc<T>>
-void unpack_tile(A* tile, int64_t pitch, int64_t cpitch, int64_t Ho, int64_t Wo, int64_t C, const T* bias,
-                 T* out) {
+void unpack_tile(const A* tile, int64_t pitch, int64_t cpitch, int64_t Ho, int64_t Wo, int64_t C, const T* bias,
+                 T* out, std::vector<A>& stage) {
   const int64_t HW = Ho * Wo;
   if constexpr (std::is_same_v<T, A>) {
-    for (int64_t oh = 1; oh < Ho; ++oh)
-      std::memmove(tile + oh * Wo * cpitch, tile + oh * pitch * cpitch, sizeof(A) * size_t(Wo * cpitch));
-    transpose(tile, cpitch, out, HW, HW, C);
-    if (bias)
-      for (int64_t c = 0; c < C; ++c) {
-        const A b = bias[c];
-        for (int64_t i = 0; i < HW; ++i) out[c * HW + i] += b;
+    const int64_t rows = Ho * pitch, ld = padded_lanes<A>(rows);
+    if (stage.size() < size_t(C * ld)) stage.resize(size_t(C * ld));
+    transpose(tile, cpitch, stage.data(), ld, rows, C);
+    for (int64_t c = 0; c < C; ++c) {
+      const A b = bias ? bias[c] : A(0);
+      for (int64_t oh = 0; oh < Ho; ++oh) {
+        const A* src = stage.data() + c * ld + oh * pitch;
+        A* dst = out + c * HW + oh * Wo;
+        for (int64_t ow = 0; ow < Wo; ++ow) dst[ow] = src[ow] + b;
       }
+    }
   } else {
     for (int64_t c = 0; c < C; ++c) {
       const A b = bias ? Storage<T>::load(bias[c]) : A(0);
@@ -561,7 +567,7 @@ void tap_conv_forward_typed(const TapConvParams& p) {
       gm.cm = CogP;
       gemm_run_in_tap_chunks(gm);
       unpack_tile<T>(cbuf.data(), geo.Wq, CogP, p.Ho, p.Wo, Cog, bias ? bias + grp * Cog : nullptr,
-                     y + (n * p.Cout + grp * Cog) * p.Ho * p.Wo);
+                     y + (n * p.Cout + grp * Cog) * p.Ho * p.Wo, scratch);
     }
   }
 }
@@ -728,7 +734,7 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
           }
           if (sh == 1 && sw == 1) {  // one phase, holding every tap
             unpack_tile<T>(cbuf.data(), Wd, CigP, Hi, Wi, Cig, static_cast<const T*>(nullptr),
-                           dx + (n * p.Cin + grp * Cig) * p.H * p.W);
+                           dx + (n * p.Cin + grp * Cig) * p.H * p.W, scratch);
             continue;
           }
           for (int64_t ci = 0; ci < Cig; ++ci) {
