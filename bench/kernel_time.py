@@ -36,10 +36,21 @@ def device_seconds(fn, iters: int = 10) -> float:
     return total_us / iters / 1e6
 
 
+def copy_row():
+    """The card's device-to-device copy rate (bytes read + written), the ceiling for the norms."""
+    x = torch.randn(1 << 28, device="cuda", dtype=torch.bfloat16)
+    y = torch.empty_like(x)
+    t = device_seconds(lambda: y.copy_(x))
+    row = {"case": "copy 512 MiB bf16", "unit": "GB/s", "device_us": t * 1e6, "rate": 2 * x.numel() * 2 / t / 1e9}
+    print(f"{row['case']:44s} device {t * 1e6:9.1f} us = {row['rate']:7.1f} GB/s (read + write)", flush=True)
+    return [row]
+
+
 def norm_rows():
-    rows = []
+    rows = copy_row()
     dt = torch.bfloat16
-    for n, c in [(32768, 768), (16384, 1024), (8192, 4096), (4096, 8192), (1024, 65536), (65536, 128)]:
+    for n, c in [(32768, 768), (16384, 1024), (8192, 4096), (4096, 8192), (2048, 16384), (1024, 65536),
+                 (65536, 128)]:
         x = torch.randn(n, c, device="cuda", dtype=dt, requires_grad=True)
         w = torch.randn(c, device="cuda", dtype=dt, requires_grad=True)
         b = torch.randn(c, device="cuda", dtype=dt, requires_grad=True)

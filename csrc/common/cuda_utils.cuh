@@ -50,4 +50,15 @@ void dispatch_cuda_dtype(DType dtype, F&& f) {
 
 inline cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
+// Blocks of `kernel` (block_threads threads, no dynamic shared memory) that are resident on
+// the current device at once: a grid of at most this many never waits for a second wave.
+template <class Kernel>
+int resident_blocks(Kernel kernel, int block_threads) {
+  int device = 0, sms = 0, per_sm = 0;
+  PFA_CUDA_CHECK(cudaGetDevice(&device));
+  PFA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  PFA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block_threads, 0));
+  return (per_sm > 0 ? per_sm : 1) * sms;
+}
+
 }  // namespace pfa

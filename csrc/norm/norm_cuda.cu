@@ -8,6 +8,11 @@
 // rows are one segment: the row is read from memory once. Longer rows take several
 // segments; the last one stays in registers, the others are read again.
 //
+// Grids are no larger than what stays resident, so each block walks many rows; the next
+// row's first segment is loaded while the current one is reduced and written, which keeps
+// loads in flight through the reductions (not in add_layer_norm, nor in the backward that
+// keeps column sums in registers: there the extra registers would spill).
+//
 // Backward: one kernel computes dx and, when dweight/dbias are wanted and the row is one
 // segment, the block's column sums of dy * xhat and dy over its chunk of rows (one partial
 // row per block). Longer rows get those sums from a column kernel that reads dy and x
@@ -96,18 +101,35 @@ __device__ __forceinline__ Segment segment_of(int s, int64_t nvec, bool live) {
   return {int64_t(s) * G * K + threadIdx.x, nvec, G, live};
 }
 
-// v[k] = the thread's vector k of the segment of row r; 0 where it has none.
+// raw[k] = the thread's vector k of the segment of row r as stored, not converted yet (so a
+// load issued ahead of its use holds 16 bytes in 4 registers); zeros where it has none.
 template <class T, int V, int K>
-__device__ __forceinline__ void load_segment(const T* r, const Segment& seg, float (&v)[K][V]) {
+__device__ __forceinline__ void load_segment_raw(const T* r, const Segment& seg, Pack<T, V> (&raw)[K]) {
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     if (seg.has(k)) {
-      load_f32<T, V>(r + seg.vec(k) * V, v[k]);
+      raw[k] = *reinterpret_cast<const Pack<T, V>*>(r + seg.vec(k) * V);
     } else {
 #pragma unroll
-      for (int e = 0; e < V; ++e) v[k][e] = 0.f;
+      for (int e = 0; e < V; ++e) raw[k].v[e] = from_f32<T>(0.f);
     }
   }
+}
+
+template <class T, int V, int K>
+__device__ __forceinline__ void unpack_f32(const Pack<T, V> (&raw)[K], float (&v)[K][V]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int e = 0; e < V; ++e) v[k][e] = to_f32(raw[k].v[e]);
+}
+
+// v[k] = the thread's vector k of the segment of row r; 0 where it has none.
+template <class T, int V, int K>
+__device__ __forceinline__ void load_segment(const T* r, const Segment& seg, float (&v)[K][V]) {
+  Pack<T, V> raw[K];
+  load_segment_raw<T, V, K>(r, seg, raw);
+  unpack_f32<T, V, K>(raw, v);
 }
 
 template <class T, int V, int K>
@@ -192,9 +214,44 @@ __device__ __forceinline__ W thread_welford(const float (&v)[K][V], const Segmen
   return {count, mean, m2};
 }
 
+// Row group threadIdx.y's row of the block's iteration starting at row0: clamped to row0
+// and not live past the block's last row (a group that is not live loads and stores nothing).
+struct GroupRow {
+  bool live;
+  int64_t row;
+  __device__ GroupRow(int64_t row0, int64_t end)
+      : live(row0 + threadIdx.y < end), row(live ? row0 + threadIdx.y : row0) {}
+};
+
+template <class T, bool kResidual>
+struct ForwardRow : GroupRow {
+  const T* x;
+  const T* residual;
+  __device__ ForwardRow(const ForwardParams& p, int64_t row0, int64_t end)
+      : GroupRow(row0, end),
+        x(static_cast<const T*>(p.x) + p.x_rows.offset(row)),
+        residual(kResidual ? static_cast<const T*>(p.residual) + p.residual_rows.offset(row) : nullptr) {}
+};
+
+// The first segment of a row and its first value (the Welford shift), loaded ahead: the
+// launch keeps every block resident and each block walks its rows, so the next row's loads
+// are in flight while this row is reduced and written.
+template <class T, int V, int K>
+struct RowAhead {
+  Pack<T, V> x[K];
+  T x0;
+  template <bool kResidual>
+  __device__ void load(const ForwardRow<T, kResidual>& r, int64_t nvec) {
+    load_segment_raw<T, V, K>(r.x, segment_of<K>(0, nvec, r.live), x);
+    x0 = r.x[0];
+  }
+};
+
 template <class T, int V, bool kResidual>
 __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardParams p) {
   constexpr int K = kForwardVecs<V>;
+  // add_layer_norm loads its rows in turn: holding x and residual ahead would spill.
+  constexpr bool kLoadAhead = !kResidual;
   const int64_t n = p.cols, nvec = n / V;
   const int R = blockDim.y;
   const int64_t seg_vecs = int64_t(blockDim.x) * K;
@@ -202,22 +259,22 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
   const T* w = static_cast<const T*>(p.weight);
   const T* b = static_cast<const T*>(p.bias);
   const RowRange rows = block_rows(p.rows);
+  RowAhead<T, V, K> ahead;
+  if (kLoadAhead && rows.begin < rows.end) ahead.load(ForwardRow<T, kResidual>(p, rows.begin, rows.end), nvec);
   for (int64_t row0 = rows.begin; row0 < rows.end; row0 += R) {
-    const bool live = row0 + threadIdx.y < rows.end;
-    const int64_t row = live ? row0 + threadIdx.y : row0;
-    const T* xr = static_cast<const T*>(p.x) + p.x_rows.offset(row);
-    const T* rr = kResidual ? static_cast<const T*>(p.residual) + p.residual_rows.offset(row) : nullptr;
+    const ForwardRow<T, kResidual> cur(p, row0, rows.end);
+    const bool live = cur.live;
+    const int64_t row = cur.row;
     T* sr = kResidual ? static_cast<T*>(p.sum_out) + row * n : nullptr;
     // Pass 1, per segment: s = x (+ residual, rounded and stored); Welford over s - s[0].
-    const float shift = kResidual ? round_to<T>(to_f32(xr[0]) + to_f32(rr[0])) : to_f32(xr[0]);
+    const float x0 = to_f32(kLoadAhead ? ahead.x0 : cur.x[0]);
+    const float shift = kResidual ? round_to<T>(x0 + to_f32(cur.residual[0])) : x0;
     float v[K][V];
     W acc{0.f, 0.f, 0.f};
-    for (int s = 0; s < nseg; ++s) {
-      const Segment seg = segment_of<K>(s, nvec, live);
-      load_segment<T, V, K>(xr, seg, v);
-      if (kResidual) {
+    const auto absorb = [&](const Segment& seg) {  // v holds the segment's x
+      if constexpr (kResidual) {
         float r[K][V];
-        load_segment<T, V, K>(rr, seg, r);
+        load_segment<T, V, K>(cur.residual, seg, r);
 #pragma unroll
         for (int k = 0; k < K; ++k)
 #pragma unroll
@@ -225,7 +282,19 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
         store_segment<T, V, K>(sr, seg, v);
       }
       acc = welford_merge(acc, thread_welford<K, V>(v, seg, shift));
+    };
+    int s = 0;
+    if constexpr (kLoadAhead) {
+      unpack_f32<T, V, K>(ahead.x, v);
+      absorb(segment_of<K>(0, nvec, live));
+      s = 1;
     }
+    for (; s < nseg; ++s) {
+      const Segment seg = segment_of<K>(s, nvec, live);
+      load_segment<T, V, K>(cur.x, seg, v);
+      absorb(seg);
+    }
+    if (kLoadAhead && row0 + R < rows.end) ahead.load(ForwardRow<T, kResidual>(p, row0 + R, rows.end), nvec);
     acc = group_reduce(acc);
     float hi, lo, rstd;
     row_statistics(acc, shift, float(p.eps), p.center, hi, lo, rstd);
@@ -234,7 +303,7 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
       static_cast<float*>(p.rstd)[row] = rstd;
     }
     // Pass 2, last segment first (it is still in registers): y = (s - mean) * rstd * w + b.
-    const T* src = kResidual ? sr : xr;
+    const T* src = kResidual ? sr : cur.x;
     T* yr = static_cast<T*>(p.y) + row * n;
     for (int s = nseg - 1; s >= 0; --s) {
       const Segment seg = segment_of<K>(s, nvec, live);
@@ -255,18 +324,49 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
   }
 }
 
-// g = dy, xh = xhat = ((x - hi) - lo) * rstd for the thread's vectors of a segment; 0 where
-// it has none.
-template <class T, int V, int K>
-__device__ __forceinline__ void load_dy_xhat(const T* dyr, const T* xr, const Segment& seg, float2 mean,
-                                             float rstd, float (&g)[K][V], float (&xh)[K][V]) {
-  load_segment<T, V, K>(dyr, seg, g);
-  load_segment<T, V, K>(xr, seg, xh);
+// xh = xhat = ((x - hi) - lo) * rstd where the thread has a vector of the segment, else 0.
+template <int V, int K>
+__device__ __forceinline__ void to_xhat(const Segment& seg, float2 mean, float rstd, float (&xh)[K][V]) {
 #pragma unroll
   for (int k = 0; k < K; ++k)
 #pragma unroll
     for (int e = 0; e < V; ++e) xh[k][e] = seg.has(k) ? normalized(xh[k][e], mean.x, mean.y, rstd) : 0.f;
 }
+
+// g = dy, xh = xhat for the thread's vectors of a segment; 0 where it has none.
+template <class T, int V, int K>
+__device__ __forceinline__ void load_dy_xhat(const T* dyr, const T* xr, const Segment& seg, float2 mean,
+                                             float rstd, float (&g)[K][V], float (&xh)[K][V]) {
+  load_segment<T, V, K>(dyr, seg, g);
+  load_segment<T, V, K>(xr, seg, xh);
+  to_xhat<V, K>(seg, mean, rstd, xh);
+}
+
+// A backward row and, below, its first segment of dy and x with the row's statistics, loaded
+// ahead as in the forward: in flight while the row before is finished.
+template <class T>
+struct BackwardRow : GroupRow {
+  const T* dy;
+  const T* x;
+  __device__ BackwardRow(const BackwardParams& p, int64_t row0, int64_t end)
+      : GroupRow(row0, end),
+        dy(static_cast<const T*>(p.dy) + p.dy_rows.offset(row)),
+        x(static_cast<const T*>(p.x) + p.x_rows.offset(row)) {}
+};
+
+template <class T, int V, int K>
+struct BackwardAhead {
+  Pack<T, V> dy[K], x[K];
+  float2 mean;
+  float rstd;
+  __device__ void load(const BackwardParams& p, const BackwardRow<T>& r, int64_t nvec) {
+    const Segment seg = segment_of<K>(0, nvec, r.live);
+    load_segment_raw<T, V, K>(r.dy, seg, dy);
+    load_segment_raw<T, V, K>(r.x, seg, x);
+    mean = p.mean ? static_cast<const float2*>(p.mean)[r.row] : make_float2(0.f, 0.f);
+    rstd = static_cast<const float*>(p.rstd)[r.row];
+  }
+};
 
 // g = dy * w rounded once (no FMA contraction), so both passes see the same g and a row
 // whose dx is exactly 0 (one element) gets 0, as on the CPU.
@@ -329,25 +429,25 @@ __global__ void __launch_bounds__(kMaxGroup, 1) backward_kernel(const BackwardPa
   const int64_t seg_vecs = int64_t(blockDim.x) * K;
   const int nseg = int((nvec + seg_vecs - 1) / seg_vecs);
   const T* w = static_cast<const T*>(p.weight);
-  const float2* means = static_cast<const float2*>(p.mean);
-  const float* rstds = static_cast<const float*>(p.rstd);
   const float inv_n = 1.f / float(n);
   float dw[K][V] = {}, db[K][V] = {};  // kPartials: this row group's sums of dy * xhat, dy
   const RowRange rows = block_rows(p.rows);
+  // With the column sums in registers, holding the next row's dy and x too would spill.
+  constexpr bool kLoadAhead = !kPartials;
+  BackwardAhead<T, V, K> ahead;
+  if (kLoadAhead && rows.begin < rows.end) ahead.load(p, BackwardRow<T>(p, rows.begin, rows.end), nvec);
   for (int64_t row0 = rows.begin; row0 < rows.end; row0 += R) {
-    const bool live = row0 + threadIdx.y < rows.end;
-    const int64_t row = live ? row0 + threadIdx.y : row0;
-    const T* dyr = static_cast<const T*>(p.dy) + p.dy_rows.offset(row);
-    const T* xr = static_cast<const T*>(p.x) + p.x_rows.offset(row);
-    const float2 mean = means ? means[row] : make_float2(0.f, 0.f);
-    const float rstd = rstds[row];
+    const BackwardRow<T> cur(p, row0, rows.end);
+    if (!kLoadAhead) ahead.load(p, cur, nvec);
+    const bool live = cur.live;
+    const int64_t row = cur.row;
+    const float2 mean = ahead.mean;
+    const float rstd = ahead.rstd;
     // Pass 1, per segment: xhat = (x - mean) * rstd; dweight += dy * xhat, dbias += dy;
     // g = dy * w; sums of g and g * xhat.
     float g[K][V], xh[K][V];
     float2 sums = make_float2(0.f, 0.f);
-    for (int s = 0; s < nseg; ++s) {
-      const Segment seg = segment_of<K>(s, nvec, live);
-      load_dy_xhat<T, V, K>(dyr, xr, seg, mean, rstd, g, xh);
+    const auto absorb = [&](const Segment& seg) {  // g = dy, xh = xhat of the segment
       if (kPartials) {
 #pragma unroll
         for (int k = 0; k < K; ++k)
@@ -359,7 +459,20 @@ __global__ void __launch_bounds__(kMaxGroup, 1) backward_kernel(const BackwardPa
       for (int k = 0; k < K; ++k)
 #pragma unroll
         for (int e = 0; e < V; ++e) sums.x += g[k][e], sums.y += g[k][e] * xh[k][e];
+    };
+    {
+      const Segment seg = segment_of<K>(0, nvec, live);
+      unpack_f32<T, V, K>(ahead.dy, g);
+      unpack_f32<T, V, K>(ahead.x, xh);
+      to_xhat<V, K>(seg, mean, rstd, xh);
+      absorb(seg);
     }
+    for (int s = 1; s < nseg; ++s) {
+      const Segment seg = segment_of<K>(s, nvec, live);
+      load_dy_xhat<T, V, K>(cur.dy, cur.x, seg, mean, rstd, g, xh);
+      absorb(seg);
+    }
+    if (kLoadAhead && row0 + R < rows.end) ahead.load(p, BackwardRow<T>(p, row0 + R, rows.end), nvec);
     sums = group_reduce(sums);
     const float mean_g = sums.x * inv_n, mean_gx = sums.y * inv_n;
     // Pass 2, last segment first (still in registers):
@@ -369,7 +482,7 @@ __global__ void __launch_bounds__(kMaxGroup, 1) backward_kernel(const BackwardPa
     for (int s = nseg - 1; s >= 0; --s) {
       const Segment seg = segment_of<K>(s, nvec, live);
       if (s != nseg - 1) {
-        load_dy_xhat<T, V, K>(dyr, xr, seg, mean, rstd, g, xh);
+        load_dy_xhat<T, V, K>(cur.dy, cur.x, seg, mean, rstd, g, xh);
         scale_by_weight<T, V, K>(w, seg, g);
       }
 #pragma unroll
@@ -472,10 +585,17 @@ dim3 row_block(int64_t nvec, int per_thread, int block_threads) {
   return dim3(unsigned(g), unsigned(std::max(1, block_threads / g)));
 }
 
-// One block per block.y rows (block_rows loops when the grid is capped).
+// One block per block.y rows (block_rows loops when the grid is smaller).
 dim3 row_grid(int64_t rows, dim3 block) {
   constexpr int64_t kMaxGrid = int64_t(1) << 20;
   return dim3(unsigned(std::min<int64_t>((rows + block.y - 1) / block.y, kMaxGrid)));
+}
+
+// At most as many blocks as stay resident, each walking its rows with the next one loaded
+// ahead (a grid of row_grid's size would start most blocks after others finished).
+template <class Kernel>
+dim3 resident_row_grid(Kernel kernel, int64_t rows, dim3 block) {
+  return dim3(unsigned(std::min<int64_t>(row_grid(rows, block).x, resident_blocks(kernel, int(block.x * block.y)))));
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -509,10 +629,12 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
     with_vector_width<T>(vec, [&](auto width) {
       constexpr int V = decltype(width)::value;
       const dim3 block = row_block(p.cols / V, kForwardVecs<V>, kForwardBlock);
-      const dim3 grid = row_grid(p.rows, block);
-      if (p.residual) forward_kernel<T, V, true><<<grid, block, 0, stream>>>(p);
-      else forward_kernel<T, V, false><<<grid, block, 0, stream>>>(p);
-      PFA_CHECK_LAUNCH();
+      const auto launch = [&](auto kernel) {
+        kernel<<<resident_row_grid(kernel, p.rows, block), block, 0, stream>>>(p);
+        PFA_CHECK_LAUNCH();
+      };
+      if (p.residual) launch(forward_kernel<T, V, true>);
+      else launch(forward_kernel<T, V, false>);
     });
   });
 }
@@ -539,11 +661,12 @@ void backward_cuda(const BackwardParams& p, uintptr_t stream_handle) {
         backward_kernel<T, V, true><<<unsigned(p.partial_rows), block, 0, stream>>>(p);
         PFA_CHECK_LAUNCH();
       } else {
-        backward_kernel<T, V, false><<<row_grid(p.rows, block), block, 0, stream>>>(p);
+        const auto kernel = backward_kernel<T, V, false>;
+        kernel<<<resident_row_grid(kernel, p.rows, block), block, 0, stream>>>(p);
         PFA_CHECK_LAUNCH();
         if (!want_partials) return;
-        const dim3 grid(unsigned((p.cols / V + kColThreads - 1) / kColThreads), unsigned(p.partial_rows));
-        column_partials_kernel<T, V><<<grid, dim3(kColThreads, kColLanes), 0, stream>>>(p);
+        const dim3 col_grid(unsigned((p.cols / V + kColThreads - 1) / kColThreads), unsigned(p.partial_rows));
+        column_partials_kernel<T, V><<<col_grid, dim3(kColThreads, kColLanes), 0, stream>>>(p);
         PFA_CHECK_LAUNCH();
       }
       const dim3 grid(unsigned((p.cols + 31) / 32), 2);
