@@ -100,7 +100,7 @@ __device__ __forceinline__ void store_dmask_pair(const BackwardParams& bp, int b
     if (bp.dmask_f32)
       *reinterpret_cast<float2*>(static_cast<float*>(bp.dmask) + off) = make_float2(ds0, ds1);
     else
-      *reinterpret_cast<uint32_t*>(static_cast<T*>(bp.dmask) + off) = mma::pack2<T>(ds0, ds1);
+      *reinterpret_cast<uint32_t*>(static_cast<T*>(bp.dmask) + off) = pack2<T>(ds0, ds1);
     return;
   }
   store_dmask<T>(bp, b, h, i, j, ds0);

@@ -17,6 +17,8 @@
 
 #include <cstdint>
 
+#include "common/cuda_utils.cuh"
+
 namespace pfa::attention::mma {
 
 // Shared-memory rows are padded by 16 bytes: a row stride of 2 * D + 16 bytes (D a multiple
@@ -84,20 +86,6 @@ struct Exp2Approx {
     return y;
   }
 };
-
-// Two floats -> one register of two T, the lower column in the low half (fragment order).
-template <class T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-  __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&h);
-}
-template <>
-__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&h);
-}
 
 // C(16 MT x N) += A(16 MT x K) B^T: A = the warp's MT m-tiles of 16 rows at `a` (row stride
 // LD), B = N rows at `b` stored [n][k]. x4 ldmatrix of A gives the four 8x8 quadrants of an

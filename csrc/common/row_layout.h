@@ -15,15 +15,17 @@ struct RowLayout {
   int64_t size[kMaxRowDims] = {};  // leading dims, outermost first
   int64_t stride[kMaxRowDims] = {};
 
-  // Element offset of row `row` (row-major over the leading dims).
+  // Element offset of row `row` < the product of the sizes (row-major over the leading
+  // dims). The outermost index is what is left of `row`: no division for it, so a collapsed
+  // (one-dim) layout costs a multiply.
   PFA_HD int64_t offset(int64_t row) const {
     int64_t off = 0;
-    for (int d = ndim - 1; d >= 0; --d) {
+    for (int d = ndim - 1; d > 0; --d) {
       const int64_t i = row % size[d];
       row /= size[d];
       off += i * stride[d];
     }
-    return off;
+    return ndim > 0 ? off + row * stride[0] : off;
   }
 };
 

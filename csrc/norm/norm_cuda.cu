@@ -55,19 +55,20 @@ __device__ __forceinline__ void load_f32(const T* p, float (&out)[V]) {
   for (int k = 0; k < V; ++k) out[k] = to_f32(pk.v[k]);
 }
 
-__device__ __forceinline__ uint32_t bits_of(float x) { return __float_as_uint(x); }
-__device__ __forceinline__ uint32_t bits_of(__half x) { return __half_as_ushort(x); }
-__device__ __forceinline__ uint32_t bits_of(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
 
 template <class T, int V>
 __device__ __forceinline__ void store_f32(T* p, const float (&in)[V]) {
   if constexpr (sizeof(T) * V == 16) {
     // One 16-byte store, written out: the compiler splits a Pack (or uint4) copy into 4-byte
     // stores in the pass-2 loops.
-    constexpr int per_word = 4 / sizeof(T);
-    uint32_t word[4] = {0u, 0u, 0u, 0u};
+    uint32_t word[4];
+    if constexpr (sizeof(T) == 4) {
 #pragma unroll
-    for (int k = 0; k < V; ++k) word[k / per_word] |= bits_of(from_f32<T>(in[k])) << (32 / per_word * (k % per_word));
+      for (int k = 0; k < 4; ++k) word[k] = __float_as_uint(in[k]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) word[k] = pack2<T>(in[2 * k], in[2 * k + 1]);
+    }
     asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(word[0]), "r"(word[1]), "r"(word[2]),
                  "r"(word[3])
                  : "memory");
@@ -152,39 +153,43 @@ __device__ __forceinline__ RowRange block_rows(int64_t rows) {
   return {rows * blockIdx.x / gridDim.x, rows * (blockIdx.x + 1) / gridDim.x};
 }
 
-__device__ __forceinline__ W shfl_xor(const W& w, int m) {
-  return {__shfl_xor_sync(0xffffffffu, w.count, m), __shfl_xor_sync(0xffffffffu, w.mean, m),
-          __shfl_xor_sync(0xffffffffu, w.m2, m)};
-}
+__device__ __forceinline__ float shfl_xor(float s, int m) { return __shfl_xor_sync(0xffffffffu, s, m); }
 __device__ __forceinline__ float2 shfl_xor(float2 s, int m) {
   return make_float2(__shfl_xor_sync(0xffffffffu, s.x, m), __shfl_xor_sync(0xffffffffu, s.y, m));
 }
-__device__ __forceinline__ W combine(const W& a, const W& b) { return welford_merge(a, b); }
+__device__ __forceinline__ float combine(float a, float b) { return a + b; }
 __device__ __forceinline__ float2 combine(float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); }
 
-// Every thread of a row group ends with the same combined state: lanes pair up in a
-// butterfly (the lower lane's state always first, so both get the same bits), then groups
-// wider than a warp fold their warps' states in warp order.
+// Every thread of a row group ends with the same sums: lanes pair up in a butterfly (a + b
+// and b + a are the same bits), then groups wider than a warp add their warps' sums in warp
+// order.
 template <class S>
 __device__ S group_reduce(S s) {
   const int G = blockDim.x;
   const int tid = threadIdx.y * G + threadIdx.x, lane = tid % 32;
 #pragma unroll
   for (int m = 16; m > 0; m >>= 1) {
-    if (m < G) {
-      const S o = shfl_xor(s, m);
-      s = (lane & m) ? combine(o, s) : combine(s, o);
-    }
+    if (m < G) s = combine(s, shfl_xor(s, m));
   }
   if (G <= 32) return s;
   __shared__ S warp_states[kMaxGroup / 32];
   const int warps = G / 32, first = threadIdx.y * warps;
-  __syncthreads();  // the previous row's readers are done
+  __syncthreads();  // the previous call's readers are done
   if (lane == 0) warp_states[tid / 32] = s;
   __syncthreads();
   s = warp_states[first];
   for (int w = 1; w < warps; ++w) s = combine(s, warp_states[first + w]);
   return s;
+}
+
+// The row's (count, mean, M2) from its threads' exact states: the mean from the group's sum
+// of count * mean, then M2 = the sum of each state's M2 about that mean (Chan's merge with
+// the final mean known). Two float sums instead of a Welford merge, with a division, per
+// butterfly level.
+__device__ __forceinline__ W group_statistics(const W& t, int64_t n) {
+  const float count = float(n);
+  const float mean = group_reduce(t.count * t.mean) / count;
+  return {count, mean, group_reduce(m2_about(t, mean))};
 }
 
 // Exact (count, mean, M2) of this thread's values v - shift in a segment: the mean first,
@@ -270,8 +275,8 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
     const float x0 = to_f32(kLoadAhead ? ahead.x0 : cur.x[0]);
     const float shift = kResidual ? round_to<T>(x0 + to_f32(cur.residual[0])) : x0;
     float v[K][V];
-    W acc{0.f, 0.f, 0.f};
-    const auto absorb = [&](const Segment& seg) {  // v holds the segment's x
+    // v holds the segment's x: add the residual (storing the sum); the thread's statistics.
+    const auto absorb = [&](const Segment& seg) {
       if constexpr (kResidual) {
         float r[K][V];
         load_segment<T, V, K>(cur.residual, seg, r);
@@ -281,21 +286,22 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
           for (int e = 0; e < V; ++e) v[k][e] = round_to<T>(v[k][e] + r[k][e]);
         store_segment<T, V, K>(sr, seg, v);
       }
-      acc = welford_merge(acc, thread_welford<K, V>(v, seg, shift));
+      return thread_welford<K, V>(v, seg, shift);
     };
+    W acc{0.f, 0.f, 0.f};
     int s = 0;
     if constexpr (kLoadAhead) {
       unpack_f32<T, V, K>(ahead.x, v);
-      absorb(segment_of<K>(0, nvec, live));
+      acc = absorb(segment_of<K>(0, nvec, live));
       s = 1;
     }
     for (; s < nseg; ++s) {
       const Segment seg = segment_of<K>(s, nvec, live);
       load_segment<T, V, K>(cur.x, seg, v);
-      absorb(seg);
+      acc = welford_merge(acc, absorb(seg));
     }
     if (kLoadAhead && row0 + R < rows.end) ahead.load(ForwardRow<T, kResidual>(p, row0 + R, rows.end), nvec);
-    acc = group_reduce(acc);
+    acc = group_statistics(acc, n);
     float hi, lo, rstd;
     row_statistics(acc, shift, float(p.eps), p.center, hi, lo, rstd);
     if (live && threadIdx.x == 0) {

@@ -38,6 +38,14 @@ PFA_HD Welford<A> welford_merge(const Welford<A>& a, const Welford<A>& b) {
   return {n, a.mean + delta * wb, a.m2 + b.m2 + delta * delta * a.count * wb};
 }
 
+// M2 of a partial state about the mean m of the whole: m2 + count * (mean - m)^2 (the sum of
+// these over disjoint parts is the M2 of their union about m).
+template <class A>
+PFA_HD A m2_about(const Welford<A>& w, A m) {
+  const A d = w.mean - m;
+  return w.m2 + w.count * d * d;
+}
+
 // Layer norm: mean and 1/sqrt(var + eps). RMS norm: mean 0 and 1/sqrt(mean(x^2) + eps).
 // `w` holds the statistics of x - shift. The mean is kept as hi + lo (hi = shift, lo = the
 // shifted mean; both 0 for RMS norm) and subtracted in two steps, in forward and backward,
