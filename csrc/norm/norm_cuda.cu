@@ -182,6 +182,17 @@ __device__ S group_reduce(S s) {
   return s;
 }
 
+// Sum of the thread's squares of a segment (vectors it does not have are zeros).
+template <int K, int V>
+__device__ __forceinline__ float sum_of_squares(const float (&v)[K][V]) {
+  float sq = 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int e = 0; e < V; ++e) sq += v[k][e] * v[k][e];
+  return sq;
+}
+
 // The row's (count, mean, M2) from its threads' exact states: the mean from the group's sum
 // of count * mean, then M2 = the sum of each state's M2 about that mean (Chan's merge with
 // the final mean known). Two float sums instead of a Welford merge, with a division, per
@@ -275,6 +286,8 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
     const float x0 = to_f32(kLoadAhead ? ahead.x0 : cur.x[0]);
     const float shift = kResidual ? round_to<T>(x0 + to_f32(cur.residual[0])) : x0;
     float v[K][V];
+    W acc{0.f, 0.f, 0.f};  // layer norm: Welford over s - shift
+    float squares = 0.f;    // RMS norm: the sum of s^2 (no mean, no shift needed)
     // v holds the segment's x: add the residual (storing the sum); the thread's statistics.
     const auto absorb = [&](const Segment& seg) {
       if constexpr (kResidual) {
@@ -286,24 +299,24 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
           for (int e = 0; e < V; ++e) v[k][e] = round_to<T>(v[k][e] + r[k][e]);
         store_segment<T, V, K>(sr, seg, v);
       }
-      return thread_welford<K, V>(v, seg, shift);
+      if (p.center) acc = welford_merge(acc, thread_welford<K, V>(v, seg, shift));
+      else squares += sum_of_squares<K, V>(v);
     };
-    W acc{0.f, 0.f, 0.f};
     int s = 0;
     if constexpr (kLoadAhead) {
       unpack_f32<T, V, K>(ahead.x, v);
-      acc = absorb(segment_of<K>(0, nvec, live));
+      absorb(segment_of<K>(0, nvec, live));
       s = 1;
     }
     for (; s < nseg; ++s) {
       const Segment seg = segment_of<K>(s, nvec, live);
       load_segment<T, V, K>(cur.x, seg, v);
-      acc = welford_merge(acc, absorb(seg));
+      absorb(seg);
     }
     if (kLoadAhead && row0 + R < rows.end) ahead.load(ForwardRow<T, kResidual>(p, row0 + R, rows.end), nvec);
-    acc = group_statistics(acc, n);
     float hi, lo, rstd;
-    row_statistics(acc, shift, float(p.eps), p.center, hi, lo, rstd);
+    if (p.center) row_statistics(group_statistics(acc, n), shift, float(p.eps), true, hi, lo, rstd);
+    else rms_statistics(group_reduce(squares), float(n), float(p.eps), hi, lo, rstd);
     if (live && threadIdx.x == 0) {
       if (p.mean) static_cast<float2*>(p.mean)[row] = make_float2(hi, lo);
       static_cast<float*>(p.rstd)[row] = rstd;

@@ -31,8 +31,8 @@ PFA_HD void welford_push(Welford<A>& w, A x) {
 // Chan et al.: n = na + nb; mean = mean_a + d * nb / n; m2 = m2_a + m2_b + d^2 * na * nb / n
 template <class A>
 PFA_HD Welford<A> welford_merge(const Welford<A>& a, const Welford<A>& b) {
+  if (a.count == A(0)) return b;
   const A n = a.count + b.count;
-  if (n == A(0)) return a;
   const A wb = b.count / n;
   const A delta = b.mean - a.mean;
   return {n, a.mean + delta * wb, a.m2 + b.m2 + delta * delta * a.count * wb};
@@ -62,6 +62,14 @@ PFA_HD void row_statistics(const Welford<A>& w, A shift, A eps, bool center, A& 
     hi = lo = A(0);
     rstd = A(1) / sqrt(var + m * m + eps);
   }
+}
+
+// RMS norm from the row's sum of squares (the CUDA forward's statistics): mean 0 and
+// 1/sqrt(sum_sq / n + eps). Same value as row_statistics(center = false) up to rounding.
+template <class A>
+PFA_HD void rms_statistics(A sum_sq, A n, A eps, A& hi, A& lo, A& rstd) {
+  hi = lo = A(0);
+  rstd = A(1) / sqrt(sum_sq / n + eps);
 }
 
 // xhat = ((x - hi) - lo) * rstd
