@@ -203,17 +203,17 @@ __device__ __forceinline__ W group_statistics(const W& t, int64_t n) {
   return {count, mean, group_reduce(m2_about(t, mean))};
 }
 
-// Exact (count, mean, M2) of this thread's values v - shift in a segment: the mean first,
-// then the squared deviations from it.
+// Exact (count, mean, M2) of this thread's values u (already shifted) in a segment: the mean
+// first, then the squared deviations from it.
 template <int K, int V>
-__device__ __forceinline__ W thread_welford(const float (&v)[K][V], const Segment& seg, float shift) {
+__device__ __forceinline__ W thread_welford(const float (&u)[K][V], const Segment& seg) {
   float count = 0.f, sum = 0.f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     if (!seg.has(k)) continue;
     count += float(V);
 #pragma unroll
-    for (int e = 0; e < V; ++e) sum += v[k][e] - shift;
+    for (int e = 0; e < V; ++e) sum += u[k][e];
   }
   if (count == 0.f) return {0.f, 0.f, 0.f};
   const float mean = sum / count;
@@ -223,11 +223,22 @@ __device__ __forceinline__ W thread_welford(const float (&v)[K][V], const Segmen
     if (!seg.has(k)) continue;
 #pragma unroll
     for (int e = 0; e < V; ++e) {
-      const float d = (v[k][e] - shift) - mean;
+      const float d = u[k][e] - mean;
       m2 += d * d;
     }
   }
   return {count, mean, m2};
+}
+
+// v -= hi for layer norm (hi = the shift: v becomes what both the statistics and the
+// normalization ((v - hi) - lo) * rstd start from, computed once); RMS norm keeps v (hi = 0).
+template <int K, int V>
+__device__ __forceinline__ void subtract_hi(float (&v)[K][V], bool center, float hi) {
+  if (!center) return;
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int e = 0; e < V; ++e) v[k][e] -= hi;
 }
 
 // Row group threadIdx.y's row of the block's iteration starting at row0: clamped to row0
@@ -299,8 +310,12 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
           for (int e = 0; e < V; ++e) v[k][e] = round_to<T>(v[k][e] + r[k][e]);
         store_segment<T, V, K>(sr, seg, v);
       }
-      if (p.center) acc = welford_merge(acc, thread_welford<K, V>(v, seg, shift));
-      else squares += sum_of_squares<K, V>(v);
+      if (p.center) {
+        subtract_hi<K, V>(v, true, shift);
+        acc = welford_merge(acc, thread_welford<K, V>(v, seg));
+      } else {
+        squares += sum_of_squares<K, V>(v);
+      }
     };
     int s = 0;
     if constexpr (kLoadAhead) {
@@ -321,12 +336,16 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
       if (p.mean) static_cast<float2*>(p.mean)[row] = make_float2(hi, lo);
       static_cast<float*>(p.rstd)[row] = rstd;
     }
-    // Pass 2, last segment first (it is still in registers): y = (s - mean) * rstd * w + b.
+    // Pass 2, last segment first (it is still in registers, as s - hi):
+    // y = ((s - hi) - lo) * rstd * w + b.
     const T* src = kResidual ? sr : cur.x;
     T* yr = static_cast<T*>(p.y) + row * n;
     for (int s = nseg - 1; s >= 0; --s) {
       const Segment seg = segment_of<K>(s, nvec, live);
-      if (s != nseg - 1) load_segment<T, V, K>(src, seg, v);
+      if (s != nseg - 1) {
+        load_segment<T, V, K>(src, seg, v);
+        subtract_hi<K, V>(v, p.center, hi);
+      }
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         if (!seg.has(k)) continue;
@@ -336,7 +355,7 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
         if (b) load_f32<T, V>(b + j, bv);
 #pragma unroll
         for (int e = 0; e < V; ++e)
-          v[k][e] = normalize_affine(v[k][e], hi, lo, rstd, w ? wv[e] : 1.f, b ? bv[e] : 0.f);
+          v[k][e] = normalize_affine(v[k][e], 0.f, lo, rstd, w ? wv[e] : 1.f, b ? bv[e] : 0.f);  // v = s - hi
         store_f32<T, V>(yr + j, v[k]);
       }
     }
