@@ -1,7 +1,7 @@
 // CPU kernels of the norm family. Written like norm_cuda.cu on purpose: one row at a
-// time, Welford statistics, then one pass that normalizes; the math is norm_math.h's.
-// OpenMP spreads rows over threads; the inner loops keep kLanes independent Welford
-// states so they vectorize.
+// time, two-pass statistics of x - shift (layer norm) or the sum of squares (RMS norm), then
+// one pass that normalizes; the math is norm_math.h's. OpenMP spreads rows over threads; the
+// inner loops are vectorized reductions.
 #include <omp.h>
 
 #include <algorithm>
@@ -23,8 +23,6 @@ int64_t reduction_chunks(int64_t rows, int64_t cols, bool cuda) {
 
 namespace {
 
-constexpr int kLanes = 16;
-
 template <class T>
 using Acc = typename Storage<T>::acc;
 
@@ -33,30 +31,33 @@ Acc<T> ld(const T* p, int64_t j) {
   return Storage<T>::load(p[j]);
 }
 
-// Welford over x - shift for one row, with kLanes interleaved states merged at the end.
+// Two-pass statistics of x - shift over one row: the sum, then the squared deviations from
+// the mean (the row is read twice, from cache). Each pass is one vectorized reduction, so a
+// row costs no merge of lane states (with a division each), which dominated short rows.
 template <class T>
-Welford<Acc<T>> row_welford(const T* x, int64_t n, Acc<T> shift) {
+Welford<Acc<T>> row_moments(const T* x, int64_t n, Acc<T> shift) {
   using A = Acc<T>;
-  A mean[kLanes] = {}, m2[kLanes] = {};
-  const int64_t full = n / kLanes * kLanes;
-  A count = 0;
-  for (int64_t j0 = 0; j0 < full; j0 += kLanes) {
-    count += A(1);
-    const A inv = A(1) / count;
-#pragma omp simd
-    for (int l = 0; l < kLanes; ++l) {
-      const A v = ld(x, j0 + l) - shift;
-      const A delta = v - mean[l];
-      mean[l] += delta * inv;
-      m2[l] += delta * (v - mean[l]);
-    }
+  A sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) sum += ld(x, j) - shift;
+  const A mean = sum / A(n);
+  A m2 = 0;
+#pragma omp simd reduction(+ : m2)
+  for (int64_t j = 0; j < n; ++j) {
+    const A d = (ld(x, j) - shift) - mean;
+    m2 += d * d;
   }
-  Welford<A> w{A(0), A(0), A(0)};
-  if (full > 0)
-    for (int l = 0; l < kLanes; ++l) w = welford_merge(w, Welford<A>{count, mean[l], m2[l]});
-  Welford<A> tail{A(0), A(0), A(0)};
-  for (int64_t j = full; j < n; ++j) welford_push(tail, ld(x, j) - shift);
-  return welford_merge(w, tail);
+  return {A(n), mean, m2};
+}
+
+// RMS norm: the row's sum of squares, as the CUDA forward.
+template <class T>
+Acc<T> row_sum_of_squares(const T* x, int64_t n) {
+  using A = Acc<T>;
+  A sq = 0;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t j = 0; j < n; ++j) sq += ld(x, j) * ld(x, j);
+  return sq;
 }
 
 // Rows [r0, r1) of the forward.
@@ -79,9 +80,13 @@ inline void forward_rows(const ForwardParams& p, int64_t r0, int64_t r1) {
       for (int64_t j = 0; j < n; ++j) sr[j] = Storage<T>::store(ld(xr, j) + ld(rr, j));
       src = sr;
     }
-    const A shift = ld(src, 0);
     A hi, lo, rstd;
-    row_statistics(row_welford(src, n, shift), shift, eps, p.center, hi, lo, rstd);
+    if (p.center) {
+      const A shift = ld(src, 0);
+      row_statistics(row_moments(src, n, shift), shift, eps, hi, lo, rstd);
+    } else {
+      rms_statistics(row_sum_of_squares(src, n), A(n), eps, hi, lo, rstd);
+    }
     if (p.mean) static_cast<A*>(p.mean)[2 * r] = hi, static_cast<A*>(p.mean)[2 * r + 1] = lo;
     static_cast<A*>(p.rstd)[r] = rstd;
     // y = ((s - hi) - lo) * rstd * w + b

@@ -330,7 +330,7 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
     }
     if (kLoadAhead && row0 + R < rows.end) ahead.load(ForwardRow<T, kResidual>(p, row0 + R, rows.end), nvec);
     float hi, lo, rstd;
-    if (p.center) row_statistics(group_statistics(acc, n), shift, float(p.eps), true, hi, lo, rstd);
+    if (p.center) row_statistics(group_statistics(acc, n), shift, float(p.eps), hi, lo, rstd);
     else rms_statistics(group_reduce(squares), float(n), float(p.eps), hi, lo, rstd);
     if (live && threadIdx.x == 0) {
       if (p.mean) static_cast<float2*>(p.mean)[row] = make_float2(hi, lo);

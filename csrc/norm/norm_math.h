@@ -1,12 +1,12 @@
 // The per-element math of the norm family, shared verbatim by the CPU and CUDA kernels.
 //
-// Statistics: Welford's running (count, mean, M2) and Chan's merge of two partial
-// states, in the accumulation type (float for 16/32-bit inputs, double for float64), so
-// an input with mean 1e4 and std 1 keeps its variance to float precision.
-// RMS norm reuses the same statistics: mean(x^2) = var + mean^2.
-// The kernels run Welford on x - shift, with shift = the row's first value, so rounding
-// scales with the row's spread rather than its magnitude (mean 1e4, std 1 stays exact to
-// float precision); the mean is shift + the shifted mean.
+// Layer-norm statistics: (count, mean, M2) of x - shift, with shift = the row's first value,
+// so rounding scales with the row's spread rather than its magnitude (mean 1e4, std 1 stays
+// exact to float precision); the mean is kept as shift + the shifted mean. Each part (a CPU
+// row, a CUDA thread's values) is two-pass: the mean, then the squared deviations from it.
+// Parts combine by Chan's merge or, once the row mean is known, by `m2_about`. Accumulation
+// is in float for 16/32-bit inputs and double for float64. RMS norm needs only the sum of
+// squares (`rms_statistics`).
 #pragma once
 #include <cmath>
 
@@ -18,15 +18,6 @@ template <class A>
 struct Welford {
   A count, mean, m2;
 };
-
-// count += 1; delta = x - mean; mean += delta / count; m2 += delta * (x - mean_new)
-template <class A>
-PFA_HD void welford_push(Welford<A>& w, A x) {
-  w.count += A(1);
-  const A delta = x - w.mean;
-  w.mean += delta / w.count;
-  w.m2 += delta * (x - w.mean);
-}
 
 // Chan et al.: n = na + nb; mean = mean_a + d * nb / n; m2 = m2_a + m2_b + d^2 * na * nb / n
 template <class A>
@@ -46,26 +37,18 @@ PFA_HD A m2_about(const Welford<A>& w, A m) {
   return w.m2 + w.count * d * d;
 }
 
-// Layer norm: mean and 1/sqrt(var + eps). RMS norm: mean 0 and 1/sqrt(mean(x^2) + eps).
-// `w` holds the statistics of x - shift. The mean is kept as hi + lo (hi = shift, lo = the
-// shifted mean; both 0 for RMS norm) and subtracted in two steps, in forward and backward,
-// so that neither loses the digits a single rounded float mean of 1e4 would.
+// Layer norm: mean and 1/sqrt(var + eps). `w` holds the statistics of x - shift. The mean is
+// kept as hi + lo (hi = shift, lo = the shifted mean) and subtracted in two steps, in forward
+// and backward, so that neither loses the digits a single rounded float mean of 1e4 would.
 template <class A>
-PFA_HD void row_statistics(const Welford<A>& w, A shift, A eps, bool center, A& hi, A& lo, A& rstd) {
+PFA_HD void row_statistics(const Welford<A>& w, A shift, A eps, A& hi, A& lo, A& rstd) {
   const A var = w.count > A(0) ? w.m2 / w.count : A(0);  // biased, as torch
-  if (center) {
-    hi = shift;
-    lo = w.mean;
-    rstd = A(1) / sqrt(var + eps);
-  } else {
-    const A m = shift + w.mean;
-    hi = lo = A(0);
-    rstd = A(1) / sqrt(var + m * m + eps);
-  }
+  hi = shift;
+  lo = w.mean;
+  rstd = A(1) / sqrt(var + eps);
 }
 
-// RMS norm from the row's sum of squares (the CUDA forward's statistics): mean 0 and
-// 1/sqrt(sum_sq / n + eps). Same value as row_statistics(center = false) up to rounding.
+// RMS norm from the row's sum of squares: mean 0 (hi = lo = 0) and 1/sqrt(sum_sq / n + eps).
 template <class A>
 PFA_HD void rms_statistics(A sum_sq, A n, A eps, A& hi, A& lo, A& rstd) {
   hi = lo = A(0);
