@@ -8,6 +8,10 @@
 #   GPU_CHECK_FAMILIES="norm conv"  only these families' tests, checks, sanitizer cases and benchmarks
 #   GPU_CHECK_BENCH_TIMEOUT=s GPU_CHECK_PYTEST_TIMEOUT=s GPU_CHECK_SMOKE_TIMEOUT=s
 #   GPU_CHECK_RACECHECK_FAMILIES="norm"  racecheck cases (default: the families above)
+#   GPU_CHECK_NCU=1               Nsight Compute on attention/norm (bench/ncu_profile.sh), plus the
+#                                 per-SASS-line summary (bench/ncu_sass_summary.py): ncu_details.txt,
+#                                 sass_summary.txt
+# At most 8 files come back from the lent machine: everything else goes into logs.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-$PWD/gpu_check_out}}
@@ -97,6 +101,19 @@ if [ -n "$SAN" ] && [ -z "${GPU_CHECK_SKIP_RACECHECK:-}" ]; then
   log "racecheck rc=$? :: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOGS/racecheck.log" | tail -1)"
 fi
 [ -z "${GPU_CHECK_SKIP_BENCH:-}" ] && [ -z "${GPU_CHECK_SKIP_FP32:-}" ] && bench fp32 "${GPU_CHECK_BENCH_TIMEOUT:-150}"
+if [ -n "${GPU_CHECK_NCU:-}" ] && [ -n "$kt_fams" ]; then
+  timeout ${GPU_CHECK_NCU_TIMEOUT:-120} bash bench/ncu_profile.sh "$LOGS/ncu" $kt_fams > "$LOGS/ncu.txt" 2>&1
+  log "ncu rc=$? :: $(tail -1 "$LOGS/ncu.txt")"
+  cp "$LOGS/ncu/ncu_details.txt" "$OUT/" 2>/dev/null
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ -n "$NCU" ] && [ -f "$LOGS/ncu/ncu.ncu-rep" ]; then
+    "$NCU" --import "$LOGS/ncu/ncu.ncu-rep" --page source --csv --print-source sass > "$LOGS/ncu/source.csv" 2>/dev/null
+    $PY bench/ncu_sass_summary.py "$LOGS/ncu/source.csv" --top 30 > "$OUT/sass_summary.txt" 2>&1
+    gzip -f "$LOGS/ncu/source.csv"
+  fi
+  rm -f "$LOGS/ncu/ncu.ncu-rep"
+  log "ncu summary written"
+fi
 log "done"
 echo; cat "$OUT/summary.txt"; echo; grep -E "^FAILED|^ERROR" "$LOGS/pytest_cuda.log" | head -30
 for f in kernel_time host_overhead bench_bf16 bench_fp32; do [ -f "$LOGS/$f.txt" ] && cat "$LOGS/$f.txt"; done
