@@ -6,8 +6,11 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 
 #include "common/pfa.h"
 
@@ -67,13 +70,21 @@ inline cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_
 
 // Blocks of `kernel` (block_threads threads, no dynamic shared memory) that are resident on
 // the current device at once: a grid of at most this many never waits for a second wave.
+// The answer is fixed per (kernel, block size, device), so the runtime is asked once and the
+// launches after that only look it up.
 template <class Kernel>
 int resident_blocks(Kernel kernel, int block_threads) {
-  int device = 0, sms = 0, per_sm = 0;
+  int device = 0;
   PFA_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, int>, int> known;
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), block_threads, device);
+  std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = known.find(key); it != known.end()) return it->second;
+  int sms = 0, per_sm = 0;
   PFA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   PFA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block_threads, 0));
-  return (per_sm > 0 ? per_sm : 1) * sms;
+  return known[key] = (per_sm > 0 ? per_sm : 1) * sms;
 }
 
 }  // namespace pfa

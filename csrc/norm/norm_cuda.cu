@@ -55,7 +55,6 @@ __device__ __forceinline__ void load_f32(const T* p, float (&out)[V]) {
   for (int k = 0; k < V; ++k) out[k] = to_f32(pk.v[k]);
 }
 
-
 template <class T, int V>
 __device__ __forceinline__ void store_f32(T* p, const float (&in)[V]) {
   if constexpr (sizeof(T) * V == 16) {
@@ -293,12 +292,13 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
     const bool live = cur.live;
     const int64_t row = cur.row;
     T* sr = kResidual ? static_cast<T*>(p.sum_out) + row * n : nullptr;
-    // Pass 1, per segment: s = x (+ residual, rounded and stored); Welford over s - s[0].
+    // Pass 1, per segment: s = x (+ residual, rounded and stored); layer norm: Welford over
+    // s - shift (shift = s[0]); RMS norm: the sum of s^2.
     const float x0 = to_f32(kLoadAhead ? ahead.x0 : cur.x[0]);
     const float shift = kResidual ? round_to<T>(x0 + to_f32(cur.residual[0])) : x0;
     float v[K][V];
-    W acc{0.f, 0.f, 0.f};  // layer norm: Welford over s - shift
-    float squares = 0.f;    // RMS norm: the sum of s^2 (no mean, no shift needed)
+    W acc{0.f, 0.f, 0.f};
+    float squares = 0.f;
     // v holds the segment's x: add the residual (storing the sum); the thread's statistics.
     const auto absorb = [&](const Segment& seg) {
       if constexpr (kResidual) {
