@@ -215,6 +215,53 @@ PFA_CPU_CLONES void transpose(const double* src, int64_t src_ld, double* dst, in
   transpose_body(src, src_ld, dst, dst_ld, rows, cols);
 }
 
+// Channel planes out of a padded tile, plus a per-plane bias (none: 0):
+//   dst[(c*rows + r)*cols + j] = src[c*plane_ld + r*row_ld + j] + bias[c]
+// in the widest vectors that fit a row. A row's last vector ends at the row's end and may
+// overlap the one before it (rewriting the values just written), so the short rows of small
+// grids (7 or 14 outputs) need no scalar tail. src and dst must not overlap.
+template <class A, int Bytes>
+__attribute__((always_inline)) inline void add_row_in_vectors(const A* src, A* dst, int64_t n, A add) {
+  typedef A V __attribute__((vector_size(Bytes)));
+  constexpr int64_t L = Bytes / sizeof(A);
+  for (int64_t j = 0;; j += L) {
+    if (j + L > n) j = n - L;
+    V v;
+    std::memcpy(&v, src + j, sizeof(V));
+    v += add;
+    std::memcpy(dst + j, &v, sizeof(V));
+    if (j + L == n) return;
+  }
+}
+
+template <class A>
+__attribute__((always_inline)) inline void add_planes_body(const A* src, int64_t plane_ld, int64_t row_ld, A* dst,
+                                                           int64_t planes, int64_t rows, int64_t cols,
+                                                           const A* bias) {
+  const int64_t bytes = cols * int64_t(sizeof(A));
+  for (int64_t c = 0; c < planes; ++c) {
+    const A add = bias ? bias[c] : A(0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const A* s = src + c * plane_ld + r * row_ld;
+      A* d = dst + (c * rows + r) * cols;
+      if (bytes >= 64) add_row_in_vectors<A, 64>(s, d, cols, add);
+      else if (bytes >= 32) add_row_in_vectors<A, 32>(s, d, cols, add);
+      else if (bytes >= 16) add_row_in_vectors<A, 16>(s, d, cols, add);
+      else
+        for (int64_t j = 0; j < cols; ++j) d[j] = s[j] + add;
+    }
+  }
+}
+
+PFA_CPU_CLONES void add_planes(const float* src, int64_t plane_ld, int64_t row_ld, float* dst, int64_t planes,
+                               int64_t rows, int64_t cols, const float* bias) {
+  add_planes_body(src, plane_ld, row_ld, dst, planes, rows, cols, bias);
+}
+PFA_CPU_CLONES void add_planes(const double* src, int64_t plane_ld, int64_t row_ld, double* dst, int64_t planes,
+                               int64_t rows, int64_t cols, const double* bias) {
+  add_planes_body(src, plane_ld, row_ld, dst, planes, rows, cols, bias);
+}
+
 template <class A>
 int64_t padded_lanes(int64_t n) {
   return (n + kLanes<A> - 1) / kLanes<A> * kLanes<A>;
@@ -234,50 +281,47 @@ struct PlaneSpec {
   int64_t i0 = 0, rows = 0, cols = 0, cpitch = 0;
 };
 
+// Writes only the cells of the plane that come from the source: every other cell of dst
+// (rows and columns outside the source, channels past C) must already be zero. Each caller
+// packs one geometry per pass into a per-thread buffer that starts zeroed, so the zeros
+// written once stay in place for every sample; re-zeroing them per sample cost more than
+// packing the small grids' interiors.
 // `scratch` (resized as needed) holds the transposed rows on the vectorized path: whole rows
 // of a source with contiguous rows, stored in the accumulation type.
 template <class T, class A = Acc<T>>
-void pack_plane(const T* src, const PlaneSpec& s, A* dst, std::vector<A>& scratch) {
+void pack_plane_over_zeros(const T* src, const PlaneSpec& s, A* dst, std::vector<A>& scratch) {
   // Columns jj in [0, jb) land inside the source row: iw = sw*jj + pw in [0, W).
   const int64_t jb = std::min(s.cols, s.W - s.pw <= 0 ? int64_t(0) : (s.W - s.pw + s.sw - 1) / s.sw);
+  // Rows ii in [ia, ib) land inside the source: ih = sh*(i0 + ii) + ph in [0, H).
+  const int64_t ia = std::clamp<int64_t>(fdiv(-s.ph + s.sh - 1, s.sh) - s.i0, 0, s.rows);
+  const int64_t ib = std::clamp<int64_t>(fdiv(s.H - s.ph + s.sh - 1, s.sh) - s.i0, ia, s.rows);
   if constexpr (std::is_same_v<T, A>) {
     if (s.C > 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0 && s.sH == s.W && jb == s.W) {
-      // rows ii in [ia, ib) are source rows i0 + ii in [0, H): one transpose of that block
-      const int64_t ia = std::clamp<int64_t>(-s.i0, 0, s.rows), ib = std::clamp<int64_t>(s.H - s.i0, ia, s.rows);
+      // one transpose of the rows in [ia, ib); scratch may hold another pass's data past
+      // channel C, so the copy is per position
       const int64_t row_elems = s.W * s.cpitch;
       if (scratch.size() < size_t((ib - ia) * row_elems)) scratch.resize(size_t((ib - ia) * row_elems));
       transpose(src + (s.i0 + ia) * s.W, s.sC, scratch.data(), s.cpitch, s.C, (ib - ia) * s.W);
-      for (int64_t ii = 0; ii < s.rows; ++ii) {
-        A* drow = dst + ii * s.cols * s.cpitch;
-        if (ii < ia || ii >= ib) {
-          std::fill(drow, drow + s.cols * s.cpitch, A(0));
-          continue;
-        }
-        std::copy(scratch.data() + (ii - ia) * row_elems, scratch.data() + (ii - ia + 1) * row_elems, drow);
-        std::fill(drow + row_elems, drow + s.cols * s.cpitch, A(0));
-        if (s.cpitch > s.C)
-          for (int64_t jj = 0; jj < s.W; ++jj) std::fill(drow + jj * s.cpitch + s.C, drow + (jj + 1) * s.cpitch, A(0));
+      for (int64_t ii = ia; ii < ib; ++ii) {
+        const A* from = scratch.data() + (ii - ia) * row_elems;
+        A* to = dst + ii * s.cols * s.cpitch;
+        if (s.cpitch == s.C)
+          std::copy(from, from + row_elems, to);
+        else
+          for (int64_t jj = 0; jj < s.W; ++jj) std::copy(from + jj * s.cpitch, from + jj * s.cpitch + s.C, to + jj * s.cpitch);
       }
       return;
     }
   }
-  for (int64_t ii = 0; ii < s.rows; ++ii) {
-    const int64_t ih = s.sh * (s.i0 + ii) + s.ph;
+  for (int64_t ii = ia; ii < ib; ++ii) {
+    const T* srow = src + (s.sh * (s.i0 + ii) + s.ph) * s.sH + s.pw;
     A* drow = dst + ii * s.cols * s.cpitch;
-    if (ih < 0 || ih >= s.H) {
-      std::fill(drow, drow + s.cols * s.cpitch, A(0));
-      continue;
-    }
-    std::fill(drow + jb * s.cpitch, drow + s.cols * s.cpitch, A(0));
-    const T* srow = src + ih * s.sH + s.pw;
     // Channel-outer: contiguous reads along the row, writes strided by cpitch (in L1).
     for (int64_t c = 0; c < s.C; ++c) {
       const T* sp = srow + c * s.sC;
       A* d = drow + c;
       for (int64_t jj = 0; jj < jb; ++jj) d[jj * s.cpitch] = Storage<T>::load(sp[jj * s.sw]);
     }
-    if (s.cpitch > s.C)
-      for (int64_t jj = 0; jj < jb; ++jj) std::fill(drow + jj * s.cpitch + s.C, drow + (jj + 1) * s.cpitch, A(0));
   }
 }
 
@@ -367,7 +411,7 @@ void pack_input_planes(const TapConvParams& p, const FwdGeometry& g, int64_t n, 
   const int64_t plane_elems = g.plane_positions() * Cig;
   for (int a = 0; a < p.stride_h; ++a)
     for (int b = 0; b < p.stride_w; ++b)
-      pack_plane<T>(x, input_phase_spec(p, g, a, b, Cig),
+      pack_plane_over_zeros<T>(x, input_phase_spec(p, g, a, b, Cig),
                     planes + (a * p.stride_w + b) * plane_elems + g.lead * Cig, scratch);
 }
 
@@ -433,14 +477,7 @@ void unpack_tile(const A* tile, int64_t pitch, int64_t cpitch, int64_t Ho, int64
     const int64_t rows = Ho * pitch, ld = padded_lanes<A>(rows);
     if (stage.size() < size_t(C * ld)) stage.resize(size_t(C * ld));
     transpose(tile, cpitch, stage.data(), ld, rows, C);
-    for (int64_t c = 0; c < C; ++c) {
-      const A b = bias ? bias[c] : A(0);
-      for (int64_t oh = 0; oh < Ho; ++oh) {
-        const A* src = stage.data() + c * ld + oh * pitch;
-        A* dst = out + c * HW + oh * Wo;
-        for (int64_t ow = 0; ow < Wo; ++ow) dst[ow] = src[ow] + b;
-      }
-    }
+    add_planes(stage.data(), ld, pitch, out, C, Ho, Wo, bias);
   } else {
     for (int64_t c = 0; c < C; ++c) {
       const A b = bias ? Storage<T>::load(bias[c]) : A(0);
@@ -487,7 +524,7 @@ void tap_conv_forward_cols(const TapConvParams& p) {
       for (int a = 0; a < p.stride_h; ++a)
         for (int b = 0; b < p.stride_w; ++b)
           for (int64_t ci = 0; ci < Cig; ++ci)
-            pack_plane<T>(x + ci * p.x_strides.c, input_phase_spec(p, geo, a, b, 1),
+            pack_plane_over_zeros<T>(x + ci * p.x_strides.c, input_phase_spec(p, geo, a, b, 1),
                           planes.data() + ((a * p.stride_w + b) * Cig + ci) * PP + geo.lead, scratch);
       for (int t = 0; t < T_; ++t) {
         ap[t] = wc.data() + grp * Cog * Kc + t * Cig;
@@ -506,12 +543,16 @@ void tap_conv_forward_cols(const TapConvParams& p) {
       gm.c = cbuf.data();
       gm.cm = MP;
       gemm_run(gm);
-      for (int64_t co = 0; co < Cog; ++co) {
-        const A b = bias ? Storage<T>::load(bias[grp * Cog + co]) : A(0);
-        T* yc = y + (n * p.Cout + grp * Cog + co) * p.Ho * p.Wo;
-        const A* cc = cbuf.data() + co * MP;
-        for (int64_t oh = 0; oh < p.Ho; ++oh)
-          for (int64_t ow = 0; ow < p.Wo; ++ow) yc[oh * p.Wo + ow] = Storage<T>::store(cc[oh * geo.Wq + ow] + b);
+      T* yg = y + (n * p.Cout + grp * Cog) * p.Ho * p.Wo;
+      if constexpr (std::is_same_v<T, A>) {
+        add_planes(cbuf.data(), MP, geo.Wq, yg, Cog, p.Ho, p.Wo, bias ? bias + grp * Cog : nullptr);
+      } else {
+        for (int64_t co = 0; co < Cog; ++co) {
+          const A b = bias ? Storage<T>::load(bias[grp * Cog + co]) : A(0);
+          for (int64_t oh = 0; oh < p.Ho; ++oh)
+            for (int64_t ow = 0; ow < p.Wo; ++ow)
+              yg[(co * p.Ho + oh) * p.Wo + ow] = Storage<T>::store(cbuf[size_t(co * MP + oh * geo.Wq + ow)] + b);
+        }
       }
     }
   }
@@ -705,7 +746,7 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
       s.rows = rows;
       s.cols = Wd;
       s.cpitch = Cog;
-      pack_plane<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s,
+      pack_plane_over_zeros<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s,
                     dyp.data() + fr.lead * Cog, scratch);
       for (int a = 0; a < sh; ++a)
         for (int b = 0; b < sw; ++b) {
@@ -803,7 +844,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
           s.rows = p.Ho;
           s.cols = pitch;
           s.cpitch = CogP;
-          pack_plane<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c,
+          pack_plane_over_zeros<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c,
                         s, dyp.data(), scratch);
           for (int64_t m = 0; m < M; ++m)
             for (int64_t co = 0; co < Cog; ++co) bacc[size_t(grp * Cog + co)] += dyp[size_t(m * CogP + co)];
