@@ -217,19 +217,27 @@ PFA_CPU_CLONES void transpose(const double* src, int64_t src_ld, double* dst, in
 
 // Channel planes out of a padded tile, plus a per-plane bias (none: 0):
 //   dst[(c*rows + r)*cols + j] = src[c*plane_ld + r*row_ld + j] + bias[c]
-// in the widest vectors that fit a row. A row's last vector ends at the row's end and may
-// overlap the one before it (rewriting the values just written), so the short rows of small
-// grids (7 or 14 outputs) need no scalar tail. src and dst must not overlap.
+// src holds planes*plane_ld elements; dst, planes*rows*cols, and neither overlaps the other.
+// A short row (at most 64 bytes: the 7- or 14-wide rows of small grids) is one vector from its
+// start: the lanes past `cols` spill into the rows after it in dst, which are written later
+// (rows go in order), so every cache line of dst takes ~one store; the last rows, whose vector
+// would run past either buffer, and longer rows go in the widest vectors that fit, a row's
+// last vector ending at the row's end and overlapping the one before it.
+template <class A, int Bytes>
+__attribute__((always_inline)) inline void add_vector(const A* src, A* dst, A add) {
+  typedef A V __attribute__((vector_size(Bytes)));
+  V v;
+  std::memcpy(&v, src, sizeof(V));
+  v += add;
+  std::memcpy(dst, &v, sizeof(V));
+}
+
 template <class A, int Bytes>
 __attribute__((always_inline)) inline void add_row_in_vectors(const A* src, A* dst, int64_t n, A add) {
-  typedef A V __attribute__((vector_size(Bytes)));
   constexpr int64_t L = Bytes / sizeof(A);
   for (int64_t j = 0;; j += L) {
     if (j + L > n) j = n - L;
-    V v;
-    std::memcpy(&v, src + j, sizeof(V));
-    v += add;
-    std::memcpy(dst + j, &v, sizeof(V));
+    add_vector<A, Bytes>(src + j, dst + j, add);
     if (j + L == n) return;
   }
 }
@@ -239,16 +247,28 @@ __attribute__((always_inline)) inline void add_planes_body(const A* src, int64_t
                                                            int64_t planes, int64_t rows, int64_t cols,
                                                            const A* bias) {
   const int64_t bytes = cols * int64_t(sizeof(A));
+  const int64_t spill = bytes <= 16 ? 16 : bytes <= 32 ? 32 : 64;  // one vector per row, if it fits
+  const int64_t L = spill / int64_t(sizeof(A));
+  const int64_t src_end = planes * plane_ld, dst_end = planes * rows * cols;
   for (int64_t c = 0; c < planes; ++c) {
     const A add = bias ? bias[c] : A(0);
     for (int64_t r = 0; r < rows; ++r) {
-      const A* s = src + c * plane_ld + r * row_ld;
-      A* d = dst + (c * rows + r) * cols;
-      if (bytes >= 64) add_row_in_vectors<A, 64>(s, d, cols, add);
-      else if (bytes >= 32) add_row_in_vectors<A, 32>(s, d, cols, add);
-      else if (bytes >= 16) add_row_in_vectors<A, 16>(s, d, cols, add);
-      else
+      const int64_t so = c * plane_ld + r * row_ld, dof = (c * rows + r) * cols;
+      const A* s = src + so;
+      A* d = dst + dof;
+      if (bytes <= 64 && so + L <= src_end && dof + L <= dst_end) {
+        if (spill == 16) add_vector<A, 16>(s, d, add);
+        else if (spill == 32) add_vector<A, 32>(s, d, add);
+        else add_vector<A, 64>(s, d, add);
+      } else if (bytes >= 64) {
+        add_row_in_vectors<A, 64>(s, d, cols, add);
+      } else if (bytes >= 32) {
+        add_row_in_vectors<A, 32>(s, d, cols, add);
+      } else if (bytes >= 16) {
+        add_row_in_vectors<A, 16>(s, d, cols, add);
+      } else {
         for (int64_t j = 0; j < cols; ++j) d[j] = s[j] + add;
+      }
     }
   }
 }
