@@ -13,8 +13,9 @@
 //
 // Tiles are converted to the accumulation type A (float, or double for float64) and padded
 // with zeros to kMR rows and whole vectors of columns, so the tile products need no edge
-// cases. The tile product keeps a kMR x 4-vector block of C in GCC vector registers (AVX-512
-// when the CPU has it: the hot functions are cloned per x86 level and picked at load time).
+// cases. The tile product keeps a block of C (6 rows x 4 vectors, 8 x 3, ...) in GCC vector
+// registers (AVX-512 when the CPU has it: the hot functions are cloned per x86 level and
+// picked at load time).
 #include <omp.h>
 
 #include <algorithm>
@@ -76,32 +77,45 @@ struct FastExp2 {
   double operator()(double x) const { return std::exp2(x); }
 };
 
-// C (m x nv vectors at column j0) {=, +=} X (m x k) * Y (k x ...): the register block.
+// Rows [i0, i0 + MR) of C (nv vectors at column j0) {=, +=} X (rows x k) * Y (k x ...), kept
+// in registers.
+template <bool kAccumulate, int MR, int NV, class A>
+__attribute__((always_inline)) inline void tile_gemm_rows(int i0, int j0, int k, const A* X, int64_t xr,
+                                                          int64_t xk, const A* Y, int64_t ldy, A* C,
+                                                          int64_t ldc) {
+  using V = typename Vec<A>::type;
+  constexpr int L = Vec<A>::lanes;
+  V acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) {
+      if (kAccumulate)
+        std::memcpy(&acc[r][v], C + int64_t(i0 + r) * ldc + j0 + v * L, sizeof(V));
+      else
+        acc[r][v] = V{};
+    }
+  for (int kk = 0; kk < k; ++kk) {
+    V y[NV];
+    for (int v = 0; v < NV; ++v) std::memcpy(&y[v], Y + int64_t(kk) * ldy + j0 + v * L, sizeof(V));
+    for (int r = 0; r < MR; ++r) {
+      const A x = X[(i0 + r) * xr + kk * xk];
+      for (int v = 0; v < NV; ++v) acc[r][v] += x * y[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) std::memcpy(C + int64_t(i0 + r) * ldc + j0 + v * L, &acc[r][v], sizeof(V));
+}
+
+// C (m x nv vectors at column j0): blocks of MR rows, as many as the 32 AVX-512 registers hold
+// next to the NV vectors of Y (24 accumulators), then the rest (m is a multiple of kMR).
 template <bool kAccumulate, int NV, class A>
 inline void tile_gemm_block(int m, int j0, int k, const A* X, int64_t xr, int64_t xk, const A* Y,
                             int64_t ldy, A* C, int64_t ldc) {
-  using V = typename Vec<A>::type;
-  constexpr int L = Vec<A>::lanes;
-  for (int i0 = 0; i0 < m; i0 += kMR) {
-    V acc[kMR][NV];
-    for (int r = 0; r < kMR; ++r)
-      for (int v = 0; v < NV; ++v) {
-        if (kAccumulate)
-          std::memcpy(&acc[r][v], C + int64_t(i0 + r) * ldc + j0 + v * L, sizeof(V));
-        else
-          acc[r][v] = V{};
-      }
-    for (int kk = 0; kk < k; ++kk) {
-      V y[NV];
-      for (int v = 0; v < NV; ++v) std::memcpy(&y[v], Y + int64_t(kk) * ldy + j0 + v * L, sizeof(V));
-      for (int r = 0; r < kMR; ++r) {
-        const A x = X[(i0 + r) * xr + kk * xk];
-        for (int v = 0; v < NV; ++v) acc[r][v] += x * y[v];
-      }
-    }
-    for (int r = 0; r < kMR; ++r)
-      for (int v = 0; v < NV; ++v) std::memcpy(C + int64_t(i0 + r) * ldc + j0 + v * L, &acc[r][v], sizeof(V));
-  }
+  constexpr int MR = NV == 4 ? 6 : NV == 3 ? 8 : NV == 2 ? 12 : 24;
+  int blocks = m / MR;
+  while ((m - blocks * MR) % kMR != 0) --blocks;  // the rest in whole kMR blocks
+  int i0 = 0;
+  for (; i0 < blocks * MR; i0 += MR) tile_gemm_rows<kAccumulate, MR, NV>(i0, j0, k, X, xr, xk, Y, ldy, C, ldc);
+  for (; i0 < m; i0 += kMR) tile_gemm_rows<kAccumulate, kMR, NV>(i0, j0, k, X, xr, xk, Y, ldy, C, ldc);
 }
 
 // C (m x n) {=, +=} X (m x k) * Y (k x n). X element (r, kk) is X[r * xr + kk * xk] (so X may
