@@ -178,20 +178,23 @@ def _positive_int(op: str, name: str, v) -> int:
 def _check_input(op: str, input, weight, bias, *, weight_ndim: int):
     """Common checks; returns (input as 4-D, was_unbatched)."""
     C.tensor(op, "input", input, ndim=(3, 4))
+    # weight and bias: one comparison per property when all is well (C.like explains failures)
+    C.like(op, "input", input, "weight", weight)
     C.tensor(op, "weight", weight, ndim=weight_ndim)
-    C.optional_tensor(op, "bias", bias, ndim=1)
-    B.device_kind(input, op)
-    C.float64_only_on_cpu(op, "input", input)
-    C.same_dtype(op, "input", input, weight=weight, bias=bias)
-    C.same_device(op, "input", input, weight=weight, bias=bias)
+    if bias is not None:
+        C.like(op, "input", input, "bias", bias)
+        C.tensor(op, "bias", bias, ndim=1)
+    if input.device.type != "cpu":
+        B.device_kind(input, op)
+        C.float64_only_on_cpu(op, "input", input)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     if bias is not None and bias.shape[0] != weight.shape[0]:
         raise ValueError(f"{op}: bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},) "
                          "(one per output channel)")
-    for name, n in (("input batch", x.shape[0]), ("input channels", x.shape[1]),
-                    ("input height", x.shape[2]), ("input width", x.shape[3])):
-        C.int32_indexable(op, name, n)
+    if max(x.shape) > C.INT32_MAX:
+        for name, n in zip(("input batch", "input channels", "input height", "input width"), x.shape):
+            C.int32_indexable(op, name, n)
     return x, unbatched
 
 
