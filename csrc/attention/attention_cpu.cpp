@@ -13,9 +13,9 @@
 //
 // Tiles are converted to the accumulation type A (float, or double for float64) and padded
 // with zeros to kMR rows and whole vectors of columns, so the tile products need no edge
-// cases. The tile product keeps a block of C (6 rows x 4 vectors, 8 x 3, ...) in GCC vector
-// registers (AVX-512 when the CPU has it: the hot functions are cloned per x86 level and
-// picked at load time).
+// cases. The tile products run on the micro-GEMM the conv family uses (common/cpu_gemm.h),
+// inlined into the task functions, which are cloned per x86 level (AVX-512 when the CPU has
+// it) and picked at load time.
 #include <omp.h>
 
 #include <algorithm>
@@ -26,6 +26,7 @@
 
 #include "attention/attention.h"
 #include "attention/attention_math.h"
+#include "common/cpu_gemm.h"
 
 namespace pfa::attention {
 namespace {
@@ -36,18 +37,13 @@ using Acc = typename Storage<T>::acc;
 constexpr int kBQ = 64;  // query rows per tile
 constexpr int kBK = 64;  // key rows per tile (forward)
 constexpr int kBKB = 128;  // key rows per backward tile: half the passes over Q, dO and dQ
-constexpr int kMR = 4;   // rows of C per register block
+constexpr int kMR = 4;   // tile rows are padded to a multiple of this
 
-template <class A>
-struct Vec {
-  static constexpr int lanes = 64 / int(sizeof(A));
-  typedef A type __attribute__((vector_size(64)));
-};
 // The head dim is padded to whole vectors (16 floats, 8 doubles); tile widths are multiples of
 // 4 vectors.
 template <class A>
 int padded_dim(int d) {
-  constexpr int L = Vec<A>::lanes;
+  constexpr int L = cpu::kLanes<A>;
   return (d + L - 1) / L * L;
 }
 
@@ -77,63 +73,25 @@ struct FastExp2 {
   double operator()(double x) const { return std::exp2(x); }
 };
 
-// Rows [i0, i0 + MR) of C (nv vectors at column j0) {=, +=} X (rows x k) * Y (k x ...), kept
-// in registers.
-template <bool kAccumulate, int MR, int NV, class A>
-__attribute__((always_inline)) inline void tile_gemm_rows(int i0, int j0, int k, const A* X, int64_t xr,
-                                                          int64_t xk, const A* Y, int64_t ldy, A* C,
-                                                          int64_t ldc) {
-  using V = typename Vec<A>::type;
-  constexpr int L = Vec<A>::lanes;
-  V acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) {
-      if (kAccumulate)
-        std::memcpy(&acc[r][v], C + int64_t(i0 + r) * ldc + j0 + v * L, sizeof(V));
-      else
-        acc[r][v] = V{};
-    }
-  for (int kk = 0; kk < k; ++kk) {
-    V y[NV];
-    for (int v = 0; v < NV; ++v) std::memcpy(&y[v], Y + int64_t(kk) * ldy + j0 + v * L, sizeof(V));
-    for (int r = 0; r < MR; ++r) {
-      const A x = X[(i0 + r) * xr + kk * xk];
-      for (int v = 0; v < NV; ++v) acc[r][v] += x * y[v];
-    }
-  }
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) std::memcpy(C + int64_t(i0 + r) * ldc + j0 + v * L, &acc[r][v], sizeof(V));
-}
-
-// C (m x nv vectors at column j0): blocks of MR rows, as many as the 32 AVX-512 registers hold
-// next to the NV vectors of Y (24 accumulators), then the rest (m is a multiple of kMR).
-template <bool kAccumulate, int NV, class A>
-inline void tile_gemm_block(int m, int j0, int k, const A* X, int64_t xr, int64_t xk, const A* Y,
-                            int64_t ldy, A* C, int64_t ldc) {
-  constexpr int MR = NV == 4 ? 6 : NV == 3 ? 8 : NV == 2 ? 12 : 24;
-  int blocks = m / MR;
-  while ((m - blocks * MR) % kMR != 0) --blocks;  // the rest in whole kMR blocks
-  int i0 = 0;
-  for (; i0 < blocks * MR; i0 += MR) tile_gemm_rows<kAccumulate, MR, NV>(i0, j0, k, X, xr, xk, Y, ldy, C, ldc);
-  for (; i0 < m; i0 += kMR) tile_gemm_rows<kAccumulate, kMR, NV>(i0, j0, k, X, xr, xk, Y, ldy, C, ldc);
-}
-
-// C (m x n) {=, +=} X (m x k) * Y (k x n). X element (r, kk) is X[r * xr + kk * xk] (so X may
-// be a transposed tile); Y and C are row-major with leading dims ldy, ldc. m % kMR == 0,
-// n % lanes == 0, and every element read exists (the tiles are padded). Columns go in blocks
-// of 4 vectors, the last block narrower, so a small head dim is not padded to 4 vectors.
+// C (m x n) {=, +=} X (m x k) * Y (k x n) on the shared micro-GEMM. X element (r, kk) is
+// X[r * xr + kk * xk] (so X may be a transposed tile); Y and C are row-major with leading dims
+// ldy, ldc. n % lanes == 0, and every element read exists (the tiles are padded).
 template <bool kAccumulate, class A>
-inline void tile_gemm(int m, int n, int k, const A* X, int64_t xr, int64_t xk, const A* Y, int64_t ldy,
-                      A* C, int64_t ldc) {
-  constexpr int L = Vec<A>::lanes;
-  int j0 = 0;
-  for (; j0 + 4 * L <= n; j0 += 4 * L) tile_gemm_block<kAccumulate, 4>(m, j0, k, X, xr, xk, Y, ldy, C, ldc);
-  switch ((n - j0) / L) {
-    case 3: tile_gemm_block<kAccumulate, 3>(m, j0, k, X, xr, xk, Y, ldy, C, ldc); break;
-    case 2: tile_gemm_block<kAccumulate, 2>(m, j0, k, X, xr, xk, Y, ldy, C, ldc); break;
-    case 1: tile_gemm_block<kAccumulate, 1>(m, j0, k, X, xr, xk, Y, ldy, C, ldc); break;
-    default: break;
-  }
+__attribute__((always_inline)) inline void tile_gemm(int m, int n, int k, const A* X, int64_t xr, int64_t xk,
+                                                     const A* Y, int64_t ldy, A* C, int64_t ldc) {
+  cpu::Gemm<A> g;
+  g.M = m;
+  g.NP = n;
+  g.K = k;
+  g.a = &X;
+  g.b = &Y;
+  g.am = xr;
+  g.ak = xk;
+  g.bk = ldy;
+  g.c = C;
+  g.cm = ldc;
+  g.accumulate = kAccumulate;
+  cpu::gemm_body(g);
 }
 
 int round_up(int x, int m) { return (x + m - 1) / m * m; }
