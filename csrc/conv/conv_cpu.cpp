@@ -243,7 +243,8 @@ void pack_plane_over_zeros(const T* src, const PlaneSpec& s, A* dst, std::vector
         if (s.cpitch == s.C)
           std::copy(from, from + row_elems, to);
         else
-          for (int64_t jj = 0; jj < s.W; ++jj) std::copy(from + jj * s.cpitch, from + jj * s.cpitch + s.C, to + jj * s.cpitch);
+          for (int64_t jj = 0; jj < s.W; ++jj)
+            std::copy(from + jj * s.cpitch, from + jj * s.cpitch + s.C, to + jj * s.cpitch);
       }
       return;
     }
@@ -347,7 +348,7 @@ void pack_input_planes(const TapConvParams& p, const FwdGeometry& g, int64_t n, 
   for (int a = 0; a < p.stride_h; ++a)
     for (int b = 0; b < p.stride_w; ++b)
       pack_plane_over_zeros<T>(x, input_phase_spec(p, g, a, b, Cig),
-                    planes + (a * p.stride_w + b) * plane_elems + g.lead * Cig, scratch);
+                               planes + (a * p.stride_w + b) * plane_elems + g.lead * Cig, scratch);
 }
 
 // Below kColsBelow input channels per group the passes take positions as the vector dimension
@@ -460,7 +461,8 @@ void tap_conv_forward_cols(const TapConvParams& p) {
         for (int b = 0; b < p.stride_w; ++b)
           for (int64_t ci = 0; ci < Cig; ++ci)
             pack_plane_over_zeros<T>(x + ci * p.x_strides.c, input_phase_spec(p, geo, a, b, 1),
-                          planes.data() + ((a * p.stride_w + b) * Cig + ci) * PP + geo.lead, scratch);
+                                     planes.data() + ((a * p.stride_w + b) * Cig + ci) * PP + geo.lead,
+                                     scratch);
       for (int t = 0; t < T_; ++t) {
         ap[t] = wc.data() + grp * Cog * Kc + t * Cig;
         bp[t] = planes.data() + geo.plane[t] * Cig * PP + geo.lead + geo.shift[t];
@@ -681,8 +683,8 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
       s.rows = rows;
       s.cols = Wd;
       s.cpitch = Cog;
-      pack_plane_over_zeros<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s,
-                    dyp.data() + fr.lead * Cog, scratch);
+      pack_plane_over_zeros<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c,
+                               s, dyp.data() + fr.lead * Cog, scratch);
       for (int a = 0; a < sh; ++a)
         for (int b = 0; b < sw; ++b) {
           const int64_t Hi = (p.H - a + sh - 1) / sh, Wi = (p.W - b + sw - 1) / sw;
@@ -779,8 +781,9 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
           s.rows = p.Ho;
           s.cols = pitch;
           s.cpitch = CogP;
-          pack_plane_over_zeros<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c,
-                        s, dyp.data(), scratch);
+          pack_plane_over_zeros<T>(
+              static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s, dyp.data(),
+              scratch);
           for (int64_t m = 0; m < M; ++m)
             for (int64_t co = 0; co < Cog; ++co) bacc[size_t(grp * Cog + co)] += dyp[size_t(m * CogP + co)];
           if (!p.dw) continue;
