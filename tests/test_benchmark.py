@@ -18,6 +18,16 @@ def test_keep_freed_memory_applies_on_glibc():
         assert applied
 
 
+def test_time_fns_samples_in_rotating_rounds():
+    from pyfastattn.benchmark.common import time_fns
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = time_fns(fns, "cpu", warmup=1, reps=3)
+    assert sorted(times) == ["a", "b", "c"] and all(t >= 0 for t in times.values())
+    # warm-ups, then each round one sample of every function, starting one further along
+    assert "".join(calls) == "abc" + "abc" + "bca" + "cab"
+
+
 @pytest.mark.parametrize("family", ["norm", "conv"])
 def test_bench_quick_writes_ratios(tmp_path, family):
     out = tmp_path / "bench.json"

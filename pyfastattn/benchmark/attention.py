@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import pyfastattn
 
-from .common import time_fn
+from .common import time_fns
 
 
 def _cases(device: str, quick: bool):
@@ -70,7 +70,9 @@ def _flash_attn():
 
 
 def _peak_mb(device, fn):
+    """Runs fn once; on CUDA, returns the extra memory it peaked at (MiB)."""
     if device != "cuda":
+        fn()
         return None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -99,7 +101,8 @@ def run(device: str, dtype: torch.dtype, quick: bool) -> list[dict]:
         if flash is not None and not bias:
             impls.append(("flash_attn", flash, None))
         flops = _flops(b, h, l, d, causal)
-        times = {}
+        steps = {"fwd": {}, "fwd+bwd": {}}  # pass -> {impl: step}, the impls that accept the inputs
+        peaks = {}
         for label, fn, ctx in impls:
             leaves = [t.clone().requires_grad_() for t in (q, k, v)]
             m = mask.clone().requires_grad_() if mask is not None else None
@@ -119,18 +122,24 @@ def run(device: str, dtype: torch.dtype, quick: bool) -> list[dict]:
                 out = call()
                 return torch.autograd.grad(out, targets, dout)
 
-            for pass_name, step, f in (("fwd", fwd, flops), ("fwd+bwd", fwd_bwd, 3.5 * flops)):
-                with (ctx() if ctx is not None else contextlib.nullcontext()):
-                    try:
-                        t = time_fn(step, device, warmup=warmup, reps=reps)
-                        peak = _peak_mb(device, step)
-                    except (RuntimeError, NotImplementedError) as e:  # backend refuses the inputs
-                        if "out of memory" in str(e):
-                            torch.cuda.empty_cache()
-                        continue
+            for pass_name, step in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+                def in_ctx(step=step, ctx=ctx):
+                    with (ctx() if ctx is not None else contextlib.nullcontext()):
+                        return step()
+                try:
+                    peaks[(label, pass_name)] = _peak_mb(device, in_ctx)
+                except (RuntimeError, NotImplementedError) as e:  # backend refuses the inputs
+                    if "out of memory" in str(e):
+                        torch.cuda.empty_cache()
+                    continue
+                steps[pass_name][label] = in_ctx
+        times = {}
+        for pass_name, f in (("fwd", flops), ("fwd+bwd", 3.5 * flops)):
+            # interleaved rounds over the implementations (see time_fns)
+            for label, t in time_fns(steps[pass_name], device, warmup=warmup, reps=reps).items():
                 times[(label, pass_name)] = t
                 rows.append({"case": name, "impl": label, "pass": pass_name, "ms": t * 1e3,
-                             "tflops": f / t / 1e12, "peak_mb": peak})
+                             "tflops": f / t / 1e12, "peak_mb": peaks[(label, pass_name)]})
         for r in rows:
             if r["case"] == name and r["impl"] == "pyfastattn" and ("torch", r["pass"]) in times:
                 r["vs_torch"] = times[("torch", r["pass"])] / times[("pyfastattn", r["pass"])]

@@ -34,38 +34,57 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], object], device, warmup: int = 3, reps: int = 10) -> float:
-    """Median time of one fn() call in seconds.
+def time_fns(fns: dict[str, Callable[[], object]], device, warmup: int = 3, reps: int = 10) -> dict[str, float]:
+    """Median time of one call of each fns[name]() in seconds, sampled in interleaved rounds.
 
-    CUDA: each sample is a back-to-back run of n calls between two events, n chosen so a sample
-    lasts about 1 ms, as calls follow each other in a model: the host's per-call work overlaps
-    the GPU's unless it takes longer than the kernels (then the sample shows the host's time).
-    CPU: perf_counter around single calls.
+    Every round takes one sample of each function, starting one further along the list each
+    round, so a slow stretch of a shared host (a busy neighbour on the VM) lands on all of them
+    alike rather than on whichever ran during it: the ratios between them stay fair.
+    CUDA: a sample is a back-to-back run of n calls between two events, n chosen per function
+    so a sample lasts about 1 ms, as calls follow each other in a model: the host's per-call
+    work overlaps the GPU's unless it takes longer than the kernels (then the sample shows the
+    host's time). CPU: perf_counter around single calls.
     """
     dev = torch.device(device)
-    for _ in range(warmup):
-        fn()
-    synchronize(dev)
-    times = []
-    if dev.type == "cuda":
-        t0 = time.perf_counter()
-        fn()
+    names = list(fns)
+    calls = {}
+    for name in names:
+        fn = fns[name]
+        for _ in range(warmup):
+            fn()
         synchronize(dev)
-        n = max(1, min(100, int(1e-3 / max(time.perf_counter() - t0, 1e-6))))
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(n):
-                fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3 / n)
-    else:
-        for _ in range(reps):
+        calls[name] = 1
+        if dev.type == "cuda":
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            synchronize(dev)
+            calls[name] = max(1, min(100, int(1e-3 / max(time.perf_counter() - t0, 1e-6))))
+    samples = {name: [] for name in names}
+    for r in range(reps):
+        for i in range(len(names)):
+            name = names[(r + i) % len(names)]
+            samples[name].append(_sample(fns[name], dev, calls[name]))
+    return {name: statistics.median(samples[name]) for name in names}
+
+
+def time_fn(fn: Callable[[], object], device, warmup: int = 3, reps: int = 10) -> float:
+    """Median time of one fn() call in seconds (time_fns with one function)."""
+    return time_fns({"fn": fn}, device, warmup=warmup, reps=reps)["fn"]
+
+
+def _sample(fn: Callable[[], object], dev: torch.device, n: int) -> float:
+    """Seconds per call of n back-to-back calls (CUDA: between events; CPU: n = 1)."""
+    if dev.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / n
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def device_name(device) -> str:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import pyfastattn
 from pyfastattn import hex as hx
 
-from .common import time_fn
+from .common import time_fns
 
 
 def _hex_cases(quick: bool):
@@ -78,18 +78,20 @@ def _peers(cin, cout, R, Q, cells, device, dtype):
 
 
 def _timings(fns: dict, device, reps: int, params) -> dict:
-    """{impl: (fwd seconds, fwd+bwd seconds)}; fns[impl] = (forward closure, its inputs)."""
-    out = {}
+    """{impl: (fwd seconds, fwd+bwd seconds)}; fns[impl] = (forward closure, its inputs).
+    The implementations are timed in interleaved rounds, one pass at a time."""
+    fwd, fwdbwd = {}, {}
     for impl, (fn, inputs) in fns.items():
-        def fwd():
+        def f(fn=fn):
             with torch.no_grad():
                 fn()
 
-        def fwdbwd():
+        def fb(fn=fn, targets=inputs + params.get(impl, [])):
             y = fn()
-            torch.autograd.grad(y, inputs + params.get(impl, []), torch.ones_like(y))
-        out[impl] = (time_fn(fwd, device, reps=reps), time_fn(fwdbwd, device, reps=reps))
-    return out
+            torch.autograd.grad(y, targets, torch.ones_like(y))
+        fwd[impl], fwdbwd[impl] = f, fb
+    t_fwd, t_fb = time_fns(fwd, device, reps=reps), time_fns(fwdbwd, device, reps=reps)
+    return {impl: (t_fwd[impl], t_fb[impl]) for impl in fns}
 
 
 def _rows(case: str, times: dict, ref: str, flops: float) -> list[dict]:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import pyfastattn
 
-from .common import time_fn
+from .common import time_fns
 
 
 def _cases(device: str, quick: bool):
@@ -43,8 +43,8 @@ def run(device: str, dtype: torch.dtype, quick: bool) -> list[dict]:
         }
         for name, (ours, theirs, passes) in ops.items():
             case = f"{name} {rows}x{cols}"
-            t_ours = time_fn(ours, device, reps=reps)
-            t_torch = time_fn(theirs, device, reps=reps)
+            t = time_fns({"ours": ours, "torch": theirs}, device, reps=reps)
+            t_ours, t_torch = t["ours"], t["torch"]
             gbytes = passes * rows * cols * esize / 1e9
             for impl, t in (("pyfastattn", t_ours), ("torch", t_torch)):
                 rows_out.append({"case": case, "pass": "fwd", "impl": impl, "ms": t * 1e3,
@@ -61,8 +61,8 @@ def run(device: str, dtype: torch.dtype, quick: bool) -> list[dict]:
                     out = fn(xg, (cols,), wg, bg)
                     torch.autograd.grad(out, (xg, wg, bg), dy)
                 return step
-            t_ours = time_fn(fb(pyfastattn.layer_norm), device, reps=reps)
-            t_torch = time_fn(fb(F.layer_norm), device, reps=reps)
+            t = time_fns({"ours": fb(pyfastattn.layer_norm), "torch": fb(F.layer_norm)}, device, reps=reps)
+            t_ours, t_torch = t["ours"], t["torch"]
             gbytes = 5 * rows * cols * esize / 1e9
             for impl, t in (("pyfastattn", t_ours), ("torch", t_torch)):
                 rows_out.append({"case": case, "pass": "fwd+bwd", "impl": impl, "ms": t * 1e3,
