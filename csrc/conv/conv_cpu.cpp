@@ -197,6 +197,39 @@ PFA_CPU_CLONES void add_planes(const double* src, int64_t plane_ld, int64_t row_
   add_planes_body(src, plane_ld, row_ld, dst, planes, rows, cols, bias);
 }
 
+// Bias-gradient sums of a channel-last tile: dst[j] += sum_{r < rows} src[r*ld + j] for
+// j < np (np a multiple of the vector lanes), each column in four interleaved partial sums
+// (a fixed order: the result does not depend on the thread count).
+template <class A>
+__attribute__((always_inline)) inline void add_column_sums_body(const A* src, int64_t rows, int64_t ld, int64_t np,
+                                                                A* dst) {
+  using V = typename Vec<A>::type;
+  constexpr int L = kLanes<A>;
+  for (int64_t j = 0; j < np; j += L) {
+    V s[4] = {}, v;
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4)
+      for (int u = 0; u < 4; ++u) {
+        std::memcpy(&v, src + (r + u) * ld + j, sizeof(V));
+        s[u] += v;
+      }
+    for (; r < rows; ++r) {
+      std::memcpy(&v, src + r * ld + j, sizeof(V));
+      s[0] += v;
+    }
+    V d;
+    std::memcpy(&d, dst + j, sizeof(V));
+    d += (s[0] + s[1]) + (s[2] + s[3]);
+    std::memcpy(dst + j, &d, sizeof(V));
+  }
+}
+PFA_CPU_CLONES void add_column_sums(const float* src, int64_t rows, int64_t ld, int64_t np, float* dst) {
+  add_column_sums_body(src, rows, ld, np, dst);
+}
+PFA_CPU_CLONES void add_column_sums(const double* src, int64_t rows, int64_t ld, int64_t np, double* dst) {
+  add_column_sums_body(src, rows, ld, np, dst);
+}
+
 template <class A>
 int64_t padded_lanes(int64_t n) {
   return (n + kLanes<A> - 1) / kLanes<A> * kLanes<A>;
@@ -739,8 +772,38 @@ void reduce_chunks(const A* partials, int64_t chunks, int64_t stride, int64_t of
   }
 }
 
+// A chunk's weight-gradient sums go to its partials in the GEMMs' layout, unpadded:
+//   part[(g*Kc + t*Cig + ci)*Cog + co] (Kc = T*Cig), then db[g*Cog + co],
+// from acc[(g*Kc + t*Cig + ci)*CogP + co] and bacc[g*CogP + co]: row copies; the one
+// permutation to dw's (co, ci, t) order is left to finish_weight_grads.
+template <class A>
+void store_chunk_partials(const A* acc, const A* bacc, int64_t G, int64_t Kc, int64_t Cog, int64_t CogP, A* part) {
+  for (int64_t r = 0; r < G * Kc; ++r) std::copy(acc + r * CogP, acc + r * CogP + Cog, part + r * Cog);
+  for (int64_t grp = 0; grp < G; ++grp)
+    std::copy(bacc + grp * CogP, bacc + grp * CogP + Cog, part + G * Kc * Cog + grp * Cog);
+}
+
+// dw[((g*Cog + co)*Cig + ci)*T + t] and db[g*Cog + co]: the chunks' partials summed in
+// chunk order, rounded once to the dtype.
+template <class T, class A = Acc<T>>
+void finish_weight_grads(const A* partials, int64_t chunks, int64_t stride, int64_t G, int64_t T_, int64_t Cig,
+                         int64_t Cog, T* dw, T* db) {
+  const int64_t Kc = T_ * Cig, wcount = G * Kc * Cog;
+  if (dw) {
+    std::vector<A> sum(static_cast<size_t>(wcount));
+    reduce_chunks<A>(partials, chunks, stride, 0, wcount, sum.data());
+    for (int64_t grp = 0; grp < G; ++grp)
+      for (int64_t co = 0; co < Cog; ++co)
+        for (int64_t ci = 0; ci < Cig; ++ci)
+          for (int64_t t = 0; t < T_; ++t)
+            dw[((grp * Cog + co) * Cig + ci) * T_ + t] =
+                Storage<T>::store(sum[size_t((grp * Kc + t * Cig + ci) * Cog + co)]);
+  }
+  if (db) reduce_chunks<T>(partials, chunks, stride, wcount, G * Cog, db);
+}
+
 // dw[co, ci, t] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, ci, oh*s - pad + dr_t, ...];
-// db[co] = sum dy. Chunk j sums its batch slice; partial layout: dw (co, ci, t), then db.
+// db[co] = sum dy. Chunk j sums its batch slice (partials: store_chunk_partials).
 template <class T>
 void tap_conv_backward_weight_typed(const TapConvParams& p) {
   using A = Acc<T>;
@@ -764,7 +827,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
     std::vector<A> col(size_t(p.dw && cols ? Kc * M : 0), A(0));
     std::vector<A> dyp(size_t(M * CogP));
     std::vector<A> acc(size_t(G * T_ * Cig * CogP));  // [g][t][ci][co]
-    std::vector<A> bacc(size_t(p.Cout));
+    std::vector<A> bacc(size_t(G * CogP));
 #pragma omp for schedule(dynamic)
     for (int64_t j = 0; j < chunks; ++j) {
       std::fill(acc.begin(), acc.end(), A(0));
@@ -784,8 +847,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
           pack_plane_over_zeros<T>(
               static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s, dyp.data(),
               scratch);
-          for (int64_t m = 0; m < M; ++m)
-            for (int64_t co = 0; co < Cog; ++co) bacc[size_t(grp * Cog + co)] += dyp[size_t(m * CogP + co)];
+          add_column_sums(dyp.data(), M, CogP, CogP, bacc.data() + grp * CogP);
           if (!p.dw) continue;
           if (cols) {  // dw[(t, ci)][co] = sum_p colT[(t, ci)][p] * dy[p][co]: one product
             im2col_rows<T>(p, n, grp, Cig, col.data());
@@ -830,17 +892,11 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
               gemm_run(gm);
             }
         }
-      A* part = partials + j * chunk_stride;
-      for (int64_t grp = 0; grp < G; ++grp)
-        for (int64_t co = 0; co < Cog; ++co)
-          for (int64_t ci = 0; ci < Cig; ++ci)
-            for (int t = 0; t < T_; ++t)
-              part[((grp * Cog + co) * Cig + ci) * T_ + t] = acc[size_t(((grp * T_ + t) * Cig + ci) * CogP + co)];
-      std::copy(bacc.begin(), bacc.end(), part + wcount);
+      store_chunk_partials(acc.data(), bacc.data(), G, Kc, Cog, CogP, partials + j * chunk_stride);
     }
   }
-  if (p.dw) reduce_chunks<T>(partials, chunks, chunk_stride, 0, wcount, static_cast<T*>(p.dw));
-  if (p.db) reduce_chunks<T>(partials, chunks, chunk_stride, wcount, p.Cout, static_cast<T*>(p.db));
+  finish_weight_grads<T>(partials, chunks, chunk_stride, G, T_, Cig, Cog, static_cast<T*>(p.dw),
+                         static_cast<T*>(p.db));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1074,15 +1130,14 @@ void indexed_backward_weight_typed(const IndexedConvParams& p) {
     std::vector<A> col(size_t(p.dw ? p.P_out * K : 0));
     std::vector<A> dyp(size_t(p.P_out * CoP));
     std::vector<A> acc(size_t(K * CoP));  // [t*Cin + ci][co]
-    std::vector<A> bacc(size_t(p.Cout));
+    std::vector<A> bacc(static_cast<size_t>(CoP));
 #pragma omp for schedule(dynamic)
     for (int64_t j = 0; j < chunks; ++j) {
       std::fill(acc.begin(), acc.end(), A(0));
       std::fill(bacc.begin(), bacc.end(), A(0));
       for (int64_t n = chunk_begin(j, chunks, p.N); n < chunk_begin(j + 1, chunks, p.N); ++n) {
         pack_dy_points<T>(p, n, CoP, dyp.data());
-        for (int64_t o = 0; o < p.P_out; ++o)
-          for (int64_t co = 0; co < p.Cout; ++co) bacc[size_t(co)] += dyp[size_t(o * CoP + co)];
+        add_column_sums(dyp.data(), p.P_out, CoP, CoP, bacc.data());
         if (!p.dw) continue;
         gather_columns<T>(p, n, col.data());
         const A* a0 = col.data();
@@ -1101,16 +1156,11 @@ void indexed_backward_weight_typed(const IndexedConvParams& p) {
         gm.accumulate = true;
         gemm_run(gm);
       }
-      A* part = partials + j * chunk_stride;
-      for (int64_t co = 0; co < p.Cout; ++co)
-        for (int64_t ci = 0; ci < p.Cin; ++ci)
-          for (int64_t t = 0; t < p.T; ++t)
-            part[(co * p.Cin + ci) * p.T + t] = acc[size_t((t * p.Cin + ci) * CoP + co)];
-      std::copy(bacc.begin(), bacc.end(), part + wcount);
+      store_chunk_partials(acc.data(), bacc.data(), 1, K, p.Cout, CoP, partials + j * chunk_stride);
     }
   }
-  if (p.dw) reduce_chunks<T>(partials, chunks, chunk_stride, 0, wcount, static_cast<T*>(p.dw));
-  if (p.db) reduce_chunks<T>(partials, chunks, chunk_stride, wcount, p.Cout, static_cast<T*>(p.db));
+  finish_weight_grads<T>(partials, chunks, chunk_stride, 1, p.T, p.Cin, p.Cout, static_cast<T*>(p.dw),
+                         static_cast<T*>(p.db));
 }
 
 }  // namespace
