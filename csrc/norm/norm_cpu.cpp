@@ -15,9 +15,12 @@ namespace pfa::norm {
 int64_t reduction_chunks(int64_t rows, int64_t cols, bool cuda) {
   if (rows <= 0 || cols <= 0) return 0;
   // Enough chunks to fill the machine, few enough that the partials stay small. CUDA: one
-  // block per chunk (norm_cuda.cu), about 32 rows each, 256..1024 blocks.
+  // block per chunk (norm_cuda.cu), about 32 rows each, 256..1024 blocks. CPU: the partials
+  // (16 bytes per column per chunk at most) within 8 MiB, so that writing them and summing
+  // them back stays small next to the rows' own traffic (wide rows: 8 chunks at 65536).
   const int64_t target = cuda ? std::clamp<int64_t>((rows + 31) / 32, 256, 1024) : 64;
-  const int64_t by_memory = std::max<int64_t>(1, (int64_t(64) << 20) / (cols * 16));
+  const int64_t budget = cuda ? (int64_t(64) << 20) : (int64_t(8) << 20);
+  const int64_t by_memory = std::max<int64_t>(1, budget / (cols * 16));
   return std::max<int64_t>(1, std::min({rows, target, by_memory}));
 }
 
@@ -196,18 +199,28 @@ void backward_typed(const BackwardParams& p) {
       backward_chunk_any(static_cast<const T*>(nullptr), p, c, chunks, g.data(), xhat.data());
   }
   if (!want_partials) return;
-  // Stage 2: dweight[j] = sum_c partial[c][j], always summed in chunk order.
+  // Stage 2: dweight[j] = sum_c partial[c][j], always summed in chunk order. In blocks of
+  // columns, chunk by chunk: each partial row is read in runs and the sums vectorize.
+  constexpr int64_t kBlock = 256;
   const A* dw_part = static_cast<const A*>(p.partials);
   const A* db_part = dw_part + chunks * n;
 #pragma omp parallel for schedule(static) if (worth_threads(2.0 * chunks * n))
-  for (int64_t j = 0; j < n; ++j) {
-    A sw = 0, sb = 0;
+  for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
+    const int64_t m = std::min(kBlock, n - j0);
+    A sw[kBlock] = {}, sb[kBlock] = {};
     for (int64_t c = 0; c < chunks; ++c) {
-      sw += dw_part[c * n + j];
-      sb += db_part[c * n + j];
+      const A* pw = dw_part + c * n + j0;
+      const A* pb = db_part + c * n + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) {
+        sw[j] += pw[j];
+        sb[j] += pb[j];
+      }
     }
-    if (p.dweight) static_cast<T*>(p.dweight)[j] = Storage<T>::store(sw);
-    if (p.dbias) static_cast<T*>(p.dbias)[j] = Storage<T>::store(sb);
+    for (int64_t j = 0; j < m; ++j) {
+      if (p.dweight) static_cast<T*>(p.dweight)[j0 + j] = Storage<T>::store(sw[j]);
+      if (p.dbias) static_cast<T*>(p.dbias)[j0 + j] = Storage<T>::store(sb[j]);
+    }
   }
 }
 
