@@ -197,24 +197,23 @@ PFA_CPU_CLONES void add_planes(const double* src, int64_t plane_ld, int64_t row_
   add_planes_body(src, plane_ld, row_ld, dst, planes, rows, cols, bias);
 }
 
-// Bias-gradient sums of a channel-last tile: dst[j] += sum_{r < rows} src[r*ld + j] for
-// j < np (np a multiple of the vector lanes), each column in four interleaved partial sums
-// (a fixed order: the result does not depend on the thread count).
+// Bias-gradient sums of a channel-last tile of rows x cols (cols a multiple of the vector
+// lanes): dst[j] += sum_{r < rows} src[r*cols + j], each column in four interleaved partial
+// sums (a fixed order: the result does not depend on the thread count).
 template <class A>
-__attribute__((always_inline)) inline void add_column_sums_body(const A* src, int64_t rows, int64_t ld, int64_t np,
-                                                                A* dst) {
+__attribute__((always_inline)) inline void add_column_sums_body(const A* src, int64_t rows, int64_t cols, A* dst) {
   using V = typename Vec<A>::type;
   constexpr int L = kLanes<A>;
-  for (int64_t j = 0; j < np; j += L) {
+  for (int64_t j = 0; j < cols; j += L) {
     V s[4] = {}, v;
     int64_t r = 0;
     for (; r + 4 <= rows; r += 4)
       for (int u = 0; u < 4; ++u) {
-        std::memcpy(&v, src + (r + u) * ld + j, sizeof(V));
+        std::memcpy(&v, src + (r + u) * cols + j, sizeof(V));
         s[u] += v;
       }
     for (; r < rows; ++r) {
-      std::memcpy(&v, src + r * ld + j, sizeof(V));
+      std::memcpy(&v, src + r * cols + j, sizeof(V));
       s[0] += v;
     }
     V d;
@@ -223,11 +222,11 @@ __attribute__((always_inline)) inline void add_column_sums_body(const A* src, in
     std::memcpy(dst + j, &d, sizeof(V));
   }
 }
-PFA_CPU_CLONES void add_column_sums(const float* src, int64_t rows, int64_t ld, int64_t np, float* dst) {
-  add_column_sums_body(src, rows, ld, np, dst);
+PFA_CPU_CLONES void add_column_sums(const float* src, int64_t rows, int64_t cols, float* dst) {
+  add_column_sums_body(src, rows, cols, dst);
 }
-PFA_CPU_CLONES void add_column_sums(const double* src, int64_t rows, int64_t ld, int64_t np, double* dst) {
-  add_column_sums_body(src, rows, ld, np, dst);
+PFA_CPU_CLONES void add_column_sums(const double* src, int64_t rows, int64_t cols, double* dst) {
+  add_column_sums_body(src, rows, cols, dst);
 }
 
 template <class A>
@@ -847,7 +846,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
           pack_plane_over_zeros<T>(
               static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s, dyp.data(),
               scratch);
-          add_column_sums(dyp.data(), M, CogP, CogP, bacc.data() + grp * CogP);
+          add_column_sums(dyp.data(), M, CogP, bacc.data() + grp * CogP);
           if (!p.dw) continue;
           if (cols) {  // dw[(t, ci)][co] = sum_p colT[(t, ci)][p] * dy[p][co]: one product
             im2col_rows<T>(p, n, grp, Cig, col.data());
@@ -1137,7 +1136,7 @@ void indexed_backward_weight_typed(const IndexedConvParams& p) {
       std::fill(bacc.begin(), bacc.end(), A(0));
       for (int64_t n = chunk_begin(j, chunks, p.N); n < chunk_begin(j + 1, chunks, p.N); ++n) {
         pack_dy_points<T>(p, n, CoP, dyp.data());
-        add_column_sums(dyp.data(), p.P_out, CoP, CoP, bacc.data());
+        add_column_sums(dyp.data(), p.P_out, CoP, bacc.data());
         if (!p.dw) continue;
         gather_columns<T>(p, n, col.data());
         const A* a0 = col.data();
