@@ -260,23 +260,45 @@ void forward_block(const ForwardParams& p, FwdScratch<T>& w, int b, int h, int q
       load_tile<T, A>(k, p.k.stride_l, kn, d, w.k.data(), knr, dp, false);
       tile_gemm<false>(knr, kBQ, d, w.k.data(), dp, 1, w.qt.data(), kBQ, w.st.data(), kBQ);
     }
-    scores_log2<true, T, A>(p, w.st.data(), kBQ, kn, qm, b, h, i0, j0, A(0));
+    // A plain tile (no mask, positive scale, every key visible under causal) skips the
+    // scores pass: a positive scale commutes with the row max, so P = exp2(qk * c - m_new) is
+    // formed in the exponent pass, and no score can be masked.
+    const bool plain = p.mask_kind == MaskKind::None && p.scale > 0 && (!p.causal || j0 + kn - 1 <= i0);
+    const A scale_log2 = plain ? A(p.scale * kLog2e) : A(1);
+    if (!plain) scores_log2<true, T, A>(p, w.st.data(), kBQ, kn, qm, b, h, i0, j0, A(0));
     // Online softmax per query column i: m_new = max(m, max_j S); P = exp2(S - m_new);
     // l = l * alpha + sum_j P; O *= alpha.
     A* mn = w.m_new.data();
     A* ts = w.tile_sum.data();
-    for (int i = 0; i < kBQ; ++i) mn[i] = w.m[i], ts[i] = A(0);
-    for (int j = 0; j < kn; ++j) {
+    {
+      const A* s = w.st.data();
+#pragma omp simd
+      for (int i = 0; i < kBQ; ++i) mn[i] = s[i], ts[i] = A(0);
+    }
+    for (int j = 1; j < kn; ++j) {
       const A* s = w.st.data() + j * kBQ;
 #pragma omp simd
       for (int i = 0; i < kBQ; ++i) mn[i] = mn[i] > s[i] ? mn[i] : s[i];
     }
+#pragma omp simd
+    for (int i = 0; i < kBQ; ++i) {
+      const A tile_max = plain ? score_log2(mn[i], scale_log2, A(0)) : mn[i];
+      mn[i] = softmax_new_max(SoftmaxState<A>{w.m[i], w.l[i]}, tile_max);
+    }
     for (int j = 0; j < kn; ++j) {
       A* s = w.st.data() + j * kBQ;
+      if (plain) {
 #pragma omp simd
-      for (int i = 0; i < kBQ; ++i) {
-        s[i] = masked_exp2(s[i], mn[i], FastExp2{});
-        ts[i] += s[i];
+        for (int i = 0; i < kBQ; ++i) {
+          s[i] = FastExp2{}(score_log2(s[i], scale_log2, A(0)) - mn[i]);
+          ts[i] += s[i];
+        }
+      } else {
+#pragma omp simd
+        for (int i = 0; i < kBQ; ++i) {
+          s[i] = masked_exp2(s[i], mn[i], FastExp2{});
+          ts[i] += s[i];
+        }
       }
     }
     for (int i = 0; i < qm; ++i) {
