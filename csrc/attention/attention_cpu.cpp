@@ -266,8 +266,8 @@ void forward_block(const ForwardParams& p, FwdScratch<T>& w, int b, int h, int q
     const bool plain = p.mask_kind == MaskKind::None && p.scale > 0 && (!p.causal || j0 + kn - 1 <= i0);
     const A scale_log2 = plain ? A(p.scale * kLog2e) : A(1);
     if (!plain) scores_log2<true, T, A>(p, w.st.data(), kBQ, kn, qm, b, h, i0, j0, A(0));
-    // Online softmax per query column i: m_new = max(m, max_j S); P = exp2(S - m_new);
-    // l = l * alpha + sum_j P; O *= alpha.
+    // Online softmax per query column i: m_new = softmax_new_max(m, max_j S) (lazy: m moves
+    // only on a jump past kRescaleSlack); P = exp2(S - m_new); l = l * alpha + sum_j P; O *= alpha.
     A* mn = w.m_new.data();
     A* ts = w.tile_sum.data();
     {
@@ -303,7 +303,7 @@ void forward_block(const ForwardParams& p, FwdScratch<T>& w, int b, int h, int q
     }
     for (int i = 0; i < qm; ++i) {
       SoftmaxState<A> st{w.m[i], w.l[i]};
-      const A alpha = softmax_update(st, softmax_new_max(st, mn[i]), ts[i]);
+      const A alpha = softmax_update(st, mn[i], ts[i]);
       w.m[i] = st.m;
       w.l[i] = st.l;
       if (alpha != A(1)) {

@@ -353,15 +353,24 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
       exponentiate([&](float qk, float m) { return mma::Exp2Approx{}(fmaf(qk, scale_log2, -m)); });
     else
       exponentiate([](float s2, float m) { return masked_exp2(s2, m, mma::Exp2Approx{}); });
+    // l stays a per-thread partial sum (alpha is the same across the quad); summed at the end.
+    // With the lazy max (attention_math.h) alpha is 1 on most tiles: the warp skips the
+    // rescale of its D / 2 accumulators per thread unless one of its rows moved.
+    float alpha[2 * MT];
+    bool moved = false;
 #pragma unroll
     for (int r = 0; r < 2 * MT; ++r) {
-      // l stays a per-thread partial sum (alpha is the same across the quad); summed at the end
-      const float alpha = softmax_update(st[r], m_new[r], tsum[r]);
+      alpha[r] = softmax_update(st[r], m_new[r], tsum[r]);
+      moved |= alpha[r] != 1.f;
+    }
+    if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        o[r / 2][j][2 * (r % 2)] *= alpha;
-        o[r / 2][j][2 * (r % 2) + 1] *= alpha;
-      }
+      for (int r = 0; r < 2 * MT; ++r)
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          o[r / 2][j][2 * (r % 2)] *= alpha[r];
+          o[r / 2][j][2 * (r % 2) + 1] *= alpha[r];
+        }
     }
     mma::warp_mma_rb<T, MT, D, BK, LD>(o, sc, vt);
   }

@@ -54,6 +54,14 @@ PFA_HD A masked_exp2(A s2, A m, E e = E()) {
 // Online softmax, per row, one key tile at a time:
 //   m_new = max(m, rowmax(S)); alpha = exp2(m - m_new); l = l * alpha + rowsum(P); acc = acc * alpha + P V
 // with P = masked_exp2(S, m_new). Start: m = kMaskedScore, l = 0, acc = 0.
+//
+// Lazy rescale: m only moves when rowmax(S) exceeds it by more than kRescaleSlack (log2
+// units). Below that, P = exp2(S - m) <= 2^kRescaleSlack stays far from overflow, alpha is
+// exactly 1 and the accumulator is left alone (the CUDA forward skips the rescale for the
+// whole warp then). The result does not depend on which m the row ends with: out = acc / l
+// and lse = m + log2 l are the same for any m that keeps P finite, and a stale (lower) m
+// only makes P larger, never subnormal.
+constexpr float kRescaleSlack = 8.f;
 template <class A>
 struct SoftmaxState {
   A m, l;
@@ -66,11 +74,11 @@ PFA_HD SoftmaxState<A> softmax_init() {
 
 template <class A>
 PFA_HD A softmax_new_max(const SoftmaxState<A>& st, A tile_max) {
-  return st.m > tile_max ? st.m : tile_max;
+  return tile_max > st.m + A(kRescaleSlack) ? tile_max : st.m;
 }
 
 // Moves the state to m_new (from softmax_new_max) and adds rowsum(P) computed against m_new;
-// returns alpha, the factor that rescales the output accumulator.
+// returns alpha, the factor that rescales the output accumulator (exactly 1 when m stays).
 template <class A>
 PFA_HD A softmax_update(SoftmaxState<A>& st, A m_new, A tile_sum) {
   const A alpha = exp2(st.m - m_new);

@@ -171,6 +171,25 @@ def test_large_logits(sign):
     assert err <= max(2 * base, rounding) + 1e-5, (err, base, rounding)
 
 
+@pytest.mark.parametrize("ramp", [0.01, 0.05, 0.3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rising_logits(ramp, dtype):
+    """Logits that grow by `ramp` per key: the lazy running max (attention_math.h) moves on
+    some key tiles and lags up to kRescaleSlack behind on others. Without a mask (the scale
+    folded into the exponent) and with the ramp as a float bias."""
+    g = seeded("rising", ramp)
+    # 260 keys: the logits stay below ~80, where float32's own rounding of q.k is within the
+    # float32 tolerance (test_large_logits covers larger ones)
+    q, k, v = qkv(1, 2, 2, 70, 260, 16, torch.float64, g)
+    q[..., 0] = 1.0
+    keys = torch.arange(260, dtype=torch.float64)
+    # forward only: keys this long make d q float32-noisy by itself, and the backward
+    # recomputes P from the LSE, not from the running max
+    check_all(q.to(dtype), (k + torch.stack([ramp * 4.0 * keys] + [keys * 0] * 15, -1)).to(dtype), v.to(dtype),
+              grads=False)
+    check_all(q.to(dtype), k.to(dtype), v.to(dtype), mask=(ramp * keys).expand(1, 2, 70, 260).to(dtype))
+
+
 @pytest.mark.parametrize("heads", [(6, 2), (4, 1), (3, 3)])
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_gqa(heads, is_causal):

@@ -28,10 +28,13 @@ def _leaf(t):
 
 
 def run_case(b, hq, hk, lq, lk, d, dtype, *, mask_kind=None, mask_shape=None, is_causal=False,
-             fully_masked_rows=False, seed=0):
+             fully_masked_rows=False, key_ramp=0.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(b, hq, lq, d, generator=g)
     k = torch.randn(b, hk, lk, d, generator=g)
+    if key_ramp:  # logits grow by key_ramp per key (the running max moves, or lags, tile by tile)
+        q[..., 0] = 1.0
+        k[..., 0] += key_ramp * d**0.5 * torch.arange(lk)
     v = torch.randn(b, hk, lk, d, generator=g)
     dout = torch.randn(b, hq, lq, d, generator=g)
     mask = None
@@ -102,6 +105,15 @@ def test_cuda_masks(dtype, kind, shape):
 def test_cuda_fully_masked_rows_and_gqa(dtype):
     run_case(2, 6, 2, 70, 90, 128, dtype, mask_kind="bool", fully_masked_rows=True)
     run_case(2, 8, 1, 100, 100, 64, dtype, is_causal=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("ramp", [0.05, 0.3])
+@pytest.mark.parametrize("kind", [None, "float"])
+def test_cuda_rising_logits(dtype, ramp, kind):
+    """The lazy running max (attention_math.h): rescaled on some tiles, up to kRescaleSlack
+    behind on others; with the scale folded into the exponent and through a bias."""
+    run_case(1, 2, 2, 70, 700, 64, dtype, mask_kind=kind, key_ramp=ramp, seed=7)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
