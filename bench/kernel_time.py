@@ -5,7 +5,9 @@ device: the summed durations of every GPU kernel, memset and copy one call launc
 wall: back-to-back eager calls between CUDA events (pyfastattn.benchmark.common.time_fn), what
 a model sees, host overhead included. Ratios are torch / ours (> 1: ours is faster).
 
-  python bench/kernel_time.py [norm] [attention] [--json out.json]     (needs a CUDA GPU)
+  python bench/kernel_time.py [norm] [attention] [conv] [--json out.json]     (needs a CUDA GPU)
+
+conv also lists the kernels that take the time in our forward+backward, per case.
 """
 from __future__ import annotations
 
@@ -100,6 +102,58 @@ def attention_rows():
     return rows
 
 
+def kernel_breakdown(fn, top: int = 6, iters: int = 10) -> list[tuple[str, float]]:
+    """The `top` GPU activities of one call of fn by device time: [(name, us per call)]."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    per = [(e.key, (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)) / iters)
+           for e in prof.key_averages()]
+    return sorted((x for x in per if x[1] > 0), key=lambda x: -x[1])[:top]
+
+
+def conv_rows():
+    """hex_conv2d against the masked F.conv2d (cuDNN) and conv2d against F.conv2d, with the
+    kernels that take the time in our forward+backward (where the gap is, per kernel)."""
+    from pyfastattn import hex as hx
+    rows = []
+    dt = torch.bfloat16
+    mask = hx.hex_mask(1).to("cuda", dt)
+    cases = [("hex 13x13 32->64", 256, 32, 64, 13, None, 1), ("hex 9x9 32->64", 256, 32, 64, 9, None, 1),
+             ("hex 49x49 32->64", 256, 32, 64, 49, None, 1), ("hex 13x13 2->32", 256, 2, 32, 13, None, 1),
+             ("conv2d 14x14x2->32 k3 s2", 256, 2, 32, 14, 3, 2), ("conv2d 14x14x2->64 k5 s2", 256, 2, 64, 14, 5, 2),
+             ("conv2d 32x32x3->32 k3 s1", 128, 3, 32, 32, 3, 1), ("conv2d 32x32x32->64 k3 s1", 128, 32, 64, 32, 3, 1)]
+    for case, n, cin, cout, size, k, s in cases:
+        x = torch.randn(n, cin, size, size, device="cuda", dtype=dt, requires_grad=True)
+        b = torch.randn(cout, device="cuda", dtype=dt, requires_grad=True)
+        if k is None:
+            w = torch.randn(cout, cin, 7, device="cuda", dtype=dt, requires_grad=True)
+            wsq = hx.hex_to_square_weight(w.detach()).requires_grad_()
+            ours, ours_in = (lambda x, w, b: pyfastattn.hex_conv2d(x, w, b)), [x, w, b]
+            theirs, theirs_in = (lambda x, w, b: F.conv2d(x, w * mask, b, padding=1)), [x, wsq, b]
+            macs = n * size * size * cout * cin * 7
+        else:
+            w = torch.randn(cout, cin, k, k, device="cuda", dtype=dt, requires_grad=True)
+            ours, ours_in = (lambda x, w, b, s=s, k=k: pyfastattn.conv2d(x, w, b, s, k // 2)), [x, w, b]
+            theirs, theirs_in = (lambda x, w, b, s=s, k=k: F.conv2d(x, w, b, s, k // 2)), [x, w, b]
+            so = (size + 2 * (k // 2) - k) // s + 1
+            macs = n * so * so * cout * cin * k * k
+        dy = ours(*ours_in).detach().clone().normal_()
+        det_o, det_t = [t.detach() for t in ours_in], [t.detach() for t in theirs_in]
+        rows.append(measure(f"{case} fwd", lambda: ours(*det_o), lambda: theirs(*det_t), "TFLOP/s", 2 * macs / 1e12))
+        fb_ours = lambda: torch.autograd.grad(ours(*ours_in), ours_in, dy)
+        rows.append(measure(f"{case} fwd+bwd", fb_ours, lambda: torch.autograd.grad(theirs(*theirs_in), theirs_in, dy),
+                            "TFLOP/s", 6 * macs / 1e12))
+        rows[-1]["kernels_ours"] = kernel_breakdown(fb_ours)
+        for name, us in rows[-1]["kernels_ours"]:
+            print(f"    {us:9.1f} us  {name[:100]}", flush=True)
+    return rows
+
+
 def measure(case, ours, theirs, unit, amount, ref="torch"):
     dev_o, dev_t = device_seconds(ours), device_seconds(theirs)
     wall_o, wall_t = time_fn(ours, "cuda", reps=20), time_fn(theirs, "cuda", reps=20)
@@ -122,7 +176,7 @@ if __name__ == "__main__":
     print(torch.cuda.get_device_name(), "bf16")
     out = []
     for fam in a.families:
-        out += {"norm": norm_rows, "attention": attention_rows}[fam]()
+        out += {"norm": norm_rows, "attention": attention_rows, "conv": conv_rows}[fam]()
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": out}, f, indent=1)

@@ -1,9 +1,10 @@
 """One call of each kernel worth profiling, for Nsight Compute (bench/ncu_profile.sh runs it).
 
-  python bench/ncu_cases.py [attention] [norm]     (default: both)
+  python bench/ncu_cases.py [attention] [norm] [conv]     (default: attention and norm)
 
 attention: forward + backward, bf16, B=4 H=16 L=4096 D=128 (the issue's target case);
-norm: layer_norm forward + backward, bf16, 8192 x 4096. Fresh random inputs; nothing is timed.
+norm: layer_norm forward + backward, bf16, 8192 x 4096; conv: hex_conv2d 13x13 32->64 and
+conv2d 32x32x32->64 k3 forward + backward, bf16. Fresh random inputs; nothing is timed.
 """
 import sys
 
@@ -27,8 +28,17 @@ def norm():
     torch.autograd.grad(y, (x, w, b), torch.randn_like(y))
 
 
+def conv():
+    for fn, x, w in [(pyfastattn.hex_conv2d, (256, 32, 13, 13), (64, 32, 7)),
+                     (lambda x, w, b: pyfastattn.conv2d(x, w, b, 1, 1), (128, 32, 32, 32), (64, 32, 3, 3))]:
+        ins = [torch.randn(*shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for shape in (x, w, (w[0],))]
+        y = fn(*ins)
+        torch.autograd.grad(y, ins, torch.randn_like(y))
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     for name in sys.argv[1:] or ["attention", "norm"]:
-        {"attention": attention, "norm": norm}[name]()
+        {"attention": attention, "norm": norm, "conv": conv}[name]()
     torch.cuda.synchronize()

@@ -285,22 +285,21 @@ void forward_block(const ForwardParams& p, FwdScratch<T>& w, int b, int h, int q
       const A tile_max = plain ? score_log2(mn[i], scale_log2, A(0)) : mn[i];
       mn[i] = softmax_new_max(SoftmaxState<A>{w.m[i], w.l[i]}, tile_max);
     }
-    for (int j = 0; j < kn; ++j) {
-      A* s = w.st.data() + j * kBQ;
-      if (plain) {
+    // P = p_of(score, m_new) elementwise; tile_sum = rowsum(P)
+    auto exponentiate = [&](auto p_of) {
+      for (int j = 0; j < kn; ++j) {
+        A* s = w.st.data() + j * kBQ;
 #pragma omp simd
         for (int i = 0; i < kBQ; ++i) {
-          s[i] = FastExp2{}(score_log2(s[i], scale_log2, A(0)) - mn[i]);
-          ts[i] += s[i];
-        }
-      } else {
-#pragma omp simd
-        for (int i = 0; i < kBQ; ++i) {
-          s[i] = masked_exp2(s[i], mn[i], FastExp2{});
+          s[i] = p_of(s[i], mn[i]);
           ts[i] += s[i];
         }
       }
-    }
+    };
+    if (plain)
+      exponentiate([&](A qk, A m) { return FastExp2{}(score_log2(qk, scale_log2, A(0)) - m); });
+    else
+      exponentiate([](A s2, A m) { return masked_exp2(s2, m, FastExp2{}); });
     for (int i = 0; i < qm; ++i) {
       SoftmaxState<A> st{w.m[i], w.l[i]};
       const A alpha = softmax_update(st, mn[i], ts[i]);
@@ -431,7 +430,11 @@ void backward_qblock(const BackwardParams& bp, BwdScratch<T>& w, int b, int h, c
   A* dP = w.dpm.data();
   tile_gemm<false>(qmr, kBKB, d, w.q.data(), dp, 1, w.kt.data(), kBKB, S, kBKB);
   tile_gemm<false>(qmr, kBKB, d, w.dout.data(), dp, 1, w.vt.data(), kBKB, dP, kBKB);
-  scores_log2<false, T, A>(p, S, kBKB, qm, kn, b, h, i0, j0, masked_score<A>());
+  // A plain tile (no mask, all kBKB keys present and visible) skips the scores pass:
+  // P = exp2(q.k * c - lse2) is formed in the exponent pass, and no score can be masked.
+  const bool plain = p.mask_kind == MaskKind::None && kn == kBKB && (!p.causal || j0 + kn - 1 <= i0);
+  const A scale_log2 = A(p.scale * kLog2e);
+  if (!plain) scores_log2<false, T, A>(p, S, kBKB, qm, kn, b, h, i0, j0, masked_score<A>());
   const int64_t dm_off = b * bp.dmask_stride_b + h * bp.dmask_stride_h + i0 * bp.dmask_stride_q + j0;
   T* dmask = bp.dmask && !bp.dmask_f32 ? static_cast<T*>(bp.dmask) + dm_off : nullptr;
   float* dmask_f32 = bp.dmask && bp.dmask_f32 ? static_cast<float*>(bp.dmask) + dm_off : nullptr;
@@ -439,12 +442,19 @@ void backward_qblock(const BackwardParams& bp, BwdScratch<T>& w, int b, int h, c
     A* s = S + i * kBKB;
     A* g = dP + i * kBKB;
     const A l2 = w.lse2[i], di = w.delta[i];
+    // P = p_of(score, lse2); dS = P (dP - D)
+    auto exponentiate = [&](auto p_of) {
 #pragma omp simd
-    for (int j = 0; j < kBKB; ++j) {
-      const A pij = masked_exp2(s[j], l2, FastExp2{});
-      s[j] = pij;
-      g[j] = softmax_grad(pij, g[j], di);
-    }
+      for (int j = 0; j < kBKB; ++j) {
+        const A pij = p_of(s[j]);
+        s[j] = pij;
+        g[j] = softmax_grad(pij, g[j], di);
+      }
+    };
+    if (plain)
+      exponentiate([&](A qk) { return FastExp2{}(score_log2(qk, scale_log2, A(0)) - l2); });
+    else
+      exponentiate([&](A s2) { return masked_exp2(s2, l2, FastExp2{}); });
     if (dmask) {
       T* dm = dmask + i * bp.dmask_stride_q;
 #pragma omp simd
