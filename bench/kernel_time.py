@@ -23,8 +23,8 @@ import pyfastattn
 from pyfastattn.benchmark.common import time_fn
 
 
-def device_seconds(fn, iters: int = 10) -> float:
-    """Summed GPU activity per call of fn, in seconds."""
+def device_activities(fn, iters: int = 10) -> list[tuple[str, float]]:
+    """[(name, us per call)] of every GPU activity (kernel, memset, copy) one call of fn launches."""
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
@@ -32,10 +32,13 @@ def device_seconds(fn, iters: int = 10) -> float:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
-    total_us = 0.0
-    for e in prof.key_averages():
-        total_us += getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
-    return total_us / iters / 1e6
+    return [(e.key, (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)) / iters)
+            for e in prof.key_averages()]
+
+
+def device_seconds(fn) -> float:
+    """Summed GPU activity per call of fn, in seconds."""
+    return sum(us for _, us in device_activities(fn)) / 1e6
 
 
 def copy_row():
@@ -102,18 +105,9 @@ def attention_rows():
     return rows
 
 
-def kernel_breakdown(fn, top: int = 6, iters: int = 10) -> list[tuple[str, float]]:
+def kernel_breakdown(fn, top: int = 6) -> list[tuple[str, float]]:
     """The `top` GPU activities of one call of fn by device time: [(name, us per call)]."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    per = [(e.key, (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)) / iters)
-           for e in prof.key_averages()]
-    return sorted((x for x in per if x[1] > 0), key=lambda x: -x[1])[:top]
+    return sorted((x for x in device_activities(fn) if x[1] > 0), key=lambda x: -x[1])[:top]
 
 
 def conv_rows():
