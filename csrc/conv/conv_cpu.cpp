@@ -79,9 +79,11 @@ void gemm_run_in_tap_chunks(Gemm<A> g) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Transpose: dst[c*dst_ld + r] = src[r*src_ld + c] for r < rows, c < cols, in L x L register
-// blocks (L = vector lanes): after swapping bit S of the row and column index for S = L/2,
-// ..., 1, element (r, c) sits at (c, r). Moves between channel-last tiles and NCHW planes.
+// Transpose: dst[(c + c / run * gap)*dst_ld + r] = src[r*src_ld + c] for r < rows, c < cols,
+// in L x L register blocks (L = vector lanes): after swapping bit S of the row and column index
+// for S = L/2, ..., 1, element (r, c) sits at (c, r). Moves between channel-last tiles and NCHW
+// planes. `gap` rows of dst after every `run` (rows of a padded plane past a grid row's end)
+// are left as they are; run = cols, gap = 0: a plain transpose.
 
 // Rows a and b = a + S of a block: the elements whose column has bit S set in a trade places
 // with those whose column has it clear in b.
@@ -100,9 +102,20 @@ __attribute__((always_inline)) inline void swap_index_bits_from(V* v) {
   if constexpr (S > 1) swap_index_bits_from<V, L, S / 2>(v);
 }
 
+// dst row of source column c = c0 + i, stepped through a block without dividing: (q, rem) =
+// (c / run, c % run).
+struct GappedRows {
+  int64_t run, gap, q, rem;
+  GappedRows(int64_t run_, int64_t gap_, int64_t c0) : run(run_), gap(gap_), q(c0 / run_), rem(c0 % run_) {}
+  int64_t row(int64_t c) const { return c + q * gap; }
+  void next() {
+    if (++rem == run) rem = 0, ++q;
+  }
+};
+
 template <class A>
 __attribute__((always_inline)) inline void transpose_body(const A* src, int64_t src_ld, A* dst, int64_t dst_ld,
-                                                          int64_t rows, int64_t cols) {
+                                                          int64_t rows, int64_t cols, int64_t run, int64_t gap) {
   using V = typename Vec<A>::type;
   constexpr int L = kLanes<A>;
   int64_t r0 = 0;
@@ -112,22 +125,25 @@ __attribute__((always_inline)) inline void transpose_body(const A* src, int64_t 
       V v[L];
       for (int i = 0; i < L; ++i) std::memcpy(&v[i], src + (r0 + i) * src_ld + c0, sizeof(V));
       swap_index_bits_from<V, L, L / 2>(v);
-      for (int i = 0; i < L; ++i) std::memcpy(dst + (c0 + i) * dst_ld + r0, &v[i], sizeof(V));
+      GappedRows d(run, gap, c0);
+      for (int i = 0; i < L; ++i, d.next()) std::memcpy(dst + d.row(c0 + i) * dst_ld + r0, &v[i], sizeof(V));
     }
-    for (; c0 < cols; ++c0)
-      for (int i = 0; i < L; ++i) dst[c0 * dst_ld + r0 + i] = src[(r0 + i) * src_ld + c0];
+    for (GappedRows d(run, gap, c0); c0 < cols; ++c0, d.next())
+      for (int i = 0; i < L; ++i) dst[d.row(c0) * dst_ld + r0 + i] = src[(r0 + i) * src_ld + c0];
   }
-  for (; r0 < rows; ++r0)
-    for (int64_t c = 0; c < cols; ++c) dst[c * dst_ld + r0] = src[r0 * src_ld + c];
+  for (; r0 < rows; ++r0) {
+    GappedRows d(run, gap, 0);
+    for (int64_t c = 0; c < cols; ++c, d.next()) dst[d.row(c) * dst_ld + r0] = src[r0 * src_ld + c];
+  }
 }
 
 PFA_CPU_CLONES void transpose(const float* src, int64_t src_ld, float* dst, int64_t dst_ld, int64_t rows,
-                              int64_t cols) {
-  transpose_body(src, src_ld, dst, dst_ld, rows, cols);
+                              int64_t cols, int64_t run, int64_t gap) {
+  transpose_body(src, src_ld, dst, dst_ld, rows, cols, run, gap);
 }
 PFA_CPU_CLONES void transpose(const double* src, int64_t src_ld, double* dst, int64_t dst_ld, int64_t rows,
-                              int64_t cols) {
-  transpose_body(src, src_ld, dst, dst_ld, rows, cols);
+                              int64_t cols, int64_t run, int64_t gap) {
+  transpose_body(src, src_ld, dst, dst_ld, rows, cols, run, gap);
 }
 
 // Channel planes out of a padded tile, plus a per-plane bias (none: 0):
@@ -253,10 +269,10 @@ struct PlaneSpec {
 // packs one geometry per pass into a per-thread buffer that starts zeroed, so the zeros
 // written once stay in place for every sample; re-zeroing them per sample cost more than
 // packing the small grids' interiors.
-// `scratch` (resized as needed) holds the transposed rows on the vectorized path: whole rows
-// of a source with contiguous rows, stored in the accumulation type.
+// A source with whole contiguous rows goes in one transpose, straight into the plane's rows
+// (skipping the columns past the source's width); it writes channels below C only.
 template <class T, class A = Acc<T>>
-void pack_plane_over_zeros(const T* src, const PlaneSpec& s, A* dst, std::vector<A>& scratch) {
+void pack_plane_over_zeros(const T* src, const PlaneSpec& s, A* dst) {
   // Columns jj in [0, jb) land inside the source row: iw = sw*jj + pw in [0, W).
   const int64_t jb = std::min(s.cols, s.W - s.pw <= 0 ? int64_t(0) : (s.W - s.pw + s.sw - 1) / s.sw);
   // Rows ii in [ia, ib) land inside the source: ih = sh*(i0 + ii) + ph in [0, H).
@@ -264,20 +280,8 @@ void pack_plane_over_zeros(const T* src, const PlaneSpec& s, A* dst, std::vector
   const int64_t ib = std::clamp<int64_t>(fdiv(s.H - s.ph + s.sh - 1, s.sh) - s.i0, ia, s.rows);
   if constexpr (std::is_same_v<T, A>) {
     if (s.C > 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0 && s.sH == s.W && jb == s.W) {
-      // one transpose of the rows in [ia, ib); scratch may hold another pass's data past
-      // channel C, so the copy is per position
-      const int64_t row_elems = s.W * s.cpitch;
-      if (scratch.size() < size_t((ib - ia) * row_elems)) scratch.resize(size_t((ib - ia) * row_elems));
-      transpose(src + (s.i0 + ia) * s.W, s.sC, scratch.data(), s.cpitch, s.C, (ib - ia) * s.W);
-      for (int64_t ii = ia; ii < ib; ++ii) {
-        const A* from = scratch.data() + (ii - ia) * row_elems;
-        A* to = dst + ii * s.cols * s.cpitch;
-        if (s.cpitch == s.C)
-          std::copy(from, from + row_elems, to);
-        else
-          for (int64_t jj = 0; jj < s.W; ++jj)
-            std::copy(from + jj * s.cpitch, from + jj * s.cpitch + s.C, to + jj * s.cpitch);
-      }
+      transpose(src + (s.i0 + ia) * s.W, s.sC, dst + ia * s.cols * s.cpitch, s.cpitch, s.C, (ib - ia) * s.W, s.W,
+                s.cols - s.W);
       return;
     }
   }
@@ -374,13 +378,13 @@ PlaneSpec input_phase_spec(const TapConvParams& p, const FwdGeometry& g, int a, 
 // are left as they are: zero).
 template <class T, class A = Acc<T>>
 void pack_input_planes(const TapConvParams& p, const FwdGeometry& g, int64_t n, int64_t grp,
-                       int64_t Cig, A* planes, std::vector<A>& scratch) {
+                       int64_t Cig, A* planes) {
   const T* x = static_cast<const T*>(p.x) + n * p.x_strides.n + grp * Cig * p.x_strides.c;
   const int64_t plane_elems = g.plane_positions() * Cig;
   for (int a = 0; a < p.stride_h; ++a)
     for (int b = 0; b < p.stride_w; ++b)
       pack_plane_over_zeros<T>(x, input_phase_spec(p, g, a, b, Cig),
-                               planes + (a * p.stride_w + b) * plane_elems + g.lead * Cig, scratch);
+                               planes + (a * p.stride_w + b) * plane_elems + g.lead * Cig);
 }
 
 // Below kColsBelow input channels per group the passes take positions as the vector dimension
@@ -444,7 +448,7 @@ void unpack_tile(const A* tile, int64_t pitch, int64_t cpitch, int64_t Ho, int64
   if constexpr (std::is_same_v<T, A>) {
     const int64_t rows = Ho * pitch, ld = padded_lanes<A>(rows);
     if (stage.size() < size_t(C * ld)) stage.resize(size_t(C * ld));
-    transpose(tile, cpitch, stage.data(), ld, rows, C);
+    transpose(tile, cpitch, stage.data(), ld, rows, C, C, 0);
     add_planes(stage.data(), ld, pitch, out, C, Ho, Wo, bias);
   } else {
     for (int64_t c = 0; c < C; ++c) {
@@ -482,7 +486,7 @@ void tap_conv_forward_cols(const TapConvParams& p) {
   T* y = static_cast<T*>(p.y);
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> planes(size_t(nplanes * Cig * PP), A(0)), scratch;
+    std::vector<A> planes(size_t(nplanes * Cig * PP), A(0));
     std::vector<A> cbuf(size_t(Cog * MP));
     std::vector<const A*> ap(T_), bp(T_);
 #pragma omp for schedule(dynamic)
@@ -493,8 +497,7 @@ void tap_conv_forward_cols(const TapConvParams& p) {
         for (int b = 0; b < p.stride_w; ++b)
           for (int64_t ci = 0; ci < Cig; ++ci)
             pack_plane_over_zeros<T>(x + ci * p.x_strides.c, input_phase_spec(p, geo, a, b, 1),
-                                     planes.data() + ((a * p.stride_w + b) * Cig + ci) * PP + geo.lead,
-                                     scratch);
+                                     planes.data() + ((a * p.stride_w + b) * Cig + ci) * PP + geo.lead);
       for (int t = 0; t < T_; ++t) {
         ap[t] = wc.data() + grp * Cog * Kc + t * Cig;
         bp[t] = planes.data() + geo.plane[t] * Cig * PP + geo.lead + geo.shift[t];
@@ -552,13 +555,13 @@ void tap_conv_forward_typed(const TapConvParams& p) {
   const int64_t M = p.Ho * geo.Wq;
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> planes(size_t(nplanes * plane_elems)), scratch;
+    std::vector<A> planes(size_t(nplanes * plane_elems)), stage;
     std::vector<A> cbuf(size_t(M * CogP));
     std::vector<const A*> ap(T_), bp(T_);
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < p.N * G; ++item) {
       const int64_t n = item / G, grp = item % G;
-      pack_input_planes<T>(p, geo, n, grp, Cig, planes.data(), scratch);
+      pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
       for (int t = 0; t < T_; ++t) {
         ap[t] = planes.data() + geo.plane[t] * plane_elems + (geo.lead + geo.shift[t]) * Cig;
         bp[t] = wf.data() + (grp * T_ + t) * Cig * CogP;
@@ -577,7 +580,7 @@ void tap_conv_forward_typed(const TapConvParams& p) {
       gm.cm = CogP;
       gemm_run_in_tap_chunks(gm);
       unpack_tile<T>(cbuf.data(), geo.Wq, CogP, p.Ho, p.Wo, Cog, bias ? bias + grp * Cog : nullptr,
-                     y + (n * p.Cout + grp * Cog) * p.Ho * p.Wo, scratch);
+                     y + (n * p.Cout + grp * Cog) * p.Ho * p.Wo, stage);
     }
   }
 }
@@ -699,7 +702,7 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
               Storage<T>::load(w[((grp * Cog + co) * Cig + ci) * T_ + t]);
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> dyp(size_t((fr.lead + rows * Wd) * Cog)), scratch;
+    std::vector<A> dyp(size_t((fr.lead + rows * Wd) * Cog)), stage;
     std::vector<A> cbuf(size_t(Hi_max * Wd * CigP));
     std::vector<const A*> ap(T_), bp(T_);
 #pragma omp for schedule(dynamic)
@@ -716,7 +719,7 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
       s.cols = Wd;
       s.cpitch = Cog;
       pack_plane_over_zeros<T>(static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c,
-                               s, dyp.data() + fr.lead * Cog, scratch);
+                               s, dyp.data() + fr.lead * Cog);
       for (int a = 0; a < sh; ++a)
         for (int b = 0; b < sw; ++b) {
           const int64_t Hi = (p.H - a + sh - 1) / sh, Wi = (p.W - b + sw - 1) / sw;
@@ -744,7 +747,7 @@ void tap_conv_backward_input_typed(const TapConvParams& p) {
           }
           if (sh == 1 && sw == 1) {  // one phase, holding every tap
             unpack_tile<T>(cbuf.data(), Wd, CigP, Hi, Wi, Cig, static_cast<const T*>(nullptr),
-                           dx + (n * p.Cin + grp * Cig) * p.H * p.W, scratch);
+                           dx + (n * p.Cin + grp * Cig) * p.H * p.W, stage);
             continue;
           }
           for (int64_t ci = 0; ci < Cig; ++ci) {
@@ -822,7 +825,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
   const int64_t M = p.Ho * pitch;
 #pragma omp parallel if (worth_threads(work_of(p)))
   {
-    std::vector<A> planes(size_t(p.dw && !cols ? nplanes * plane_elems : 0)), scratch;
+    std::vector<A> planes(size_t(p.dw && !cols ? nplanes * plane_elems : 0));
     std::vector<A> col(size_t(p.dw && cols ? Kc * M : 0), A(0));
     std::vector<A> dyp(size_t(M * CogP));
     std::vector<A> acc(size_t(G * T_ * Cig * CogP));  // [g][t][ci][co]
@@ -844,8 +847,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
           s.cols = pitch;
           s.cpitch = CogP;
           pack_plane_over_zeros<T>(
-              static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s, dyp.data(),
-              scratch);
+              static_cast<const T*>(p.dy) + n * p.dy_strides.n + grp * Cog * p.dy_strides.c, s, dyp.data());
           add_column_sums(dyp.data(), M, CogP, bacc.data() + grp * CogP);
           if (!p.dw) continue;
           if (cols) {  // dw[(t, ci)][co] = sum_p colT[(t, ci)][p] * dy[p][co]: one product
@@ -869,7 +871,7 @@ void tap_conv_backward_weight_typed(const TapConvParams& p) {
             }
             continue;
           }
-          pack_input_planes<T>(p, geo, n, grp, Cig, planes.data(), scratch);
+          pack_input_planes<T>(p, geo, n, grp, Cig, planes.data());
           // Position blocks outermost, so that the dy block stays in L1 across the taps.
           for (int64_t k0 = 0; k0 < M; k0 += kPosBlock)
             for (int t = 0; t < T_; ++t) {
