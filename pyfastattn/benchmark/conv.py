@@ -110,7 +110,7 @@ def _rows(case: str, times: dict, ref: str, flops: float) -> list[dict]:
 
 
 def run(device: str, dtype: torch.dtype, quick: bool) -> list[dict]:
-    reps = 3 if quick else (30 if device == "cuda" else 5)
+    reps = 3 if quick else (30 if device == "cuda" else 11)
     g = torch.Generator().manual_seed(0)
     rnd = lambda *s: torch.randn(*s, generator=g).to(device, dtype)
     rows = []
