@@ -171,6 +171,6 @@ if __name__ == "__main__":
     out = []
     for fam in a.families:
         out += {"norm": norm_rows, "attention": attention_rows, "conv": conv_rows}[fam]()
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": out}, f, indent=1)
+        if a.json:  # after every family, so a run cut short by a timeout keeps what it measured
+            with open(a.json, "w") as f:
+                json.dump({"device": torch.cuda.get_device_name(), "rows": out}, f, indent=1)
