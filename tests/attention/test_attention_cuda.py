@@ -32,7 +32,9 @@ def run_case(b, hq, hk, lq, lk, d, dtype, *, mask_kind=None, mask_shape=None, is
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(b, hq, lq, d, generator=g)
     k = torch.randn(b, hk, lk, d, generator=g)
-    if key_ramp:  # logits grow by key_ramp per key (the running max moves, or lags, tile by tile)
+    # key_ramp: the logits grow by key_ramp per key (the running max moves, or lags, tile by
+    # tile), through the float mask when there is one, else through k
+    if key_ramp and mask_kind != "float":
         q[..., 0] = 1.0
         k[..., 0] += key_ramp * d**0.5 * torch.arange(lk)
     v = torch.randn(b, hk, lk, d, generator=g)
@@ -43,7 +45,7 @@ def run_case(b, hq, hk, lq, lk, d, dtype, *, mask_kind=None, mask_shape=None, is
         if fully_masked_rows:
             mask[..., ::5, :] = False
     elif mask_kind == "float":
-        mask = torch.randn(mask_shape or (b, hq, lq, lk), generator=g)
+        mask = torch.randn(mask_shape or (b, hq, lq, lk), generator=g) + key_ramp * torch.arange(lk)
     dev = "cuda"
     ins = [t.to(dev, dtype) for t in (q, k, v)]
     m = None if mask is None else mask.to(dev) if mask.dtype == torch.bool else mask.to(dev, dtype)
@@ -108,12 +110,13 @@ def test_cuda_fully_masked_rows_and_gqa(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("ramp", [0.05, 0.3])
-@pytest.mark.parametrize("kind", [None, "float"])
-def test_cuda_rising_logits(dtype, ramp, kind):
+@pytest.mark.parametrize("kind,ramp", [(None, 0.05), ("float", 0.05), ("float", 0.3)])
+def test_cuda_rising_logits(dtype, kind, ramp):
     """The lazy running max (attention_math.h): rescaled on some tiles, up to kRescaleSlack
-    behind on others; with the scale folded into the exponent and through a bias."""
-    run_case(1, 2, 2, 70, 700, 64, dtype, mask_kind=kind, key_ramp=ramp, seed=7)
+    behind on others; through k (the scale folded into the exponent) and through a bias.
+    260 keys keep the logits below ~80, where float32's own rounding of q.k (and of d q with k
+    this large) stays within the float32 tolerance, as in the CPU test_rising_logits."""
+    run_case(1, 2, 2, 70, 260, 64, dtype, mask_kind=kind, key_ramp=ramp, seed=7)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
