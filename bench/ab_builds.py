@@ -1,4 +1,4 @@
-"""Same-process A/B of two builds of the compiled module, on the CPU.
+"""Same-process A/B of two builds of the compiled module, on the CPU or a GPU.
 
 The public ops run through this tree's Python layer; each call is routed to one build's kernels
 by pointing the family module the wrappers call (pyfastattn.norm._norm, pyfastattn.attention._attn,
@@ -8,6 +8,7 @@ pyfastattn.conv._conv) at that build's. Both builds are timed in the same interl
 
   cp build/dev/_C*.so /tmp/before.so        # before rebuilding
   PYTHONPATH=$PWD python bench/ab_builds.py /tmp/before.so [--case hex13 attn ...] [--reps 15]
+  python bench/ab_builds.py OTHER_SO --device cuda --dtype bfloat16 --case hex13 conv2d   # both built with CUDA
 
 Prints per case and pass: this tree's time, the other build's, and their ratio (< 1: this tree
 is faster), plus the largest difference between the two builds' results.
@@ -20,7 +21,6 @@ import importlib.util
 import math
 
 import torch
-import torch.nn.functional as F
 
 import pyfastattn
 import pyfastattn.attention
@@ -46,55 +46,56 @@ def route(build) -> None:
     pyfastattn.conv._conv = build.conv
 
 
-def _hex(n, cin, cout, size):
+def _tensors(spec, *shapes, grad=True):
+    """Fresh random tensors on the A/B's device and dtype (same seed for every build)."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, cin, size, size, generator=g, requires_grad=True)
-    w = (torch.randn(cout, cin, 7, generator=g) / math.sqrt(7 * cin)).requires_grad_()
-    b = torch.randn(cout, generator=g, requires_grad=True)
+    return [torch.randn(*s, generator=g).to(spec.device, spec.dtype).requires_grad_(grad) for s in shapes]
+
+
+def _hex(spec, n, cin, cout, size):
+    x, w, b = _tensors(spec, (n, cin, size, size), (cout, cin, 7), (cout,))
+    with torch.no_grad():
+        w /= math.sqrt(7 * cin)
     return lambda: pyfastattn.hex_conv2d(x, w, b), [x, w, b]
 
 
-def _conv2d(n, cin, cout, size, k, s):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, cin, size, size, generator=g, requires_grad=True)
-    w = (torch.randn(cout, cin, k, k, generator=g) / math.sqrt(k * k * cin)).requires_grad_()
-    b = torch.randn(cout, generator=g, requires_grad=True)
+def _conv2d(spec, n, cin, cout, size, k, s):
+    x, w, b = _tensors(spec, (n, cin, size, size), (cout, cin, k, k), (cout,))
+    with torch.no_grad():
+        w /= math.sqrt(k * k * cin)
     return lambda: pyfastattn.conv2d(x, w, b, s, k // 2), [x, w, b]
 
 
-def _attention(shape, causal=False, bias=False):
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(shape, generator=g, requires_grad=True) for _ in range(3))
-    m = torch.randn(shape[0], shape[1], shape[2], shape[2], generator=g, requires_grad=True) if bias else None
-    ins = [q, k, v] + ([m] if bias else [])
+def _attention(spec, shape, causal=False, bias=False):
+    L = shape[2]
+    ins = _tensors(spec, shape, shape, shape, *([(shape[0], shape[1], L, L)] if bias else []))
+    q, k, v, m = ins + [None] * (4 - len(ins))
     return lambda: pyfastattn.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal), ins
 
 
-def _layer_norm(rows, cols, rms=False):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, cols, generator=g, requires_grad=True)
-    w = torch.randn(cols, generator=g, requires_grad=True)
+def _layer_norm(spec, rows, cols, rms=False):
+    x, w, b = _tensors(spec, (rows, cols), (cols,), (cols,))
     if rms:
         return lambda: pyfastattn.rms_norm(x, (cols,), w), [x, w]
-    b = torch.randn(cols, generator=g, requires_grad=True)
     return lambda: pyfastattn.layer_norm(x, (cols,), w, b), [x, w, b]
 
 
 CASES = {
-    "hex13": lambda: _hex(256, 32, 64, 13),
-    "hex13-2": lambda: _hex(256, 2, 32, 13),
-    "conv2d": lambda: _conv2d(128, 32, 64, 32, 3, 1),
-    "conv2d-k5s2": lambda: _conv2d(256, 2, 64, 14, 5, 2),
-    "attn": lambda: _attention((2, 8, 1024, 64)),
-    "attn-causal": lambda: _attention((2, 8, 1024, 64), causal=True),
-    "attn-bias": lambda: _attention((2, 8, 512, 64), bias=True),
-    "layer_norm": lambda: _layer_norm(8192, 1024),
-    "rms_norm": lambda: _layer_norm(8192, 1024, rms=True),
+    "hex13": lambda s: _hex(s, 256, 32, 64, 13),
+    "hex13-2": lambda s: _hex(s, 256, 2, 32, 13),
+    "hex49": lambda s: _hex(s, 256, 32, 64, 49),
+    "conv2d": lambda s: _conv2d(s, 128, 32, 64, 32, 3, 1),
+    "conv2d-k5s2": lambda s: _conv2d(s, 256, 2, 64, 14, 5, 2),
+    "attn": lambda s: _attention(s, (2, 8, 1024, 64)),
+    "attn-causal": lambda s: _attention(s, (2, 8, 1024, 64), causal=True),
+    "attn-bias": lambda s: _attention(s, (2, 8, 512, 64), bias=True),
+    "layer_norm": lambda s: _layer_norm(s, 8192, 1024),
+    "rms_norm": lambda s: _layer_norm(s, 8192, 1024, rms=True),
 }
 
 
-def compare(other, case: str, reps: int) -> None:
-    fn, inputs = CASES[case]()
+def compare(other, case: str, reps: int, spec) -> None:
+    fn, inputs = CASES[case](spec)
     builds = {"this": _C, "other": other}
     dy = torch.randn_like(fn().detach())
 
@@ -111,7 +112,7 @@ def compare(other, case: str, reps: int) -> None:
         results = {b: run(m) for b, m in builds.items()}
         ours, theirs = (torch.atleast_1d(results[b]) if torch.is_tensor(results[b]) else results[b] for b in builds)
         diff = max(float((a - c).abs().max()) for a, c in zip(ours, theirs))
-        t = time_fns({b: (lambda m=m: run(m)) for b, m in builds.items()}, "cpu", reps=reps)
+        t = time_fns({b: (lambda m=m: run(m)) for b, m in builds.items()}, spec.device, reps=reps)
         print(f"{case:12s} {name:8s} this {t['this'] * 1e3:8.2f} ms  other {t['other'] * 1e3:8.2f} ms  "
               f"this/other {t['this'] / t['other']:.3f}  max |diff| {diff:.2e}", flush=True)
     route(_C)
@@ -122,7 +123,11 @@ if __name__ == "__main__":
     ap.add_argument("other", help="the other build's _C*.so")
     ap.add_argument("--case", nargs="*", default=["hex13", "attn"], choices=sorted(CASES))
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (CUDA: both builds need it)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     a = ap.parse_args()
     other = load_build(a.other)
+    spec = argparse.Namespace(device=torch.device(a.device), dtype=getattr(torch, a.dtype))
+    print(f"{spec.device} {a.dtype}: this tree's build against {a.other}", flush=True)
     for c in a.case:
-        compare(other, c, a.reps)
+        compare(other, c, a.reps, spec)

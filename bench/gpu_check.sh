@@ -8,6 +8,9 @@
 #   GPU_CHECK_FAMILIES="norm conv"  only these families' tests, checks, sanitizer cases and benchmarks
 #   GPU_CHECK_BENCH_TIMEOUT=s GPU_CHECK_PYTEST_TIMEOUT=s GPU_CHECK_SMOKE_TIMEOUT=s
 #   GPU_CHECK_RACECHECK_FAMILIES="norm"  racecheck cases (default: the families above)
+#   GPU_CHECK_AB_SO=path/_C*.so   same-process A/B of the installed build against another CUDA build
+#                                 of the module (bench/ab_builds.py, bf16), on GPU_CHECK_AB_CASES
+#                                 (default "hex13 hex49 conv2d conv2d-k5s2 attn"): ab.txt
 #   GPU_CHECK_NCU=1               Nsight Compute on attention/norm (bench/ncu_profile.sh), plus the
 #                                 per-SASS-line summary (bench/ncu_sass_summary.py): ncu_details.txt,
 #                                 sass_summary.txt
@@ -81,6 +84,12 @@ if [ -n "$kt_fams" ] && [ -z "${GPU_CHECK_SKIP_KERNEL_TIME:-}" ]; then
   (cd /tmp && timeout ${GPU_CHECK_KERNEL_TIME_TIMEOUT:-150} $PY "$OLDPWD/bench/kernel_time.py" $kt_fams --json "$OUT/kernel_time.json" \
      > "$LOGS/kernel_time.txt" 2>&1)
   log "kernel time rc=$?"
+fi
+if [ -n "${GPU_CHECK_AB_SO:-}" ]; then
+  ab_so=$(readlink -f "$GPU_CHECK_AB_SO")
+  (cd /tmp && timeout ${GPU_CHECK_AB_TIMEOUT:-120} $PY "$OLDPWD/bench/ab_builds.py" "$ab_so" --device cuda \
+     --dtype bfloat16 --reps 15 --case ${GPU_CHECK_AB_CASES:-hex13 hex49 conv2d conv2d-k5s2 attn} > "$OUT/ab.txt" 2>&1)
+  log "A/B against $GPU_CHECK_AB_SO rc=$?"
 fi
 if [ -f bench/host_overhead.py ]; then
   (cd /tmp && timeout 30 $PY "$OLDPWD/bench/host_overhead.py" --device cuda --repeats 21 > "$LOGS/host_overhead.txt" 2>&1)

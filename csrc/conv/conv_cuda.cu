@@ -403,8 +403,8 @@ tap_gemm_kernel(TapProblem q) {
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t cells = q.dst_h * q.dst_w, M = q.n * cells;
-  const int64_t K = int64_t(q.taps) * q.scg;
-  const int nkt = int((K + kTileK - 1) / kTileK);
+  const int K = q.taps * q.scg;  // < 2^31 (launch_gemm)
+  const int nkt = (K + kTileK - 1) / kTileK;
   const int oc_tiles = (q.dcg + kTileN - 1) / kTileN;
   const int g = blockIdx.y / oc_tiles, d0 = (blockIdx.y % oc_tiles) * kTileN;
   const int64_t m0 = int64_t(blockIdx.x) * kTileM;
@@ -416,7 +416,8 @@ tap_gemm_kernel(TapProblem q) {
   }
   __syncthreads();
 
-  // Loader role: row (A: cell m0+row, B: channel d0+row) and a 16-wide half of the K tile.
+  // A loader: row = cell m0 + row, 16 consecutive k (a 16-wide half of the K tile); a warp's
+  // lanes hold consecutive cells, so each load reads one or two cache lines.
   const int row = tid & 63, khalf = tid >> 6;
   const int64_t m = m0 + row;
   const bool m_ok = m < M;
@@ -428,17 +429,23 @@ tap_gemm_kernel(TapProblem q) {
     v0 = (yx % q.dst_w) * q.s_out_w - q.pad_w;
     src += n * q.src_sn + int64_t(g) * q.scg * q.src_sc;
   }
-  const int d_load = d0 + row;
-  const T* w = static_cast<const T*>(q.w) + g * q.w_group + int64_t(d_load) * q.w_dst;
-  const bool d_ok = d_load < q.dcg;
+  // B loader: W(g, d, s, t) at k = t*scg + s lies w_src apart along k and w_dst apart along d.
+  // Its lanes run along the nearer one, so that a warp's load spans few lines: along k in the
+  // forward (T apart; lane = k, rows r0 .. r0 + 15), along d in the backward-input (as A).
+  const bool b_lanes_on_k = q.w_src < q.w_dst;
+  const int r0 = warp * 16;
+  const int b_row = b_lanes_on_k ? d0 + r0 : d0 + row;
+  const T* w = static_cast<const T*>(q.w) + g * q.w_group + int64_t(b_row) * q.w_dst;
+  const int b_rows = max(0, min(b_lanes_on_k ? 16 : 1, q.dcg - b_row));  // rows of B this thread has
 
   uint32_t a_reg[8], b_reg[8];
   auto load_tile = [&](int kt) {
-    int64_t k = int64_t(kt) * kTileK + khalf * 16;
-    int t = int(k / q.scg), s = int(k % q.scg);
+    const T zero = from_f32<T>(0.f);
+    const int k = kt * kTileK + khalf * 16;
     uint16_t av[16], bv[16];
     if (q.scg % 16 == 0 && k < K) {
       // The 16 k's share tap t: one bounds test, then 16 channel-strided loads.
+      const int t = k / q.scg, s = k % q.scg;
       const int2 off = taps_s[t];
       int64_t u = u0 + off.x, v = v0 + off.y;
       bool in = m_ok && u >= 0 && v >= 0;
@@ -446,31 +453,37 @@ tap_gemm_kernel(TapProblem q) {
       if (in && q.s_in_w != 1) { in = v % q.s_in_w == 0; v /= q.s_in_w; }
       in = in && u < q.src_h && v < q.src_w;
       const T* a = in ? src + int64_t(s) * q.src_sc + u * q.src_sh + v : src;
-      const T* b = w + int64_t(s) * q.w_src + t;
-      const T zero = from_f32<T>(0.f);
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        av[j] = dev::bits16(in ? a[j * q.src_sc] : zero);
-        bv[j] = dev::bits16(d_ok ? b[j * q.w_src] : zero);
-      }
+      for (int j = 0; j < 16; ++j) av[j] = dev::bits16(in ? a[j * q.src_sc] : zero);
     } else {
+      int t = k / q.scg, s = k % q.scg;
 #pragma unroll
       for (int j = 0; j < 16; ++j) {
-        T a = from_f32<T>(0.f), b = from_f32<T>(0.f);
-        if (k + j < K) {
-          if (m_ok) {
-            const int2 off = taps_s[t];
-            const int64_t u = u0 + off.x, v = v0 + off.y;
-            bool in = u >= 0 && v >= 0;
-            int64_t uu = u, vv = v;
-            if (in && q.s_in_h != 1) { in = u % q.s_in_h == 0; uu = u / q.s_in_h; }
-            if (in && q.s_in_w != 1) { in = v % q.s_in_w == 0; vv = v / q.s_in_w; }
-            if (in && uu < q.src_h && vv < q.src_w) a = src[s * q.src_sc + uu * q.src_sh + vv];
-          }
-          if (d_ok) b = w[int64_t(s) * q.w_src + t];
+        T a = zero;
+        if (k + j < K && m_ok) {
+          const int2 off = taps_s[t];
+          const int64_t u = u0 + off.x, v = v0 + off.y;
+          bool in = u >= 0 && v >= 0;
+          int64_t uu = u, vv = v;
+          if (in && q.s_in_h != 1) { in = u % q.s_in_h == 0; uu = u / q.s_in_h; }
+          if (in && q.s_in_w != 1) { in = v % q.s_in_w == 0; vv = v / q.s_in_w; }
+          if (in && uu < q.src_h && vv < q.src_w) a = src[s * q.src_sc + uu * q.src_sh + vv];
         }
         av[j] = dev::bits16(a);
-        bv[j] = dev::bits16(b);
+        if (++s == q.scg) s = 0, ++t;
+      }
+    }
+    if (b_lanes_on_k) {  // bv[i] = W(d = b_row + i, k = kt*32 + lane)
+      const int kl = kt * kTileK + lane;
+      const bool k_ok = kl < K;
+      const T* b = w + (k_ok ? int64_t(kl % q.scg) * q.w_src + kl / q.scg : 0);
+#pragma unroll
+      for (int i = 0; i < 16; ++i) bv[i] = dev::bits16(k_ok && i < b_rows ? b[i * q.w_dst] : zero);
+    } else {  // bv[j] = W(d = b_row, k + j)
+      int t = k / q.scg, s = k % q.scg;
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        bv[j] = dev::bits16(k + j < K && b_rows > 0 ? w[int64_t(s) * q.w_src + t] : zero);
         if (++s == q.scg) s = 0, ++t;
       }
     }
@@ -479,7 +492,8 @@ tap_gemm_kernel(TapProblem q) {
   };
   auto store_tile = [&](int buf) {
     dev::store_row16(&As[buf][row][khalf * 16], a_reg);
-    dev::store_row16(&Bs[buf][row][khalf * 16], b_reg);
+    if (b_lanes_on_k) dev::store_col16(Bs[buf], r0, lane, b_reg);
+    else dev::store_row16(&Bs[buf][row][khalf * 16], b_reg);
   };
 
   float acc[2][4][4] = {};
@@ -523,6 +537,7 @@ template <class T>
 bool launch_gemm(const TapProblem& q, cudaStream_t stream) {
   auto kernel = tap_gemm_kernel<T>;
   const size_t table = size_t(q.taps) * sizeof(int2), tiles = 2 * 2 * sizeof(dev::SmemTile<T>);
+  if (int64_t(q.taps) * q.scg + kTileK > INT32_MAX) return false;
   if (table + tiles > kDefaultSmem && table + tiles > smem_optin()) return false;
   allow_smem(kernel, table, tiles, "conv (tensor-core CUDA kernel)");
   const int64_t gx = ceil_div(q.n * q.dst_h * q.dst_w, kTileM);
@@ -556,36 +571,22 @@ void run_tap_problem(const TapProblem& q, cudaStream_t stream) {
 // slot of `partials` (dw then db); reduce_partials_kernel adds the chunks in order.
 constexpr int kWD = 32, kWJ = 64, kWP = 64;
 
-// A "column source" says which cells a 64-cell tile holds (as a key, -1 outside), where a
-// cell lies in dy's plane, and what column (s, t) holds at a cell.
+// A "column source" says where a cell of one sample's output plane lies (Pos: its offset in
+// dy's plane, plus what the columns need to find their input there), and what column (s, t)
+// holds at a cell. Cells are numbered 0 .. cells() - 1 in dy's row-major order.
 struct TapColumns {
-  // Tiles are 64 consecutive output cells in row-major order (no waste on small grids but
-  // the last tile's tail); the key packs (y << 32) | x. Column (s, t) at (y, x) is
-  // x[s, y*stride - pad + dr_t, x*stride - pad + dc_t].
+  // Column (s, t) at output cell (y, x) is x[s, y*stride - pad + dr_t, x*stride - pad + dc_t].
   const void* x;
   int64_t sn, sc, sh, H, W, Ho, Wo;
   int stride_h, stride_w, pad_h, pad_w;
   TapSet tapset;
-  __device__ int64_t tiles() const { return (Ho * Wo + kWP - 1) / kWP; }
-  __device__ int64_t cell(int64_t tile, int p) const {
-    const int64_t c = tile * kWP + p;
-    return c < Ho * Wo ? ((c / Wo) << 32) | (c % Wo) : -1;
-  }
-  __device__ int64_t dy_offset(int64_t key, int64_t dy_sh) const {
-    return (key >> 32) * dy_sh + (key & 0xffffffff);
-  }
-  // Row-major walk over one sample's cells (tensor-core kernel): first key, then the next
-  // one, wrapping to the next sample's first cell.
+  struct Pos { int64_t dy, u, v; };  // (u, v): where tap (0, 0) reads
   __device__ int64_t cells() const { return Ho * Wo; }
-  __device__ int64_t key_of(int64_t cell) const { return ((cell / Wo) << 32) | (cell % Wo); }
-  __device__ int64_t next_key(int64_t key, bool& wrapped) const {
-    wrapped = false;
-    if ((key & 0xffffffff) + 1 < Wo) return key + 1;
-    if ((key >> 32) + 1 < Ho) return ((key >> 32) + 1) << 32;
-    wrapped = true;
-    return 0;
+  __device__ Pos pos(int64_t cell, int64_t dy_sh) const {  // cells < 2^31 (checked at launch)
+    const int64_t y = int(cell) / int(Wo), xo = cell - y * Wo;
+    return {y * dy_sh + xo, in_coord(y, stride_h, pad_h, 0), in_coord(xo, stride_w, pad_w, 0)};
   }
-  struct Col { int64_t plane; int dr, dc; };
+  struct __align__(16) Col { int64_t plane; int dr, dc; };  // one 16-byte shared load
   __device__ Col column(int64_t s, int t) const {
     Col c;
     c.plane = s * sc;
@@ -593,37 +594,27 @@ struct TapColumns {
     return c;
   }
   template <class T>
-  __device__ float value(const T* xn, const Col& c, int64_t key) const {
-    const int64_t ih = in_coord(key >> 32, stride_h, pad_h, c.dr);
-    const int64_t iw = in_coord(key & 0xffffffff, stride_w, pad_w, c.dc);
-    if (ih < 0 || iw < 0 || ih >= H || iw >= W) return 0.f;
-    return to_f32(xn[c.plane + ih * sh + iw]);
+  __device__ T value(const T* xn, const Col& c, const Pos& p) const {
+    const int64_t ih = p.u + c.dr, iw = p.v + c.dc;
+    if (ih < 0 || iw < 0 || ih >= H || iw >= W) return from_f32<T>(0.f);
+    return xn[c.plane + ih * sh + iw];
   }
 };
 
 struct IndexedColumns {
-  // Tiles are 64 consecutive outputs o; column (s, t) at o is x[s, nb[o, t]].
+  // Column (s, t) at output o is x[s, nb[o, t]] (zero where nb is -1); dy rows are contiguous.
   const void* x;
   int64_t sn, sc, P, P_out, taps;
   const int32_t* nb;
-  __device__ int64_t tiles() const { return (P_out + kWP - 1) / kWP; }
-  __device__ int64_t cell(int64_t tile, int p) const {
-    const int64_t o = tile * kWP + p;
-    return o < P_out ? o : -1;
-  }
-  __device__ int64_t dy_offset(int64_t o, int64_t) const { return o; }
+  struct Pos { int64_t dy; };  // dy = o
   __device__ int64_t cells() const { return P_out; }
-  __device__ int64_t key_of(int64_t o) const { return o; }
-  __device__ int64_t next_key(int64_t o, bool& wrapped) const {
-    wrapped = o + 1 == P_out;
-    return wrapped ? 0 : o + 1;
-  }
-  struct Col { int64_t plane; int t; };
+  __device__ Pos pos(int64_t o, int64_t) const { return {o}; }
+  struct __align__(16) Col { int64_t plane; int t; };
   __device__ Col column(int64_t s, int t) const { return {s * sc, t}; }
   template <class T>
-  __device__ float value(const T* xn, const Col& c, int64_t o) const {
-    const int32_t idx = nb[o * taps + c.t];
-    return idx >= 0 ? to_f32(xn[c.plane + idx]) : 0.f;
+  __device__ T value(const T* xn, const Col& c, const Pos& p) const {
+    const int32_t idx = nb[p.dy * taps + c.t];
+    return idx >= 0 ? xn[c.plane + idx] : from_f32<T>(0.f);
   }
 };
 
@@ -642,7 +633,8 @@ weight_grad_kernel(WeightGradProblem q, Cols cols) {
   __shared__ __align__(16) float dys[kWD][kWP];
   __shared__ __align__(16) float xs[kWJ][kWP + 1];
   __shared__ typename Cols::Col colinfo[kWJ];
-  __shared__ int64_t cells_s[kWP];
+  __shared__ typename Cols::Pos pos_s[kWP];
+  __shared__ bool ok_s[kWP];
 
   const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
   const int64_t J = q.scg * q.taps;
@@ -662,30 +654,28 @@ weight_grad_kernel(WeightGradProblem q, Cols cols) {
   const bool bias_block = q.want_bias && blockIdx.x == 0;
   const T* dy = static_cast<const T*>(q.dy);
   const T* x = static_cast<const T*>(cols.x);
-  const int64_t tiles = cols.tiles();
+  const int64_t cells = cols.cells(), tiles = (cells + kWP - 1) / kWP;
 
   for (int64_t n = nb; n < ne; ++n) {
     const T* dyn = dy + n * q.dy_sn + (g * q.dcg + d0) * q.dy_sc;
     const T* xn = x + n * cols.sn;
     for (int64_t tile = 0; tile < tiles; ++tile) {
       __syncthreads();  // previous tile fully consumed (and colinfo written on entry)
-      if (tid < kWP) cells_s[tid] = cols.cell(tile, tid);
+      if (tid < kWP) {
+        const int64_t c = tile * kWP + tid;
+        ok_s[tid] = c < cells;
+        pos_s[tid] = cols.pos(c < cells ? c : 0, q.dy_sh);
+      }
       __syncthreads();
       // dys[d][p] = dy at cell p of channel d0+d (zero outside): cells along threads.
       for (int e = tid; e < kWD * kWP; e += kThreads) {
         const int d = e / kWP, p = e % kWP;
-        const int64_t c = cells_s[p];
-        float v = 0.f;
-        if (c >= 0 && d0 + d < q.dcg) {
-          v = to_f32(dyn[d * q.dy_sc + cols.dy_offset(c, q.dy_sh)]);
-        }
-        dys[d][p] = v;
+        dys[d][p] = ok_s[p] && d0 + d < q.dcg ? to_f32(dyn[d * q.dy_sc + pos_s[p].dy]) : 0.f;
       }
       // xs[j][p] = column j0+j at cell p (the tap's input value, or the neighbour's).
       for (int e = tid; e < kWJ * kWP; e += kThreads) {
         const int j = e / kWP, p = e % kWP;
-        const int64_t c = cells_s[p];
-        xs[j][p] = (c >= 0 && j0 + j < J) ? cols.value(xn, colinfo[j], c) : 0.f;
+        xs[j][p] = ok_s[p] && j0 + j < J ? to_f32(cols.value(xn, colinfo[j], pos_s[p])) : 0.f;
       }
       __syncthreads();
       // acc[a][b] += sum_p dy[d = ty + 8a][p] * col[j = tx + 16b][p]
@@ -722,14 +712,17 @@ weight_grad_kernel(WeightGradProblem q, Cols cols) {
 
 // Tensor-core version for float16/bfloat16 with >= 32 channels on both sides:
 //   C[d, j] = sum_k A[d, k] * B[j, k],  A = dy[n, g*dcg + d, cell], B = column j at (n, cell),
-// with k running over the chunk's (sample, cell) pairs in order, 32 per K tile. Same tile
-// machinery as tap_gemm_kernel; the chunk's 64 x 64 sums go to its partials slot. Blocks of
-// the first j tile also sum their dy rows (in a fixed order) for db.
+// with k running over the chunk's (sample, cell) pairs in order, 32 per K tile; the chunk's
+// 64 x 64 sums go to its partials slot. A lane loads one k (cell) of 16 rows of A and of B:
+// a warp's load of a row reads 32 consecutive cells, one or two cache lines (with a row per
+// lane, every load touched 32 lines). Blocks of the first j tile also sum their dy rows, from
+// shared memory in a fixed order, for db.
 template <class T, class Cols>
 __global__ void __launch_bounds__(kThreads)
 weight_grad_mma_kernel(WeightGradProblem q, Cols cols) {
   __shared__ __align__(16) dev::SmemTile<T> As[2];
   __shared__ __align__(16) dev::SmemTile<T> Bs[2];
+  __shared__ typename Cols::Col colinfo[kTileN];
   __shared__ float bias_s[2][kTileM];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -740,58 +733,69 @@ weight_grad_mma_kernel(WeightGradProblem q, Cols cols) {
   const int64_t d0 = int64_t(blockIdx.y % d_tiles) * kTileM;
   const int64_t chunk = blockIdx.z;
   const int64_t nb = chunk_begin(chunk, q.chunks, q.n), ne = chunk_begin(chunk + 1, q.chunks, q.n);
-  const int64_t cells = cols.cells(), K = (ne - nb) * cells;
-  const int nkt = int((K + kTileK - 1) / kTileK);
+  const int64_t cells = cols.cells();
+  const int nkt = int(((ne - nb) * cells + kTileK - 1) / kTileK);
   const bool bias_block = q.want_bias && blockIdx.x == 0;
 
-  // Loader role: row (A: channel d0+row, B: column j0+row) and a 16-wide half of the K tile.
-  const int row = tid & 63, khalf = tid >> 6;
-  const bool d_ok = d0 + row < q.dcg;
-  const int64_t jr = min(j0 + row, J - 1);
-  const bool j_ok = j0 + row < J;
-  const typename Cols::Col col = cols.column(g * q.scg + jr / q.taps, int(jr % q.taps));
-  const T* dy = static_cast<const T*>(q.dy) + (g * q.dcg + d0 + row) * q.dy_sc;
+  if (tid < kTileN) {
+    const int64_t j = min(j0 + tid, J - 1);
+    colinfo[tid] = cols.column(g * q.scg + j / q.taps, int(j % q.taps));
+  }
+
+  // Loader role: k = lane of every K tile; rows r0 .. r0 + 15 of A (channels d0 + r) and of
+  // B (columns j0 + r), of which a_rows and b_rows exist.
+  const int r0 = warp * 16;
+  const int a_rows = int(max(int64_t(0), min(int64_t(16), q.dcg - d0 - r0)));
+  const int b_rows = int(max(int64_t(0), min(int64_t(16), J - j0 - r0)));
+  const T* dy = static_cast<const T*>(q.dy) + (g * q.dcg + d0 + r0) * q.dy_sc;
   const T* x = static_cast<const T*>(cols.x);
-  float bsum = 0.f;
+  // The lane's k of the next tile to load, as (sample n, cell): k = (n - nb)*cells + cell.
+  int64_t n = nb, cell = lane;
+  auto wrap = [&] {
+    while (cell >= cells) cell -= cells, ++n;
+  };
+  if (nkt > 0) wrap();
 
   uint32_t a_reg[8], b_reg[8];
-  auto load_tile = [&](int kt) {
-    const int64_t k = int64_t(kt) * kTileK + khalf * 16;
-    int64_t n = nb + k / cells, key = cols.key_of(k % cells);
-    uint16_t av[16], bv[16];
+  auto load_tile = [&] {
     const T zero = from_f32<T>(0.f);
+    const bool k_ok = n < ne;
+    const typename Cols::Pos at = cols.pos(k_ok ? cell : 0, q.dy_sh);
+    const T* dyk = dy + n * q.dy_sn + at.dy;
+    const T* xn = x + n * cols.sn;
+    uint16_t av[16], bv[16];
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      T a = zero, b = zero;
-      if (k + j < K) {
-        if (d_ok) a = dy[n * q.dy_sn + cols.dy_offset(key, q.dy_sh)];
-        if (j_ok) b = from_f32<T>(cols.value(x + n * cols.sn, col, key));  // exact: b is a T
-        bool wrapped;
-        key = cols.next_key(key, wrapped);
-        n += wrapped;
-      }
-      if (bias_block) bsum += to_f32(a);
-      av[j] = dev::bits16(a);
-      bv[j] = dev::bits16(b);
+    for (int i = 0; i < 16; ++i) {
+      av[i] = dev::bits16(k_ok && i < a_rows ? dyk[i * q.dy_sc] : zero);
+      bv[i] = dev::bits16(k_ok && i < b_rows ? cols.value(xn, colinfo[r0 + i], at) : zero);
     }
     dev::pack16(av, a_reg);
     dev::pack16(bv, b_reg);
+    cell += kTileK;
+    wrap();
   };
   auto store_tile = [&](int buf) {
-    dev::store_row16(&As[buf][row][khalf * 16], a_reg);
-    dev::store_row16(&Bs[buf][row][khalf * 16], b_reg);
+    dev::store_col16(As[buf], r0, lane, a_reg);
+    dev::store_col16(Bs[buf], r0, lane, b_reg);
   };
 
   float acc[2][4][4] = {};
+  float bsum = 0.f;
   const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32, gr = lane >> 2, q2 = (lane & 3) * 2;
+  __syncthreads();  // colinfo
   if (nkt > 0) {
-    load_tile(0);
+    load_tile();
     store_tile(0);
   }
   __syncthreads();
   for (int kt = 0; kt < nkt; ++kt) {
     const int buf = kt & 1;
-    if (kt + 1 < nkt) load_tile(kt + 1);
+    if (kt + 1 < nkt) load_tile();
+    if (bias_block) {  // this thread's half of dy row tid % 64
+      const T* r = &As[buf][tid % kTileM][(tid / kTileM) * 16];
+#pragma unroll
+      for (int k = 0; k < 16; ++k) bsum += to_f32(r[k]);
+    }
     dev::mma_k32<T>(As[buf], Bs[buf], acc, wm, wn, lane);
     if (kt + 1 < nkt) store_tile(buf ^ 1);
     __syncthreads();
@@ -813,7 +817,7 @@ weight_grad_mma_kernel(WeightGradProblem q, Cols cols) {
         }
     }
   if (bias_block) {
-    bias_s[khalf][row] = bsum;
+    bias_s[tid / kTileM][tid % kTileM] = bsum;
     __syncthreads();
     if (tid < kTileM && d0 + tid < q.dcg)
       part[q.cout * J + g * q.dcg + d0 + tid] = bias_s[0][tid] + bias_s[1][tid];
@@ -1114,6 +1118,7 @@ void tap_conv_backward_weight_cuda(const TapConvParams& p, uintptr_t stream) {
   check(p.groups >= 1 && p.Cin % p.groups == 0 && p.Cout % p.groups == 0,
         "conv: channels must divide by groups");
   if (p.dw == nullptr && p.db == nullptr) return;
+  check(p.Ho * p.Wo <= INT32_MAX, "conv backward (weight): more than 2^31 - 1 output cells per plane");
   WeightGradProblem q;
   q.dy = p.dy;
   q.dy_sn = p.dy_strides.n, q.dy_sc = p.dy_strides.c, q.dy_sh = p.dy_strides.h;

@@ -67,7 +67,8 @@ constexpr int kTileM = 64, kTileN = 64, kTileK = 32, kRowK = kTileK + 8;
 template <class T>
 using SmemTile = T[kTileM][kRowK];
 
-// Packs 16 consecutive-k 16-bit values (raw bits) into eight fragment words.
+// Packs 16 16-bit values (raw bits) into eight words, v[2j] in the low half of r[j]: a
+// row's 16 consecutive k (fragment order), or one k of 16 consecutive rows.
 __device__ __forceinline__ void pack16(const uint16_t (&v)[16], uint32_t (&r)[8]) {
 #pragma unroll
   for (int j = 0; j < 8; ++j) r[j] = pack2(v[2 * j], v[2 * j + 1]);
@@ -80,6 +81,18 @@ __device__ __forceinline__ void store_row16(T* dst, const uint32_t (&r)[8]) {
   uint4* d = reinterpret_cast<uint4*>(dst);
   d[0] = make_uint4(r[0], r[1], r[2], r[3]);
   d[1] = make_uint4(r[4], r[5], r[6], r[7]);
+}
+
+// One k of rows r0 .. r0 + 15 (packed by pack16) into a tile: 16 two-byte shared stores,
+// for loaders whose lanes run along k (a warp's 32 lanes fill 64 contiguous bytes of a row).
+template <class T>
+__device__ __forceinline__ void store_col16(SmemTile<T>& tile, int r0, int k, const uint32_t (&r)[8]) {
+  uint16_t* t = reinterpret_cast<uint16_t*>(&tile[0][0]);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    t[(r0 + 2 * j) * kRowK + k] = uint16_t(r[j] & 0xffffu);
+    t[(r0 + 2 * j + 1) * kRowK + k] = uint16_t(r[j] >> 16);
+  }
 }
 
 // acc[i][j] (rows wm + 16i .., cols wn + 8j ..) += A[rows][0:32] * B[cols][0:32]^T.

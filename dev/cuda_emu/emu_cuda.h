@@ -1,0 +1,81 @@
+// Host emulation of the CUDA subset conv_cuda.cu uses: blocks run one after another, each
+// with blockDim std::threads and a std::barrier for __syncthreads; mma.sync is emulated per
+// warp from the PTX fragment layout.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <vector_types.h>
+#include <vector_functions.h>
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+#include "common/pfa.h"
+
+#undef __global__
+#undef __device__
+#undef __forceinline__
+#undef __launch_bounds__
+#undef __shared__
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#include <cuda_runtime.h>
+// The runtime calls the conv family makes, answered as a device with 227 KB of shared memory.
+extern "C" {
+inline const char* cudaGetErrorString(cudaError_t) { return "emu error"; }
+inline cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = 227 * 1024; return cudaSuccess; }
+}
+template <class K> cudaError_t cudaFuncSetAttribute(K*, cudaFuncAttribute, int) { return cudaSuccess; }
+
+inline thread_local uint3 threadIdx, blockIdx;
+inline thread_local dim3 blockDim, gridDim;
+inline std::barrier<>* emu_bar = nullptr;
+inline void __syncthreads() { emu_bar->arrive_and_wait(); }
+alignas(16) inline unsigned char emu_dyn_smem[256 * 1024];
+inline long emu_blocks_run = 0;
+
+#include <map>
+inline std::map<std::string, long> emu_launches;
+inline std::string emu_name(const char* fn, const char* k) {
+  std::string f(fn), key = std::string(k) == "kernel" ? f.substr(0, f.find('(')) : k;
+  const size_t w = f.find("[with T = ");
+  return key.substr(key.rfind(' ') + 1) + (w != std::string::npos ? " " + f.substr(w + 5, f.find_first_of(";]", w) - w - 5) : "");
+}
+inline void emu_launch(dim3 g, dim3 b, size_t smem, cudaStream_t, const std::function<void()>& fn, const std::string& name) {
+  ++emu_launches[name];
+  if (smem > sizeof(emu_dyn_smem)) throw std::runtime_error("emu: dynamic smem too large");
+  if (g.x == 0 || g.y == 0 || g.z == 0) throw std::runtime_error("emu: empty grid (invalid configuration)");
+  const int nt = int(b.x * b.y * b.z);
+  for (unsigned z = 0; z < g.z; ++z)
+    for (unsigned y = 0; y < g.y; ++y)
+      for (unsigned x = 0; x < g.x; ++x) {
+        std::memset(emu_dyn_smem, 0xCD, smem);  // garbage: catches reads before writes
+        std::barrier<> bar(nt);
+        emu_bar = &bar;
+        std::vector<std::thread> ts;
+        for (int t = 0; t < nt; ++t)
+          ts.emplace_back([&, t] {
+            threadIdx = make_uint3(t % b.x, (t / b.x) % b.y, t / (b.x * b.y));
+            blockIdx = make_uint3(x, y, z);
+            blockDim = b;
+            gridDim = g;
+            fn();
+          });
+        for (auto& th : ts) th.join();
+        ++emu_blocks_run;
+      }
+}
+
+#include "common/cuda_utils.cuh"  // the real helpers: checks, dtype dispatch, conversions
+using std::max;
+using std::min;
