@@ -273,12 +273,20 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
   const T* vg = static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok);
   const int kv_end = p.causal ? min(s.lk, min(q0 + BQ, s.lq)) : s.lk;
   const int nkb = (kv_end + BK - 1) / BK;
+  const bool whole_rows = !MASKED && aligned && p.head_dim == D;  // masked: the registers are not there
   auto load_kv = [&](int kb) {
     const int64_t r0 = int64_t(kb) * BK;
-    mma::load_tile<T, BK, D, kThreads>(ks + (kb & 1) * BK * LD, kg + r0 * p.k.stride_l, p.k.stride_l,
-                                       s.lk - kb * BK, p.head_dim, aligned, p.k.ptr);
-    mma::load_tile<T, BK, D, kThreads>(vs + (kb & 1) * BK * LD, vg + r0 * p.v.stride_l, p.v.stride_l,
-                                       s.lk - kb * BK, p.head_dim, aligned, p.v.ptr);
+    T* kd = ks + (kb & 1) * BK * LD;
+    T* vd = vs + (kb & 1) * BK * LD;
+    if (whole_rows && r0 + BK <= s.lk) {
+      mma::load_whole_tile<T, BK, D, kThreads>(kd, kg + r0 * p.k.stride_l, p.k.stride_l);
+      mma::load_whole_tile<T, BK, D, kThreads>(vd, vg + r0 * p.v.stride_l, p.v.stride_l);
+    } else {
+      mma::load_tile<T, BK, D, kThreads>(kd, kg + r0 * p.k.stride_l, p.k.stride_l, s.lk - kb * BK, p.head_dim,
+                                         aligned, p.k.ptr);
+      mma::load_tile<T, BK, D, kThreads>(vd, vg + r0 * p.v.stride_l, p.v.stride_l, s.lk - kb * BK, p.head_dim,
+                                         aligned, p.v.ptr);
+    }
     if constexpr (MASKED) load_mask_tile<T, BQ, BK>(ms + (kb & 1) * kMaskBytes, p, b, h, s, q0, kb * BK, mask_vec);
   };
   mma::load_tile<T, BQ, D, kThreads>(qs, qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned, p.q.ptr);

@@ -38,6 +38,10 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(bytes));
 }
+// The same for a whole 16-byte chunk, to a shared-space address (smem_addr).
+__device__ __forceinline__ void cp_async16_whole(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -161,6 +165,35 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld_g, int va
     } else {
 #pragma unroll
       for (int e = 0; e < 8; ++e) dst[e] = e < n ? src[e] : T(0.f);
+    }
+  }
+}
+
+// load_tile for a whole tile (all ROWS rows valid, dim == D, 16-byte aligned): no bounds or
+// sizes per chunk, and the shared address converted once rather than per chunk. In the
+// forward's key loop the per-chunk tests and conversions were among the most stalled
+// instructions (check 10); the backward kernels keep load_tile (this one costs them spills).
+template <class T, int ROWS, int D, int NT>
+__device__ __forceinline__ void load_whole_tile(T* s, const T* g, int64_t ld_g) {
+  constexpr int LD = padded_ld<D>(), CH = D / 8;
+  const uint32_t s0 = smem_addr(s);
+  if constexpr (NT % CH == 0 && ROWS * CH % NT == 0) {
+    // A thread copies chunk column c of rows r, r + NT/CH, ...: one pointer stepped by a
+    // constant, shared offsets folded into the instruction.
+    constexpr int kRowStep = NT / CH;
+    const int r = int(threadIdx.x) / CH, c = int(threadIdx.x) % CH * 8;
+    const T* src = g + r * ld_g + c;
+    const uint32_t dst = s0 + uint32_t((r * LD + c) * sizeof(T));
+#pragma unroll
+    for (int i = 0; i < ROWS / kRowStep; ++i)
+      cp_async16_whole(dst + uint32_t(i * kRowStep * LD * sizeof(T)), src + i * kRowStep * ld_g);
+  } else {
+#pragma unroll
+    for (int i = 0; i < (ROWS * CH + NT - 1) / NT; ++i) {
+      const int idx = int(threadIdx.x) + i * NT;
+      if (ROWS * CH % NT != 0 && idx >= ROWS * CH) break;
+      const int r = idx / CH, c = idx % CH * 8;
+      cp_async16_whole(s0 + uint32_t((r * LD + c) * sizeof(T)), g + r * ld_g + c);
     }
   }
 }
