@@ -75,11 +75,16 @@ def cases(device, dtype):
     # one full training step of a tiny op: forward + backward
     x, w, b = t(8, 64, grad=True), t(64, grad=True), t(64, grad=True)
     q, k, v = t(1, 2, 8, 16, grad=True), t(1, 2, 8, 16, grad=True), t(1, 2, 8, 16, grad=True)
+    xc, wc, bc, wh = t(1, 4, 8, 8, grad=True), t(4, 4, 3, 3, grad=True), t(4, grad=True), t(4, 4, 7, grad=True)
     out += [
         ("layer_norm fwd+bwd", lambda: pyfastattn.layer_norm(x, (64,), w, b).sum().backward(),
          lambda: F.layer_norm(x, (64,), w, b).sum().backward()),
         ("sdpa fwd+bwd", lambda: pyfastattn.scaled_dot_product_attention(q, k, v).sum().backward(),
          lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()),
+        ("conv2d 3x3 fwd+bwd", lambda: pyfastattn.conv2d(xc, wc, bc, padding=1).sum().backward(),
+         lambda: F.conv2d(xc, wc, bc, padding=1).sum().backward()),
+        ("hex_conv2d k=1 fwd+bwd (vs F.conv2d 3x3)", lambda: pyfastattn.hex_conv2d(xc, wh, bc).sum().backward(),
+         lambda: F.conv2d(xc, wc, bc, padding=1).sum().backward()),
     ]
     return out
 

@@ -44,6 +44,42 @@ inline void __syncthreads() { emu_bar->arrive_and_wait(); }
 alignas(16) inline unsigned char emu_dyn_smem[256 * 1024];
 inline long emu_blocks_run = 0;
 
+// A warp: its 32 threads meet at `bar` for every warp-wide operation, exchanging values
+// through the slots (shuffles, votes, ldmatrix addresses, mma fragments).
+struct EmuWarp {
+  std::barrier<> bar{32};
+  uint64_t slot[32];
+  const void* addr[32];
+  uint32_t a[32][4], b[32][2];
+};
+inline thread_local EmuWarp* emu_warp = nullptr;
+inline thread_local int emu_lane = 0;
+inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp->bar.arrive_and_wait(); }
+template <class V>
+V __shfl_xor_sync(unsigned, V v, int lane_mask) {
+  static_assert(sizeof(V) <= sizeof(uint64_t));
+  std::memcpy(&emu_warp->slot[emu_lane], &v, sizeof(V));
+  __syncwarp();
+  V r;
+  std::memcpy(&r, &emu_warp->slot[emu_lane ^ lane_mask], sizeof(V));
+  __syncwarp();
+  return r;
+}
+inline int __any_sync(unsigned, int pred) {
+  emu_warp->slot[emu_lane] = pred != 0;
+  __syncwarp();
+  int any = 0;
+  for (int l = 0; l < 32; ++l) any |= int(emu_warp->slot[l]);
+  __syncwarp();
+  return any;
+}
+// Shared-space address of a pointer into the (only) shared memory: the dynamic buffer.
+inline uint32_t emu_smem_offset(const void* p) {
+  const auto off = static_cast<const unsigned char*>(p) - emu_dyn_smem;
+  if (off < 0 || off >= std::ptrdiff_t(sizeof(emu_dyn_smem))) throw std::runtime_error("emu: not a shared address");
+  return uint32_t(off);
+}
+
 #include <map>
 inline std::map<std::string, long> emu_launches;
 inline std::string emu_name(const char* fn, const char* k) {
@@ -51,17 +87,21 @@ inline std::string emu_name(const char* fn, const char* k) {
   const size_t w = f.find("[with T = ");
   return key.substr(key.rfind(' ') + 1) + (w != std::string::npos ? " " + f.substr(w + 5, f.find_first_of(";]", w) - w - 5) : "");
 }
+// Blocks run one after another, each as blockDim threads. A thread that returns drops out of
+// its block's and warp's barriers, as an exited GPU thread no longer takes part in them.
 inline void emu_launch(dim3 g, dim3 b, size_t smem, cudaStream_t, const std::function<void()>& fn, const std::string& name) {
   ++emu_launches[name];
   if (smem > sizeof(emu_dyn_smem)) throw std::runtime_error("emu: dynamic smem too large");
   if (g.x == 0 || g.y == 0 || g.z == 0) throw std::runtime_error("emu: empty grid (invalid configuration)");
   const int nt = int(b.x * b.y * b.z);
+  if (nt % 32 != 0) throw std::runtime_error("emu: block size not a multiple of 32");
   for (unsigned z = 0; z < g.z; ++z)
     for (unsigned y = 0; y < g.y; ++y)
       for (unsigned x = 0; x < g.x; ++x) {
         std::memset(emu_dyn_smem, 0xCD, smem);  // garbage: catches reads before writes
         std::barrier<> bar(nt);
         emu_bar = &bar;
+        std::vector<EmuWarp> warps(size_t(nt / 32));
         std::vector<std::thread> ts;
         for (int t = 0; t < nt; ++t)
           ts.emplace_back([&, t] {
@@ -69,7 +109,11 @@ inline void emu_launch(dim3 g, dim3 b, size_t smem, cudaStream_t, const std::fun
             blockIdx = make_uint3(x, y, z);
             blockDim = b;
             gridDim = g;
+            emu_warp = &warps[size_t(t / 32)];
+            emu_lane = t % 32;
             fn();
+            emu_warp->bar.arrive_and_drop();
+            bar.arrive_and_drop();
           });
         for (auto& th : ts) th.join();
         ++emu_blocks_run;

@@ -1,20 +1,20 @@
-// Warp-level m16n8k16 emulation (row.col, f32 accumulate) from the PTX fragment layout.
+// Warp-level tensor-core instructions emulated from the PTX fragment layouts: mma.sync
+// m16n8k16 (row.col, f32 accumulate) and ldmatrix x4. Each lane passes its part; the warp
+// meets at its barrier (emu_cuda.h) to exchange them.
 #pragma once
-#include <mutex>
-namespace pfa::conv::dev {
-struct EmuWarp { uint32_t a[32][4], b[32][2]; };
-inline EmuWarp emu_warps[64];
+#include <cstdint>
+#include <cstring>
 inline float emu_elem(uint32_t r, int half, bool bf) {
   const uint16_t bits = uint16_t(half ? r >> 16 : r & 0xffff);
   if (bf) { __nv_bfloat16 v; std::memcpy(&v, &bits, 2); return __bfloat162float(v); }
   __half v; std::memcpy(&v, &bits, 2); return __half2float(v);
 }
 inline void emu_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf) {
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  EmuWarp& w = emu_warps[warp];
+  const int lane = emu_lane;
+  EmuWarp& w = *emu_warp;
   for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i];
   for (int i = 0; i < 2; ++i) w.b[lane][i] = b[i];
-  __syncthreads();
+  __syncwarp();
   float A[16][16], B[16][8];
   for (int l = 0; l < 32; ++l) {
     const int g = l >> 2, q = l & 3;
@@ -34,6 +34,28 @@ inline void emu_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2
     for (int k = 0; k < 16; ++k) s += A[r][k] * B[k][c];
     d[i] += s;
   }
-  __syncthreads();
+  __syncwarp();
 }
-}  // namespace pfa::conv::dev
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8i .. 8i + 7 give the row addresses
+// of 8x8 matrix i; r[i] of lane l holds matrix i's row l / 4, columns 2 (l % 4) and + 1
+// (.trans: rows 2 (l % 4) and + 1 of column l / 4), the lower column (row) in the low half.
+inline void emu_ldmatrix(uint32_t (&r)[4], const void* p, bool trans) {
+  const int lane = emu_lane;
+  EmuWarp& w = *emu_warp;
+  w.addr[lane] = p;
+  __syncwarp();
+  for (int i = 0; i < 4; ++i) {
+    uint16_t lo, hi;
+    if (!trans) {
+      const auto* row = static_cast<const uint16_t*>(w.addr[8 * i + lane / 4]);
+      lo = row[2 * (lane % 4)];
+      hi = row[2 * (lane % 4) + 1];
+    } else {
+      lo = static_cast<const uint16_t*>(w.addr[8 * i + 2 * (lane % 4)])[lane / 4];
+      hi = static_cast<const uint16_t*>(w.addr[8 * i + 2 * (lane % 4) + 1])[lane / 4];
+    }
+    r[i] = uint32_t(lo) | (uint32_t(hi) << 16);
+  }
+  __syncwarp();
+}

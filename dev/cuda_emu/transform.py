@@ -1,19 +1,32 @@
-"""Rewrites csrc/conv/conv_cuda.cu and conv_mma.cuh into host C++ for the emulator:
-kernel launches become emu_launch calls, dynamic shared memory one static buffer, and
-mma.sync the per-warp emulation of emu_mma.h.
+"""Rewrites a family's CUDA source into host C++ for the emulator: kernel launches become
+emu_launch calls, dynamic shared memory the one emulated buffer, and the inline-PTX helpers
+(mma.sync, ldmatrix, cp.async, ex2.approx) the emulations of emu_mma.h / plain copies.
 
-    python transform.py SRC_DIR OUT_DIR     (SRC_DIR: csrc/conv; writes OUT_DIR/conv_cuda_emu.cpp
-                                             and OUT_DIR/conv/conv_mma.cuh)
+    python transform.py conv|attention CSRC OUT   (CSRC: the tree's csrc; writes OUT/<family>_cuda_emu.cpp
+                                                   and OUT/<family>/<family>_mma.cuh, found before CSRC's)
 """
 import os
 import re
 import sys
 
-src, out = sys.argv[1], sys.argv[2]
-cu = open(os.path.join(src, "conv_cuda.cu")).read()
-cu = cu.replace('#include "common/cuda_utils.cuh"', '#include "emu_cuda.h"')
-cu = re.sub(r"extern __shared__ (?:__align__\(16\) )?(\w+) (\w+)\[\];",
-            r"\1* \2 = reinterpret_cast<\1*>(emu_dyn_smem);", cu)
+family, csrc, out = sys.argv[1], sys.argv[2], sys.argv[3]
+src = os.path.join(csrc, family)
+
+
+def read(name):
+    return open(os.path.join(src, name)).read()
+
+
+def write(rel, text):
+    path = os.path.join(out, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "w").write(text)
+
+
+def replace_once(text, old, new, what):
+    if text.count(old) != 1:
+        sys.exit(f"transform.py: {what} not found once in the {family} source")
+    return text.replace(old, new)
 
 
 def launch(m):
@@ -21,25 +34,60 @@ def launch(m):
     return f"emu_launch({cfg}, [&] {{ {name}({args}); }}, emu_name(__PRETTY_FUNCTION__, \"{name}\"));"
 
 
+cu = read(f"{family}_cuda.cu")
+cu = cu.replace('#include "common/cuda_utils.cuh"', '#include "emu_cuda.h"')
+cu = re.sub(r"extern __shared__ (?:__align__\(16\) )?([\w ]+?) (\w+)\[\];",
+            r"\1* \2 = reinterpret_cast<\1*>(emu_dyn_smem);", cu)
 cu, n = re.subn(r"([\w:]+(?:<[^;<>]*>)?)<<<(.*?)>>>\((.*?)\);", launch, cu, flags=re.S)
 if n == 0:
-    sys.exit("transform.py: no kernel launch found in conv_cuda.cu")
+    sys.exit(f"transform.py: no kernel launch found in {family}_cuda.cu")
 cu = cu.replace("__shared__ __align__(16)", "alignas(16) __shared__").replace("__align__(16)", "alignas(16)")
-open(os.path.join(out, "conv_cuda_emu.cpp"), "w").write(cu)
+write(f"{family}_cuda_emu.cpp", cu)
 
-mma = open(os.path.join(src, "conv_mma.cuh")).read()
-mma, n_h = re.subn(r"template <>\nstruct Mma<__half> \{.*?\n\};\n", "", mma, flags=re.S)
-mma, n_b = re.subn(r"template <>\nstruct Mma<__nv_bfloat16> \{.*?\n\};\n", "", mma, flags=re.S)
-if (n_h, n_b) != (1, 1):
-    sys.exit("transform.py: the Mma<__half> / Mma<__nv_bfloat16> specializations were not found")
-mma = mma.replace("template <class T> struct Mma;", """template <class T> struct Mma {
+mma = read(f"{family}_mma.cuh").replace("__align__(16)", "alignas(16)")
+if family == "conv":
+    for t in ("__half", "__nv_bfloat16"):
+        mma, k = re.subn(r"template <>\nstruct Mma<%s> \{.*?\n\};\n" % t, "", mma, flags=re.S)
+        if k != 1:
+            sys.exit(f"transform.py: the Mma<{t}> specialization was not found")
+    mma = replace_once(mma, "template <class T> struct Mma;", """template <class T> struct Mma {
   static void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     emu_mma(d, a, b, std::is_same_v<T, __nv_bfloat16>);
   }
-};""")
-mma = mma.replace("namespace pfa::conv::dev {", '}\n#include "emu_mma.h"\nnamespace pfa::conv::dev {', 1)
-mma = mma.replace("#include <cstdint>\n", "#include <cstdint>\n#include <type_traits>\nnamespace pfa::conv::dev {\n", 1)
-mma = mma.replace("__align__(16)", "alignas(16)")
-os.makedirs(os.path.join(out, "conv"), exist_ok=True)
-open(os.path.join(out, "conv", "conv_mma.cuh"), "w").write(mma)
-print(f"transform.py: {n} kernel launches emulated", file=sys.stderr)
+};""", "Mma")
+    mma = replace_once(mma, "#include <cstdint>\n", '#include <cstdint>\n#include <type_traits>\n#include "emu_mma.h"\n',
+                       "#include <cstdint>")
+elif family == "attention":
+    # The block of inline-PTX helpers, from smem_addr to Exp2Approx, becomes its emulation.
+    start = mma.find("__device__ __forceinline__ uint32_t smem_addr(")
+    end = mma.find("// C(16 MT x N) += A(16 MT x K) B^T")
+    if start < 0 or end < start:
+        sys.exit("transform.py: the attention PTX helpers (smem_addr .. Exp2Approx) were not found")
+    mma = mma[:start] + """inline uint32_t smem_addr(const void* p) { return emu_smem_offset(p); }
+// cp.async copies at once (the earliest a real copy may land: hazards still show).
+inline void cp_async16(void* dst, const void* src, int bytes) {
+  std::memcpy(dst, src, size_t(bytes));
+  std::memset(static_cast<char*>(dst) + bytes, 0, size_t(16 - bytes));
+}
+inline void cp_async16_whole(uint32_t dst, const void* src) { std::memcpy(emu_dyn_smem + dst, src, 16); }
+inline void cp_async_commit() {}
+template <int N>
+inline void cp_async_wait() {}
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) { emu_ldmatrix(r, p, false); }
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) { emu_ldmatrix(r, p, true); }
+template <class T>
+inline void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  const uint32_t b[2] = {b0, b1};
+  emu_mma(c, a, b, std::is_same_v<T, __nv_bfloat16>);
+}
+struct Exp2Approx {
+  float operator()(float x) const { return std::exp2(x); }
+};
+
+""" + mma[end:]
+    mma = replace_once(mma, "#include <cstdint>\n", '#include <cstdint>\n#include <type_traits>\n#include "emu_mma.h"\n',
+                       "#include <cstdint>")
+else:
+    sys.exit(f"transform.py: unknown family {family}")
+write(os.path.join(family, f"{family}_mma.cuh"), mma)
+print(f"transform.py: {family}: {n} kernel launches emulated", file=sys.stderr)
