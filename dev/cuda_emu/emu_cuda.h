@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -28,18 +29,27 @@
 #define __launch_bounds__(...)
 #define __shared__ static
 #include <cuda_runtime.h>
-// The runtime calls the conv family makes, answered as a device with 227 KB of shared memory.
+// The runtime calls the kernels' host code makes, answered as a device with 227 KB of shared
+// memory per block and 2 SMs holding one block each (so grids sized to the resident blocks are
+// small, and their blocks walk many rows).
 extern "C" {
 inline const char* cudaGetErrorString(cudaError_t) { return "emu error"; }
 inline cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
-inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = 227 * 1024; return cudaSuccess; }
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
+  *v = attr == cudaDevAttrMultiProcessorCount ? 2 : 227 * 1024;
+  return cudaSuccess;
+}
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* n, const void*, int, size_t, unsigned) {
+  *n = 1;
+  return cudaSuccess;
+}
 }
 template <class K> cudaError_t cudaFuncSetAttribute(K*, cudaFuncAttribute, int) { return cudaSuccess; }
 
 inline thread_local uint3 threadIdx, blockIdx;
 inline thread_local dim3 blockDim, gridDim;
-inline std::barrier<>* emu_bar = nullptr;
+inline thread_local std::barrier<>* emu_bar = nullptr;
 inline void __syncthreads() { emu_bar->arrive_and_wait(); }
 alignas(16) inline unsigned char emu_dyn_smem[256 * 1024];
 inline long emu_blocks_run = 0;
@@ -73,6 +83,14 @@ inline int __any_sync(unsigned, int pred) {
   __syncwarp();
   return any;
 }
+// Device math intrinsics the kernels use, with their IEEE meaning.
+inline uint32_t __float_as_uint(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+inline float __fmul_rn(float a, float b) { return a * b; }  // rounded, never fused into an FMA
+
 // Shared-space address of a pointer into the (only) shared memory: the dynamic buffer.
 inline uint32_t emu_smem_offset(const void* p) {
   const auto off = static_cast<const unsigned char*>(p) - emu_dyn_smem;
@@ -87,37 +105,44 @@ inline std::string emu_name(const char* fn, const char* k) {
   const size_t w = f.find("[with T = ");
   return key.substr(key.rfind(' ') + 1) + (w != std::string::npos ? " " + f.substr(w + 5, f.find_first_of(";]", w) - w - 5) : "");
 }
-// Blocks run one after another, each as blockDim threads. A thread that returns drops out of
-// its block's and warp's barriers, as an exited GPU thread no longer takes part in them.
+// Blocks run one after another on blockDim persistent threads (one per CUDA thread of a
+// block), which meet at a gate between blocks. A thread that returns drops out of its block's
+// and warp's barriers, as an exited GPU thread no longer takes part in them.
 inline void emu_launch(dim3 g, dim3 b, size_t smem, cudaStream_t, const std::function<void()>& fn, const std::string& name) {
   ++emu_launches[name];
   if (smem > sizeof(emu_dyn_smem)) throw std::runtime_error("emu: dynamic smem too large");
   if (g.x == 0 || g.y == 0 || g.z == 0) throw std::runtime_error("emu: empty grid (invalid configuration)");
   const int nt = int(b.x * b.y * b.z);
   if (nt % 32 != 0) throw std::runtime_error("emu: block size not a multiple of 32");
-  for (unsigned z = 0; z < g.z; ++z)
-    for (unsigned y = 0; y < g.y; ++y)
-      for (unsigned x = 0; x < g.x; ++x) {
-        std::memset(emu_dyn_smem, 0xCD, smem);  // garbage: catches reads before writes
-        std::barrier<> bar(nt);
-        emu_bar = &bar;
-        std::vector<EmuWarp> warps(size_t(nt / 32));
-        std::vector<std::thread> ts;
-        for (int t = 0; t < nt; ++t)
-          ts.emplace_back([&, t] {
-            threadIdx = make_uint3(t % b.x, (t / b.x) % b.y, t / (b.x * b.y));
-            blockIdx = make_uint3(x, y, z);
-            blockDim = b;
-            gridDim = g;
-            emu_warp = &warps[size_t(t / 32)];
-            emu_lane = t % 32;
-            fn();
-            emu_warp->bar.arrive_and_drop();
-            bar.arrive_and_drop();
-          });
-        for (auto& th : ts) th.join();
-        ++emu_blocks_run;
+  const long blocks = long(g.x) * g.y * g.z;
+  std::barrier<> gate(nt);
+  std::unique_ptr<std::barrier<>> bar;
+  std::unique_ptr<EmuWarp[]> warps;
+  std::vector<std::thread> ts;
+  for (int t = 0; t < nt; ++t)
+    ts.emplace_back([&, t] {
+      for (long i = 0; i < blocks; ++i) {
+        gate.arrive_and_wait();  // every thread is done with block i - 1
+        if (t == 0) {
+          std::memset(emu_dyn_smem, 0xCD, smem);  // garbage: catches reads before writes
+          bar = std::make_unique<std::barrier<>>(nt);
+          warps = std::make_unique<EmuWarp[]>(size_t(nt / 32));
+        }
+        gate.arrive_and_wait();
+        threadIdx = make_uint3(t % b.x, (t / b.x) % b.y, t / (b.x * b.y));
+        blockIdx = make_uint3(unsigned(i % g.x), unsigned(i / g.x % g.y), unsigned(i / (long(g.x) * g.y)));
+        blockDim = b;
+        gridDim = g;
+        emu_bar = bar.get();
+        emu_warp = &warps[size_t(t / 32)];
+        emu_lane = t % 32;
+        fn();
+        emu_warp->bar.arrive_and_drop();
+        emu_bar->arrive_and_drop();
       }
+    });
+  for (auto& th : ts) th.join();
+  emu_blocks_run += blocks;
 }
 
 #include "common/cuda_utils.cuh"  // the real helpers: checks, dtype dispatch, conversions

@@ -9,12 +9,12 @@
 # bookkeeping; not speed, not the hardware memory model, not the real fragment layout (the
 # PTX manual's is assumed).
 #   dev/cuda_emu/run.sh [TREE] [FAMILY...]   (TREE: a checkout, default this one; families:
-#                                             conv attention, default both; needs g++ and the CUDA headers)
+#                                             conv attention norm, default all; needs g++ and the CUDA headers)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 TREE=$(cd "${1:-$HERE/../..}" && pwd)
 shift || true
-FAMILIES=${*:-conv attention}
+FAMILIES=${*:-conv attention norm}
 if [ -z "${CUDA_INC:-}" ]; then  # the CUDA headers (cuda_fp16.h, cuda_bf16.h): first that has them
   NVCC=$(command -v nvcc || true)
   for d in ${CUDA_HOME:+$CUDA_HOME/include} /usr/local/cuda/include ${NVCC:+$(dirname "$(readlink -f "$NVCC")")/../include}; do

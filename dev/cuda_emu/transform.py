@@ -2,8 +2,9 @@
 emu_launch calls, dynamic shared memory the one emulated buffer, and the inline-PTX helpers
 (mma.sync, ldmatrix, cp.async, ex2.approx) the emulations of emu_mma.h / plain copies.
 
-    python transform.py conv|attention CSRC OUT   (CSRC: the tree's csrc; writes OUT/<family>_cuda_emu.cpp
-                                                   and OUT/<family>/<family>_mma.cuh, found before CSRC's)
+    python transform.py conv|attention|norm CSRC OUT   (CSRC: the tree's csrc; writes
+        OUT/<family>_cuda_emu.cpp and, for conv and attention, OUT/<family>/<family>_mma.cuh,
+        found before CSRC's)
 """
 import os
 import re
@@ -44,6 +45,15 @@ if n == 0:
 cu = cu.replace("__shared__ __align__(16)", "alignas(16) __shared__").replace("__align__(16)", "alignas(16)")
 write(f"{family}_cuda_emu.cpp", cu)
 
+if family == "norm":
+    # one inline-PTX 16-byte store
+    cu, k = re.subn(r'asm volatile\("st\.global\.v4\.b32 \[%0\], \{%1, %2, %3, %4\};".*?"memory"\);',
+                    "std::memcpy(p, word, 16);", cu, flags=re.S)
+    if k != 1:
+        sys.exit("transform.py: the norm family's st.global.v4 store was not found")
+    write(f"{family}_cuda_emu.cpp", cu)
+    print(f"transform.py: {family}: {n} kernel launches emulated", file=sys.stderr)
+    sys.exit(0)
 mma = read(f"{family}_mma.cuh").replace("__align__(16)", "alignas(16)")
 if family == "conv":
     for t in ("__half", "__nv_bfloat16"):
