@@ -251,6 +251,25 @@ __device__ __forceinline__ void bound_scores(float (&sc)[MT][NJ][4], float scale
 // head_dim are zero-filled on load and never stored. `aligned`: every operand's base and
 // row strides are 16-byte aligned (cp.async and vector stores), otherwise scalar copies.
 
+// K and V rows [kb BK, kb BK + BK) of one (batch, kv head) into their shared tiles (the caller
+// commits the cp.async group): whole tiles without per-chunk bookkeeping (load_whole_tile) when
+// `whole_rows` (aligned, head_dim == D; the masked kernels pass false: no registers to spare)
+// and the tile lies inside the keys, else load_tile's bounds and zero fill.
+template <class T, int BK, int D>
+__device__ __forceinline__ void load_key_tiles(T* kd, T* vd, const T* kg, const T* vg, const ForwardParams& p,
+                                               const Seq& s, int kb, bool aligned, bool whole_rows) {
+  const int64_t r0 = int64_t(kb) * BK;
+  if (whole_rows && r0 + BK <= s.lk) {
+    mma::load_whole_tile<T, BK, D, kThreads>(kd, kg + r0 * p.k.stride_l, p.k.stride_l);
+    mma::load_whole_tile<T, BK, D, kThreads>(vd, vg + r0 * p.v.stride_l, p.v.stride_l);
+  } else {
+    mma::load_tile<T, BK, D, kThreads>(kd, kg + r0 * p.k.stride_l, p.k.stride_l, s.lk - kb * BK, p.head_dim,
+                                       aligned, p.k.ptr);
+    mma::load_tile<T, BK, D, kThreads>(vd, vg + r0 * p.v.stride_l, p.v.stride_l, s.lk - kb * BK, p.head_dim,
+                                       aligned, p.v.ptr);
+  }
+}
+
 // Forward: grid (q blocks of 64 MT, Hq, B); each warp owns MT m-tiles (16 MT consecutive rows),
 // which reuse every K/V fragment MT times. Per tile of BK keys, for each row:
 //   S = Q K^T; s2 = score_at(S); m_new = max(m, rowmax s2); P = exp2(s2 - m_new);
@@ -273,20 +292,9 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
   const T* vg = static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok);
   const int kv_end = p.causal ? min(s.lk, min(q0 + BQ, s.lq)) : s.lk;
   const int nkb = (kv_end + BK - 1) / BK;
-  const bool whole_rows = !MASKED && aligned && p.head_dim == D;  // masked: the registers are not there
+  const bool whole_rows = !MASKED && aligned && p.head_dim == D;
   auto load_kv = [&](int kb) {
-    const int64_t r0 = int64_t(kb) * BK;
-    T* kd = ks + (kb & 1) * BK * LD;
-    T* vd = vs + (kb & 1) * BK * LD;
-    if (whole_rows && r0 + BK <= s.lk) {
-      mma::load_whole_tile<T, BK, D, kThreads>(kd, kg + r0 * p.k.stride_l, p.k.stride_l);
-      mma::load_whole_tile<T, BK, D, kThreads>(vd, vg + r0 * p.v.stride_l, p.v.stride_l);
-    } else {
-      mma::load_tile<T, BK, D, kThreads>(kd, kg + r0 * p.k.stride_l, p.k.stride_l, s.lk - kb * BK, p.head_dim,
-                                         aligned, p.k.ptr);
-      mma::load_tile<T, BK, D, kThreads>(vd, vg + r0 * p.v.stride_l, p.v.stride_l, s.lk - kb * BK, p.head_dim,
-                                         aligned, p.v.ptr);
-    }
+    load_key_tiles<T, BK, D>(ks + (kb & 1) * BK * LD, vs + (kb & 1) * BK * LD, kg, vg, p, s, kb, aligned, whole_rows);
     if constexpr (MASKED) load_mask_tile<T, BQ, BK>(ms + (kb & 1) * kMaskBytes, p, b, h, s, q0, kb * BK, mask_vec);
   };
   mma::load_tile<T, BQ, D, kThreads>(qs, qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned, p.q.ptr);
@@ -563,12 +571,9 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
   const int nkb = (kv_end + BK - 1) / BK;
   const T* kg = static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok);
   const T* vg = static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok);
+  const bool whole_rows = !MASKED && aligned && p.head_dim == D;
   auto load_kv = [&](int kb) {
-    const int64_t r0 = int64_t(kb) * BK;
-    mma::load_tile<T, BK, D, kThreads>(ks + (kb & 1) * BK * LD, kg + r0 * p.k.stride_l, p.k.stride_l,
-                                       s.lk - kb * BK, p.head_dim, aligned, p.k.ptr);
-    mma::load_tile<T, BK, D, kThreads>(vs + (kb & 1) * BK * LD, vg + r0 * p.v.stride_l, p.v.stride_l,
-                                       s.lk - kb * BK, p.head_dim, aligned, p.v.ptr);
+    load_key_tiles<T, BK, D>(ks + (kb & 1) * BK * LD, vs + (kb & 1) * BK * LD, kg, vg, p, s, kb, aligned, whole_rows);
     if constexpr (MASKED) load_mask_tile<T, BQ, BK>(ms + (kb & 1) * kMaskBytes, p, b, h, s, q0, kb * BK, mask_vec);
   };
   mma::load_tile<T, BQ, D, kThreads>(
