@@ -34,33 +34,44 @@ Acc<T> ld(const T* p, int64_t j) {
   return Storage<T>::load(p[j]);
 }
 
+// Row sums run over blocks of kSumBlock columns, one vectorized reduction each, added up in
+// order: a float sum's rounding error then grows with kSumBlock / lanes + n / kSumBlock terms,
+// not n / lanes (a build without vectorized reductions, like the sanitizer job's, put all 65536
+// columns of a row in one chain: ~1e-5 relative error in the variance).
+constexpr int64_t kSumBlock = 512;
+
+// sum over j < n of term(j), blocked as above
+template <class A, class Term>
+A blocked_sum(int64_t n, Term term) {
+  A total = 0;
+  for (int64_t j0 = 0; j0 < n; j0 += kSumBlock) {
+    const int64_t j1 = std::min(n, j0 + kSumBlock);
+    A s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = j0; j < j1; ++j) s += term(j);
+    total += s;
+  }
+  return total;
+}
+
 // Two-pass statistics of x - shift over one row: the sum, then the squared deviations from
-// the mean (the row is read twice, from cache). Each pass is one vectorized reduction, so a
+// the mean (the row is read twice, from cache). Each pass is a vectorized reduction, so a
 // row costs no merge of lane states (with a division each), which dominated short rows.
 template <class T>
 Welford<Acc<T>> row_moments(const T* x, int64_t n, Acc<T> shift) {
   using A = Acc<T>;
-  A sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) sum += ld(x, j) - shift;
-  const A mean = sum / A(n);
-  A m2 = 0;
-#pragma omp simd reduction(+ : m2)
-  for (int64_t j = 0; j < n; ++j) {
+  const A mean = blocked_sum<A>(n, [&](int64_t j) { return ld(x, j) - shift; }) / A(n);
+  const A m2 = blocked_sum<A>(n, [&](int64_t j) {
     const A d = (ld(x, j) - shift) - mean;
-    m2 += d * d;
-  }
+    return d * d;
+  });
   return {A(n), mean, m2};
 }
 
 // RMS norm: the row's sum of squares, as the CUDA forward.
 template <class T>
 Acc<T> row_sum_of_squares(const T* x, int64_t n) {
-  using A = Acc<T>;
-  A sq = 0;
-#pragma omp simd reduction(+ : sq)
-  for (int64_t j = 0; j < n; ++j) sq += ld(x, j) * ld(x, j);
-  return sq;
+  return blocked_sum<Acc<T>>(n, [&](int64_t j) { return ld(x, j) * ld(x, j); });
 }
 
 // Rows [r0, r1) of the forward.
@@ -126,17 +137,24 @@ inline void backward_chunk(const BackwardParams& p, int64_t c, int64_t chunks, A
     const T* dyr = static_cast<const T*>(p.dy) + p.dy_rows.offset(r);
     const T* xr = static_cast<const T*>(p.x) + p.x_rows.offset(r);
     const A hi = means ? means[2 * r] : A(0), lo = means ? means[2 * r + 1] : A(0), rstd = rstds[r];
-    // sum_g = sum(dy * w); sum_gx = sum(dy * w * xhat); partials += dy * xhat, dy
+    // sum_g = sum(dy * w); sum_gx = sum(dy * w * xhat); partials += dy * xhat, dy (blocked
+    // as blocked_sum, in the same pass)
     A sum_g = 0, sum_gx = 0;
-#pragma omp simd reduction(+ : sum_g, sum_gx)
-    for (int64_t j = 0; j < n; ++j) {
-      const A dyj = ld(dyr, j);
-      xhat[j] = normalized(ld(xr, j), hi, lo, rstd);
-      g[j] = dyj * (w ? ld(w, j) : A(1));
-      sum_g += g[j];
-      sum_gx += g[j] * xhat[j];
-      if (dwc) dwc[j] += dyj * xhat[j];
-      if (dbc) dbc[j] += dyj;
+    for (int64_t j0 = 0; j0 < n; j0 += kSumBlock) {
+      const int64_t j1 = std::min(n, j0 + kSumBlock);
+      A bg = 0, bgx = 0;
+#pragma omp simd reduction(+ : bg, bgx)
+      for (int64_t j = j0; j < j1; ++j) {
+        const A dyj = ld(dyr, j);
+        xhat[j] = normalized(ld(xr, j), hi, lo, rstd);
+        g[j] = dyj * (w ? ld(w, j) : A(1));
+        bg += g[j];
+        bgx += g[j] * xhat[j];
+        if (dwc) dwc[j] += dyj * xhat[j];
+        if (dbc) dbc[j] += dyj;
+      }
+      sum_g += bg;
+      sum_gx += bgx;
     }
     const A mean_g = sum_g * inv_n, mean_gx = sum_gx * inv_n;
     T* dxr = static_cast<T*>(p.dx) + r * n;
