@@ -172,7 +172,8 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld_g, int va
 // load_tile for a whole tile (all ROWS rows valid, dim == D, 16-byte aligned): no bounds or
 // sizes per chunk, and the shared address converted once rather than per chunk. In the
 // forward's key loop the per-chunk tests and conversions were among the most stalled
-// instructions (check 10); the backward kernels keep load_tile (this one costs them spills).
+// instructions (check 10). Used for K/V tiles by the unmasked forward and dq pass
+// (load_key_tiles); the masked kernels and the key pass keep load_tile (spills otherwise).
 template <class T, int ROWS, int D, int NT>
 __device__ __forceinline__ void load_whole_tile(T* s, const T* g, int64_t ld_g) {
   constexpr int LD = padded_ld<D>(), CH = D / 8;
