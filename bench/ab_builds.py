@@ -91,6 +91,8 @@ CASES = {
     "attn-bias": lambda s: _attention(s, (2, 8, 512, 64), bias=True),
     "layer_norm": lambda s: _layer_norm(s, 8192, 1024),
     "rms_norm": lambda s: _layer_norm(s, 8192, 1024, rms=True),
+    "layer_norm-8192": lambda s: _layer_norm(s, 4096, 8192),
+    "layer_norm-16384": lambda s: _layer_norm(s, 2048, 16384),
 }
 
 

@@ -10,7 +10,8 @@
 #   GPU_CHECK_RACECHECK_FAMILIES="norm"  racecheck cases (default: the families above)
 #   GPU_CHECK_AB_SO=path/_C*.so   same-process A/B of the installed build against another CUDA build
 #                                 of the module (bench/ab_builds.py, bf16), on GPU_CHECK_AB_CASES
-#                                 (default "hex13 hex49 conv2d conv2d-k5s2 attn"): ab.txt
+#                                 (default "hex13 hex49 conv2d conv2d-k5s2 attn layer_norm-8192
+#                                 layer_norm-16384"): ab.txt
 #   GPU_CHECK_NCU=1               Nsight Compute on attention/norm (bench/ncu_profile.sh), plus the
 #                                 per-SASS-line summary (bench/ncu_sass_summary.py): ncu_details.txt,
 #                                 sass_summary.txt
@@ -88,7 +89,7 @@ fi
 if [ -n "${GPU_CHECK_AB_SO:-}" ]; then
   ab_so=$(readlink -f "$GPU_CHECK_AB_SO")
   (cd /tmp && timeout ${GPU_CHECK_AB_TIMEOUT:-120} $PY "$OLDPWD/bench/ab_builds.py" "$ab_so" --device cuda \
-     --dtype bfloat16 --reps 15 --case ${GPU_CHECK_AB_CASES:-hex13 hex49 conv2d conv2d-k5s2 attn} > "$OUT/ab.txt" 2>&1)
+     --dtype bfloat16 --reps 15 --case ${GPU_CHECK_AB_CASES:-hex13 hex49 conv2d conv2d-k5s2 attn layer_norm-8192 layer_norm-16384} > "$OUT/ab.txt" 2>&1)
   log "A/B against $GPU_CHECK_AB_SO rc=$?"
 fi
 if [ -f bench/host_overhead.py ]; then

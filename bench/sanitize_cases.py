@@ -11,10 +11,11 @@ import pyfastattn
 
 def norm_cases(dev):
     for dt in (torch.float32, torch.bfloat16):
-        # every kernel path: warp and block row groups, several rows per block, the register
-        # limits of the fused backward (8192) and the forward (16384) and just past them
+        # every kernel path: warp and block row groups, several rows per block, the staged
+        # backward (8192-16384 columns; 260 rows: some blocks take two, alternating stages),
+        # the forward's register limit (16384) and just past them
         for rows, cols in ((5, 7), (70, 64), (70, 300), (5, 1000), (5, 4097), (3, 8192), (3, 8193),
-                           (3, 16384), (3, 16385)):
+                           (260, 8192), (3, 16384), (3, 16385)):
             x = torch.randn(rows, cols, device=dev, dtype=dt, requires_grad=True)
             r = torch.randn(rows, cols, device=dev, dtype=dt, requires_grad=True)
             w = torch.randn(cols, device=dev, dtype=dt, requires_grad=True)

@@ -166,7 +166,7 @@ __device__ __forceinline__ void load_mask_tile(unsigned char* s, const ForwardPa
                         int64_t(qi) * p.mask_stride_q + int64_t(kj) * p.mask_stride_k;
     unsigned char* dst = s + r * pitch + c * es;
     if (vec) {
-      mma::cp_async16(dst, n > 0 ? static_cast<const void*>(base + off * es) : p.mask, n * es);
+      cp_async16(dst, n > 0 ? static_cast<const void*>(base + off * es) : p.mask, n * es);
     } else if (es == 1) {
       for (int e = 0; e < per_chunk; ++e) dst[e] = e < n ? base[off + e * p.mask_stride_k] : 0;
     } else {
@@ -299,7 +299,7 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
   };
   mma::load_tile<T, BQ, D, kThreads>(qs, qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned, p.q.ptr);
   if (nkb > 0) load_kv(0);
-  mma::cp_async_commit();
+  cp_async_commit();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
   const int wrow = q0 + warp * WR, row = wrow + (lane >> 2);  // rows row + 8 r, r < 2 MT
@@ -313,8 +313,8 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
   for (int kb = 0; kb < nkb; ++kb) {
     __syncthreads();  // every warp is done with tile kb - 1: its buffer takes tile kb + 1
     if (kb + 1 < nkb) load_kv(kb + 1);
-    mma::cp_async_commit();
-    mma::cp_async_wait<1>();
+    cp_async_commit();
+    cp_async_wait<1>();
     __syncthreads();
     const int k0 = kb * BK;
     if (p.causal && k0 > wrow + WR - 1) continue;  // the whole tile is above this warp's diagonal
@@ -390,7 +390,7 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
     }
     mma::warp_mma_rb<T, MT, D, BK, LD>(o, sc, vt);
   }
-  mma::cp_async_wait<0>();
+  cp_async_wait<0>();
 
   // out = O / l (0 for a row that saw no key), staged through smem for 16-byte stores
   float mul[2 * MT];
@@ -466,7 +466,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
     }
   };
   if (total > 0) load_q(0);
-  mma::cp_async_commit();
+  cp_async_commit();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
   const int wkey = k0 + warp * WK, key = wkey + (lane >> 2);  // keys key + 8 r, r < 2 MT
@@ -476,8 +476,8 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
   for (int it = 0; it < total; ++it) {
     __syncthreads();
     if (it + 1 < total) load_q(it + 1);
-    mma::cp_async_commit();
-    mma::cp_async_wait<1>();
+    cp_async_commit();
+    cp_async_wait<1>();
     __syncthreads();
     const int q0 = (qb0 + it % tiles) * BQ, buf = it & 1;
     if (p.causal && q0 + BQ - 1 < wkey) continue;  // every query precedes this warp's keys
@@ -524,7 +524,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
       mma::warp_mma_rb<T, MT, D, BQ, LD>(dk, dp, qt);
     }
   }
-  mma::cp_async_wait<0>();
+  cp_async_wait<0>();
 
   // Each warp stages its own rows (only it read them as the A operand).
   __syncthreads();
@@ -583,7 +583,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
       dos, static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, h, s.q_tok + q0),
       bp.dout.stride_l, s.lq - q0, p.head_dim, aligned, bp.dout.ptr);
   if (nkb > 0) load_kv(0);
-  mma::cp_async_commit();
+  cp_async_commit();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
   const int wrow = q0 + warp * WR, row = wrow + (lane >> 2);  // rows row + 8 r, r < 2 MT
@@ -601,8 +601,8 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
   for (int kb = 0; kb < nkb; ++kb) {
     __syncthreads();
     if (kb + 1 < nkb) load_kv(kb + 1);
-    mma::cp_async_commit();
-    mma::cp_async_wait<1>();
+    cp_async_commit();
+    cp_async_wait<1>();
     __syncthreads();
     const int k0 = kb * BK;
     if (!full && p.causal && k0 > wrow + WR - 1) continue;
@@ -642,7 +642,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
     }
     mma::warp_mma_rb<T, MT, D, BK, LD>(dq, dp, kt);
   }
-  mma::cp_async_wait<0>();
+  cp_async_wait<0>();
 
   __syncthreads();
 #pragma unroll
@@ -950,19 +950,11 @@ dim3 grid_for(int64_t rows, int rows_per_block, int heads, int batch) {
   return dim3(unsigned(blocks), unsigned(heads), unsigned(batch));
 }
 
-// Shared memory a block may opt in to on the current device.
-size_t max_smem_optin() {
-  int dev = 0, bytes = 0;
-  PFA_CUDA_CHECK(cudaGetDevice(&dev));
-  PFA_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  return size_t(bytes);
-}
-
 template <class... KArgs, class... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, size_t smem, cudaStream_t stream, Args&&... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
   if (smem > 48 * 1024) {
-    const size_t max_smem = max_smem_optin();
+    const size_t max_smem = smem_optin();
     if (smem > max_smem)
       throw std::runtime_error("attention (CUDA): this head dim needs " + std::to_string(smem) +
                                " bytes of shared memory per block; the device allows " +
@@ -1077,7 +1069,7 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
           // 102 KB, more than sm_86/sm_89 allow); D = 256 keeps one for registers.
           if constexpr (D == 256)
             launch_dq(Int<1>{});
-          else if (q_smem(2) <= max_smem_optin())
+          else if (q_smem(2) <= smem_optin())
             launch_dq(Int<2>{});
           else
             launch_dq(Int<1>{});

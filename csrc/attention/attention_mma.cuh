@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "common/cp_async.cuh"
 #include "common/cuda_utils.cuh"
 
 namespace pfa::attention::mma {
@@ -26,26 +27,6 @@ namespace pfa::attention::mma {
 template <int D>
 __host__ __device__ constexpr int padded_ld() {
   return D + 8;
-}
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte asynchronous copy; bytes < 16 zero-fills the rest (bytes = 0: pure zero fill,
-// nothing is read from src).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(bytes));
-}
-// The same for a whole 16-byte chunk, to a shared-space address (smem_addr).
-__device__ __forceinline__ void cp_async16_whole(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {

@@ -68,22 +68,30 @@ void dispatch_cuda_dtype(DType dtype, F&& f) {
 
 inline cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
-// Blocks of `kernel` (block_threads threads, no dynamic shared memory) that are resident on
-// the current device at once: a grid of at most this many never waits for a second wave.
-// The answer is fixed per (kernel, block size, device), so the runtime is asked once and the
-// launches after that only look it up.
+// Shared memory one block may opt in to on the current device (past the default 48 KB).
+inline size_t smem_optin() {
+  int dev = 0, bytes = 0;
+  PFA_CUDA_CHECK(cudaGetDevice(&dev));
+  PFA_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return size_t(bytes);
+}
+
+// Blocks of `kernel` (block_threads threads, dynamic_smem bytes of dynamic shared memory)
+// that are resident on the current device at once: a grid of at most this many never waits
+// for a second wave. The answer is fixed per (kernel, block size, shared memory, device), so
+// the runtime is asked once and the launches after that only look it up.
 template <class Kernel>
-int resident_blocks(Kernel kernel, int block_threads) {
+int resident_blocks(Kernel kernel, int block_threads, size_t dynamic_smem = 0) {
   int device = 0;
   PFA_CUDA_CHECK(cudaGetDevice(&device));
   static std::mutex mutex;
-  static std::map<std::tuple<const void*, int, int>, int> known;
-  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), block_threads, device);
+  static std::map<std::tuple<const void*, int, size_t, int>, int> known;
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), block_threads, dynamic_smem, device);
   std::lock_guard<std::mutex> lock(mutex);
   if (const auto it = known.find(key); it != known.end()) return it->second;
   int sms = 0, per_sm = 0;
   PFA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  PFA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block_threads, 0));
+  PFA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block_threads, dynamic_smem));
   return known[key] = (per_sm > 0 ? per_sm : 1) * sms;
 }
 

@@ -39,14 +39,6 @@ constexpr int64_t kMaxGridYZ = 65535;
 
 PFA_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The most shared memory one block may opt in to on the current device.
-size_t smem_optin() {
-  int dev = 0, optin = 0;
-  PFA_CUDA_CHECK(cudaGetDevice(&dev));
-  PFA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  return size_t(optin);
-}
-
 // Allows `bytes` of dynamic shared memory for `kernel` (on top of `static_bytes`), opting in
 // past 48 KB when the device allows it; otherwise a clear error instead of a failed launch.
 template <class K>

@@ -15,12 +15,15 @@
 //
 // Backward: one kernel computes dx and, when dweight/dbias are wanted and the row is one
 // segment, the block's column sums of dy * xhat and dy over its chunk of rows (one partial
-// row per block). Longer rows get those sums from a column kernel that reads dy and x
-// again. A last kernel adds the partial rows in a fixed order: no float atomics, so the
-// results are bitwise reproducible.
+// row per block). Rows of 8192 to 16384 columns are staged instead: copied into shared
+// memory with cp.async, the next row while this one is worked on, with the column sums in
+// registers. Rows longer still (or unaligned, or not a constant stride apart) get those sums
+// from a column kernel that reads dy and x again. A last kernel adds the partial rows in a fixed order: no float atomics, so
+// the results are bitwise reproducible.
 #include <algorithm>
 #include <type_traits>
 
+#include "common/cp_async.cuh"
 #include "common/cuda_utils.cuh"
 #include "norm/norm.h"
 #include "norm/norm_math.h"
@@ -546,6 +549,120 @@ __global__ void __launch_bounds__(kMaxGroup, 1) backward_kernel(const BackwardPa
   }
 }
 
+// Columns per thread in the staged backward: its column sums are 2 * 32 registers.
+constexpr int kStagedColumns = 32;
+// Rows at least this long take the staged backward: shorter ones are one register segment
+// with several rows per block or several blocks per SM (H200, check 11: forward+backward
+// 1.05x torch and up at 4096 columns and fewer); from 8192 bf16 columns that path has one
+// block per SM that waits for each row's loads (0.99x at 8192, 0.62x at 16384).
+constexpr int64_t kStagedMinColumns = 8192;
+template <class T>
+constexpr int kStagedVecs = kStagedColumns * int(sizeof(T)) / 16;
+
+// Backward for aligned rows of kStagedMinColumns to kMaxGroup * kStagedColumns columns (one
+// row per block): the block's rows are copied into shared memory with cp.async, the next
+// row while this one is worked on (`stages` = 2; 1 when two rows do not fit), so a row's
+// loads are in flight without holding registers. Thread t copies exactly the 16-byte vectors
+// it reads later (t, t + G, ...): the staged rows are its own, and need no barrier.
+// kPartials: gridDim.x = partial_rows chunks, and the column sums of dy * xhat and dy over
+// the block's rows stay in registers until the block writes its partial row.
+template <class T, bool kPartials>
+__global__ void __launch_bounds__(kMaxGroup, 1) backward_staged_kernel(const BackwardParams p, int stages) {
+  constexpr int V = 16 / int(sizeof(T)), K = kStagedVecs<T>;
+  using Vec = Pack<T, V>;
+  extern __shared__ __align__(16) unsigned char staged_rows[];  // stages x (dy, x) x cols
+  const int64_t n = p.cols;
+  // Vector indices within a row fit an int (at most kMaxGroup * K vectors).
+  const int nvec = int(n / V), G = blockDim.x, t = threadIdx.x;
+  const Vec* w = static_cast<const Vec*>(p.weight);
+  const float inv_n = 1.f / float(n);
+  const auto stage = [&](int s) { return reinterpret_cast<Vec*>(staged_rows) + 2 * s * nvec; };
+  // Issues the copies of row r's dy and x into stage s, and reads its statistics.
+  float2 mean_next = make_float2(0.f, 0.f);
+  float rstd_next = 0.f;
+  const auto fetch = [&](int64_t r, int s) {
+    asm volatile("" ::: "memory");  // the stage's last reads (this thread's) come first
+    // Rows a constant stride apart (checked at launch): RowLayout::offset's divisions, with
+    // the column sums live, would spill.
+    const Vec* dy = reinterpret_cast<const Vec*>(static_cast<const T*>(p.dy) + (p.dy_rows.ndim ? r * p.dy_rows.stride[0] : 0));
+    const Vec* x = reinterpret_cast<const Vec*>(static_cast<const T*>(p.x) + (p.x_rows.ndim ? r * p.x_rows.stride[0] : 0));
+    const uint32_t to = smem_addr(stage(s));
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int i = t + k * G;
+      if (i >= nvec) break;
+      cp_async16_whole(to + uint32_t(i) * 16u, dy + i);
+      cp_async16_whole(to + uint32_t(nvec + i) * 16u, x + i);
+    }
+    if (p.mean) mean_next = static_cast<const float2*>(p.mean)[r];
+    rstd_next = static_cast<const float*>(p.rstd)[r];
+  };
+  // g = dy * w (rounded once, as scale_by_weight) and xh = xhat of vector i of the staged row.
+  const auto staged_vector = [&](const Vec* row, int i, float2 mean, float rstd, float (&dy)[V], float (&g)[V],
+                                 float (&xh)[V]) {
+    const Vec dv = row[i], xv = row[nvec + i];
+    Vec wv;
+    if (w) wv = w[i];
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      dy[e] = to_f32(dv.v[e]);
+      g[e] = w ? __fmul_rn(dy[e], to_f32(wv.v[e])) : dy[e];
+      xh[e] = normalized(to_f32(xv.v[e]), mean.x, mean.y, rstd);
+    }
+  };
+  float dw[K][V] = {}, db[K][V] = {};
+  const RowRange rows = block_rows(p.rows);
+  if (rows.begin < rows.end) fetch(rows.begin, 0);
+  for (int64_t row = rows.begin; row < rows.end; ++row) {
+    const int s = stages == 2 ? int((row - rows.begin) & 1) : 0;
+    const float2 mean = mean_next;
+    const float rstd = rstd_next;
+    if (stages == 2 && row + 1 < rows.end) fetch(row + 1, s ^ 1);
+    cp_async_commit();
+    if (stages == 2) cp_async_wait<1>();  // this row's copies have landed, the next may not have
+    else cp_async_wait<0>();
+    const Vec* staged = stage(s);
+    // Pass 1: dweight += dy * xhat, dbias += dy; g = dy * w; sums of g and g * xhat.
+    float2 sums = make_float2(0.f, 0.f);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int i = t + k * G;
+      if (i >= nvec) break;
+      float dy[V], g[V], xh[V];
+      staged_vector(staged, i, mean, rstd, dy, g, xh);
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        if (kPartials) dw[k][e] += dy[e] * xh[e], db[k][e] += dy[e];
+        sums.x += g[e], sums.y += g[e] * xh[e];
+      }
+    }
+    sums = group_reduce(sums);
+    const float mean_g = sums.x * inv_n, mean_gx = sums.y * inv_n;
+    // Pass 2, from the staged row again: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (+ dsum).
+    T* dxr = static_cast<T*>(p.dx) + row * n;
+    const T* dsr = p.dsum ? static_cast<const T*>(p.dsum) + row * n : nullptr;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int i = t + k * G;
+      if (i >= nvec) break;
+      float dy[V], g[V], xh[V], ds[V];
+      staged_vector(staged, i, mean, rstd, dy, g, xh);
+      if (dsr) load_f32<T, V>(dsr + i * V, ds);
+#pragma unroll
+      for (int e = 0; e < V; ++e)
+        g[e] = input_gradient(g[e], xh[e], rstd, mean_g, mean_gx, p.center) + (dsr ? ds[e] : 0.f);
+      store_f32<T, V>(dxr + i * V, g);
+    }
+    if (stages == 1 && row + 1 < rows.end) fetch(row + 1, 0);
+  }
+  if (kPartials) {
+    float* part = static_cast<float*>(p.partials);
+    const int64_t c = blockIdx.x, chunks = p.partial_rows;
+    write_partial_row<K, V>(part + c * n, n, dw);
+    write_partial_row<K, V>(part + (chunks + c) * n, n, db);
+  }
+}
+
 constexpr int kColThreads = 32, kColLanes = 8;
 
 // For rows longer than one backward segment: the column sums of chunk blockIdx.y over
@@ -653,6 +770,37 @@ void with_vector_width(bool aligned, F&& f) {
   else f(std::integral_constant<int, 1>{});
 }
 
+// The staged backward (backward_staged_kernel) for rows of 16-byte vectors: when a row has
+// at most kMaxGroup * 32 columns, the rows of dy and of x are a constant stride apart, and a
+// row's dy and x fit the shared memory a block may opt in to; false (nothing launched)
+// otherwise. Each block takes one row at a time, with as many threads as give each thread
+// at most kStagedColumns columns.
+template <class T>
+bool launch_staged_backward(const BackwardParams& p, cudaStream_t stream, bool want_partials) {
+  constexpr int V = 16 / int(sizeof(T)), K = kStagedVecs<T>;
+  // group_reduce's warp sums: the kernel's only static shared memory.
+  constexpr size_t kStaticSmem = sizeof(float2) * (kMaxGroup / 32);
+  const int64_t nvec = p.cols / V;
+  if (nvec > int64_t(kMaxGroup) * K || p.dy_rows.ndim > 1 || p.x_rows.ndim > 1) return false;
+  const size_t row_bytes = 2 * size_t(p.cols) * sizeof(T), room = smem_optin() - kStaticSmem;
+  if (row_bytes > room) return false;
+  const int stages = 2 * row_bytes <= room ? 2 : 1;
+  const size_t smem = stages * row_bytes;
+  const dim3 block = row_block(nvec, K, 1);  // one row per block
+
+  const auto launch = [&](auto kernel, bool chunked) {
+    PFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    const dim3 grid = chunked ? dim3(unsigned(p.partial_rows))
+                              : dim3(unsigned(std::min<int64_t>(row_grid(p.rows, block).x,
+                                                                resident_blocks(kernel, int(block.x), smem))));
+    kernel<<<grid, block, smem, stream>>>(p, stages);
+    PFA_CHECK_LAUNCH();
+  };
+  if (want_partials) launch(backward_staged_kernel<T, true>, true);
+  else launch(backward_staged_kernel<T, false>, false);
+  return true;
+}
+
 }  // namespace
 
 void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
@@ -695,7 +843,9 @@ void backward_cuda(const BackwardParams& p, uintptr_t stream_handle) {
       const int64_t nvec = p.cols / V;
       const dim3 block = row_block(nvec, K, kBackwardBlock);
       const bool one_segment = nvec <= int64_t(block.x) * K;
-      if (want_partials && one_segment) {
+      if (V * bytes == 16 && p.cols >= kStagedMinColumns && launch_staged_backward<T>(p, stream, want_partials)) {
+        if (!want_partials) return;
+      } else if (want_partials && one_segment) {
         backward_kernel<T, V, true><<<unsigned(p.partial_rows), block, 0, stream>>>(p);
         PFA_CHECK_LAUNCH();
       } else {

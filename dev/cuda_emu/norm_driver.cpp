@@ -1,6 +1,6 @@
 // Runs the emulated CUDA norms (forward_cuda / backward_cuda) against the CPU kernels on the
 // same inputs: warp-group rows (several rows per warp), block rows in one and several
-// segments, the fused and the two-kernel backward, residual add, RMS, strided rows.
+// segments, the fused, staged and two-kernel backward, residual add, RMS, strided rows.
 #include "emu_check.h"
 #include "norm/norm.h"
 using namespace pfa;
@@ -92,8 +92,13 @@ int main() {
       {"layer_norm 1000 cols, no affine", F32, 13, 1000, true, false, false},
       {"add_layer_norm 1024 cols", BF16, 11, 1024, true, true},
       {"layer_norm 4097 cols (scalar tail)", F16, 6, 4097},
-      {"rms_norm 8192 cols", BF16, 5, 8192, false},
-      {"layer_norm 16384 cols (two-kernel backward)", BF16, 4, 16384},
+      {"layer_norm 4096 cols (register backward, one row per block)", BF16, 33, 4096},
+      {"rms_norm 8192 cols (staged)", BF16, 5, 8192, false},
+      {"layer_norm 16384 cols (staged backward, 2 stages)", BF16, 4, 16384},
+      {"layer_norm 12288 cols, 520 rows (staged, 2 rows per block)", BF16, 520, 12288},
+      {"layer_norm 16384 cols (staged, 1 stage)", F32, 300, 16384},
+      {"rms_norm 16384 cols, no affine (staged, resident grid)", F32, 7, 16384, false, false, false},
+      {"add_layer_norm 10000 cols (staged, dsum)", F16, 9, 10000, true, true},
       {"layer_norm 20000 cols, strided rows", F32, 3, 20000, true, false, true, 8},
   };
   for (const Case& c : cases) run_case(c);

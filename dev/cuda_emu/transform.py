@@ -1,6 +1,7 @@
 """Rewrites a family's CUDA source into host C++ for the emulator: kernel launches become
 emu_launch calls, dynamic shared memory the one emulated buffer, and the inline-PTX helpers
-(mma.sync, ldmatrix, cp.async, ex2.approx) the emulations of emu_mma.h / plain copies.
+(mma.sync, ldmatrix, ex2.approx) the emulations of emu_mma.h. The cp.async helpers need no
+rewrite: common/cp_async.cuh next to this script is found before the tree's.
 
     python transform.py conv|attention|norm CSRC OUT   (CSRC: the tree's csrc; writes
         OUT/<family>_cuda_emu.cpp and, for conv and attention, OUT/<family>/<family>_mma.cuh,
@@ -68,22 +69,13 @@ if family == "conv":
     mma = replace_once(mma, "#include <cstdint>\n", '#include <cstdint>\n#include <type_traits>\n#include "emu_mma.h"\n',
                        "#include <cstdint>")
 elif family == "attention":
-    # The block of inline-PTX helpers, from smem_addr to Exp2Approx, becomes its emulation.
-    start = mma.find("__device__ __forceinline__ uint32_t smem_addr(")
+    # The block of inline-PTX helpers, from ldmatrix_x4 to Exp2Approx, becomes its emulation
+    # (the cp.async helpers come from common/cp_async.cuh, emulated next to this script).
+    start = mma.find("__device__ __forceinline__ void ldmatrix_x4(")
     end = mma.find("// C(16 MT x N) += A(16 MT x K) B^T")
     if start < 0 or end < start:
-        sys.exit("transform.py: the attention PTX helpers (smem_addr .. Exp2Approx) were not found")
-    mma = mma[:start] + """inline uint32_t smem_addr(const void* p) { return emu_smem_offset(p); }
-// cp.async copies at once (the earliest a real copy may land: hazards still show).
-inline void cp_async16(void* dst, const void* src, int bytes) {
-  std::memcpy(dst, src, size_t(bytes));
-  std::memset(static_cast<char*>(dst) + bytes, 0, size_t(16 - bytes));
-}
-inline void cp_async16_whole(uint32_t dst, const void* src) { std::memcpy(emu_dyn_smem + dst, src, 16); }
-inline void cp_async_commit() {}
-template <int N>
-inline void cp_async_wait() {}
-inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) { emu_ldmatrix(r, p, false); }
+        sys.exit("transform.py: the attention PTX helpers (ldmatrix_x4 .. Exp2Approx) were not found")
+    mma = mma[:start] + """inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) { emu_ldmatrix(r, p, false); }
 inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) { emu_ldmatrix(r, p, true); }
 template <class T>
 inline void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {

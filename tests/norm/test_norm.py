@@ -112,11 +112,22 @@ def test_parity_hidden_sizes(seed, device, name, cols):
 @pytest.mark.parametrize("name", list(OPS))
 @pytest.mark.parametrize("rows,cols", [(70, 300), (4, 4096), (4, 8192), (4, 8193), (4, 16384), (4, 16385)])
 def test_parity_kernel_path_boundaries(seed, device, name, rows, cols):
-    # many rows per block; the CUDA kernels' register-resident limits (backward 8192, forward
-    # 16384 values per row) and one past them
+    # many rows per block; the CUDA kernels' limits and one past them: the forward holds up
+    # to 16384 values per row in registers; the backward holds up to 4096 in registers and
+    # stages aligned rows of 8192-16384 in shared memory
     x = torch.randn(rows, cols, dtype=torch.float64) * 2 + 0.5
     for dtype in dtypes_for(device):
         check_op(name, x, (cols,), device=device, dtype=dtype, residual=torch.randn_like(x))
+
+
+@CUDA
+@pytest.mark.parametrize("name", list(OPS))
+def test_staged_backward_walks_rows(seed, name):
+    # 300 rows of 12288 with dweight/dbias: 256 chunks, so blocks of the staged backward take
+    # two rows and alternate their shared-memory stages
+    x = torch.randn(300, 12288, dtype=torch.float64) * 2 + 0.5
+    for dtype in dtypes_for("cuda"):
+        check_op(name, x, (12288,), device="cuda", dtype=dtype, residual=torch.randn_like(x))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -226,14 +237,15 @@ def test_modules_load_torch_state_dicts(seed):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_backward_is_bitwise_deterministic(seed, device):
-    x = torch.randn(2048, 300, device=device, requires_grad=True)
-    w = torch.randn(300, device=device, requires_grad=True)
-    b = torch.randn(300, device=device, requires_grad=True)
-    dy = torch.randn(2048, 300, device=device)
-    first = torch.autograd.grad(pyfastattn.layer_norm(x, (300,), w, b), (x, w, b), dy)
+@pytest.mark.parametrize("rows,cols", [(2048, 300), pytest.param(600, 12288, marks=CUDA)])
+def test_backward_is_bitwise_deterministic(seed, device, rows, cols):
+    x = torch.randn(rows, cols, device=device, requires_grad=True)
+    w = torch.randn(cols, device=device, requires_grad=True)
+    b = torch.randn(cols, device=device, requires_grad=True)
+    dy = torch.randn(rows, cols, device=device)
+    first = torch.autograd.grad(pyfastattn.layer_norm(x, (cols,), w, b), (x, w, b), dy)
     for _ in range(3):
-        again = torch.autograd.grad(pyfastattn.layer_norm(x, (300,), w, b), (x, w, b), dy)
+        again = torch.autograd.grad(pyfastattn.layer_norm(x, (cols,), w, b), (x, w, b), dy)
         for a, c in zip(first, again):
             assert torch.equal(a, c)
 
