@@ -89,25 +89,36 @@ __device__ __forceinline__ float round_to(float x) {
 }
 
 // The vectors one thread holds of one segment of a row: vector k is the row's vector
-// first + k * G; the thread has it when its row is live and the index is below nvec.
+// first + k * G; the thread has it (loads and counts it) when its row is live and the index
+// is below nvec, and writes it under the same condition. In a full segment (kFull: every
+// thread of every group has all K vectors) there is no per-vector test: a group past the
+// block's last row still loads its (clamped) row, and only writes nothing.
+template <bool kFull = false>
 struct Segment {
   int64_t first, nvec;
   int G;
   bool live;
   __device__ int64_t vec(int k) const { return first + int64_t(k) * G; }
-  __device__ bool has(int k) const { return live && vec(k) < nvec; }
+  __device__ bool has(int k) const {
+    if constexpr (kFull) return true;
+    else return live && vec(k) < nvec;
+  }
+  __device__ bool writes(int k) const {
+    if constexpr (kFull) return live;
+    else return has(k);
+  }
 };
 
-template <int K>
-__device__ __forceinline__ Segment segment_of(int s, int64_t nvec, bool live) {
+template <int K, bool kFull = false>
+__device__ __forceinline__ Segment<kFull> segment_of(int s, int64_t nvec, bool live) {
   const int G = blockDim.x;
   return {int64_t(s) * G * K + threadIdx.x, nvec, G, live};
 }
 
 // raw[k] = the thread's vector k of the segment of row r as stored, not converted yet (so a
 // load issued ahead of its use holds 16 bytes in 4 registers); zeros where it has none.
-template <class T, int V, int K>
-__device__ __forceinline__ void load_segment_raw(const T* r, const Segment& seg, Pack<T, V> (&raw)[K]) {
+template <class T, int V, int K, class Seg>
+__device__ __forceinline__ void load_segment_raw(const T* r, const Seg& seg, Pack<T, V> (&raw)[K]) {
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     if (seg.has(k)) {
@@ -128,18 +139,18 @@ __device__ __forceinline__ void unpack_f32(const Pack<T, V> (&raw)[K], float (&v
 }
 
 // v[k] = the thread's vector k of the segment of row r; 0 where it has none.
-template <class T, int V, int K>
-__device__ __forceinline__ void load_segment(const T* r, const Segment& seg, float (&v)[K][V]) {
+template <class T, int V, int K, class Seg>
+__device__ __forceinline__ void load_segment(const T* r, const Seg& seg, float (&v)[K][V]) {
   Pack<T, V> raw[K];
   load_segment_raw<T, V, K>(r, seg, raw);
   unpack_f32<T, V, K>(raw, v);
 }
 
-template <class T, int V, int K>
-__device__ __forceinline__ void store_segment(T* r, const Segment& seg, const float (&v)[K][V]) {
+template <class T, int V, int K, class Seg>
+__device__ __forceinline__ void store_segment(T* r, const Seg& seg, const float (&v)[K][V]) {
 #pragma unroll
   for (int k = 0; k < K; ++k)
-    if (seg.has(k)) store_f32<T, V>(r + seg.vec(k) * V, v[k]);
+    if (seg.writes(k)) store_f32<T, V>(r + seg.vec(k) * V, v[k]);
 }
 
 // Block b of B owns rows [rows * b / B, rows * (b + 1) / B); its row group y (threadIdx.y,
@@ -207,8 +218,8 @@ __device__ __forceinline__ W group_statistics(const W& t, int64_t n) {
 
 // Exact (count, mean, M2) of this thread's values u (already shifted) in a segment: the mean
 // first, then the squared deviations from it.
-template <int K, int V>
-__device__ __forceinline__ W thread_welford(const float (&u)[K][V], const Segment& seg) {
+template <int K, int V, class Seg>
+__device__ __forceinline__ W thread_welford(const float (&u)[K][V], const Seg& seg) {
   float count = 0.f, sum = 0.f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -269,14 +280,15 @@ template <class T, int V, int K>
 struct RowAhead {
   Pack<T, V> x[K];
   T x0;
-  template <bool kResidual>
+  template <bool kResidual, bool kFull>
   __device__ void load(const ForwardRow<T, kResidual>& r, int64_t nvec) {
-    load_segment_raw<T, V, K>(r.x, segment_of<K>(0, nvec, r.live), x);
+    load_segment_raw<T, V, K>(r.x, segment_of<K, kFull>(0, nvec, r.live), x);
     x0 = r.x[0];
   }
 };
 
-template <class T, int V, bool kResidual>
+// kFull: every segment is full (nvec a multiple of G * K), so no vector needs a bounds test.
+template <class T, int V, bool kResidual, bool kFull>
 __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardParams p) {
   constexpr int K = kForwardVecs<V>;
   // add_layer_norm loads its rows in turn: holding x and residual ahead would spill.
@@ -289,7 +301,8 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
   const T* b = static_cast<const T*>(p.bias);
   const RowRange rows = block_rows(p.rows);
   RowAhead<T, V, K> ahead;
-  if (kLoadAhead && rows.begin < rows.end) ahead.load(ForwardRow<T, kResidual>(p, rows.begin, rows.end), nvec);
+  if (kLoadAhead && rows.begin < rows.end)
+    ahead.template load<kResidual, kFull>(ForwardRow<T, kResidual>(p, rows.begin, rows.end), nvec);
   for (int64_t row0 = rows.begin; row0 < rows.end; row0 += R) {
     const ForwardRow<T, kResidual> cur(p, row0, rows.end);
     const bool live = cur.live;
@@ -303,7 +316,7 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
     W acc{0.f, 0.f, 0.f};
     float squares = 0.f;
     // v holds the segment's x: add the residual (storing the sum); the thread's statistics.
-    const auto absorb = [&](const Segment& seg) {
+    const auto absorb = [&](const auto& seg) {
       if constexpr (kResidual) {
         float r[K][V];
         load_segment<T, V, K>(cur.residual, seg, r);
@@ -323,15 +336,16 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
     int s = 0;
     if constexpr (kLoadAhead) {
       unpack_f32<T, V, K>(ahead.x, v);
-      absorb(segment_of<K>(0, nvec, live));
+      absorb(segment_of<K, kFull>(0, nvec, live));
       s = 1;
     }
     for (; s < nseg; ++s) {
-      const Segment seg = segment_of<K>(s, nvec, live);
+      const auto seg = segment_of<K, kFull>(s, nvec, live);
       load_segment<T, V, K>(cur.x, seg, v);
       absorb(seg);
     }
-    if (kLoadAhead && row0 + R < rows.end) ahead.load(ForwardRow<T, kResidual>(p, row0 + R, rows.end), nvec);
+    if (kLoadAhead && row0 + R < rows.end)
+      ahead.template load<kResidual, kFull>(ForwardRow<T, kResidual>(p, row0 + R, rows.end), nvec);
     float hi, lo, rstd;
     if (p.center) row_statistics(group_statistics(acc, n), shift, float(p.eps), hi, lo, rstd);
     else rms_statistics(group_reduce(squares), float(n), float(p.eps), hi, lo, rstd);
@@ -344,14 +358,14 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
     const T* src = kResidual ? sr : cur.x;
     T* yr = static_cast<T*>(p.y) + row * n;
     for (int s = nseg - 1; s >= 0; --s) {
-      const Segment seg = segment_of<K>(s, nvec, live);
+      const auto seg = segment_of<K, kFull>(s, nvec, live);
       if (s != nseg - 1) {
         load_segment<T, V, K>(src, seg, v);
         subtract_hi<K, V>(v, p.center, hi);
       }
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        if (!seg.has(k)) continue;
+        if (!seg.writes(k)) continue;
         const int64_t j = seg.vec(k) * V;
         float wv[V], bv[V];
         if (w) load_f32<T, V>(w + j, wv);
@@ -367,7 +381,7 @@ __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardPara
 
 // xh = xhat = ((x - hi) - lo) * rstd where the thread has a vector of the segment, else 0.
 template <int V, int K>
-__device__ __forceinline__ void to_xhat(const Segment& seg, float2 mean, float rstd, float (&xh)[K][V]) {
+__device__ __forceinline__ void to_xhat(const Segment<>& seg, float2 mean, float rstd, float (&xh)[K][V]) {
 #pragma unroll
   for (int k = 0; k < K; ++k)
 #pragma unroll
@@ -376,7 +390,7 @@ __device__ __forceinline__ void to_xhat(const Segment& seg, float2 mean, float r
 
 // g = dy, xh = xhat for the thread's vectors of a segment; 0 where it has none.
 template <class T, int V, int K>
-__device__ __forceinline__ void load_dy_xhat(const T* dyr, const T* xr, const Segment& seg, float2 mean,
+__device__ __forceinline__ void load_dy_xhat(const T* dyr, const T* xr, const Segment<>& seg, float2 mean,
                                              float rstd, float (&g)[K][V], float (&xh)[K][V]) {
   load_segment<T, V, K>(dyr, seg, g);
   load_segment<T, V, K>(xr, seg, xh);
@@ -401,7 +415,7 @@ struct BackwardAhead {
   float2 mean;
   float rstd;
   __device__ void load(const BackwardParams& p, const BackwardRow<T>& r, int64_t nvec) {
-    const Segment seg = segment_of<K>(0, nvec, r.live);
+    const auto seg = segment_of<K>(0, nvec, r.live);
     load_segment_raw<T, V, K>(r.dy, seg, dy);
     load_segment_raw<T, V, K>(r.x, seg, x);
     mean = p.mean ? static_cast<const float2*>(p.mean)[r.row] : make_float2(0.f, 0.f);
@@ -412,7 +426,7 @@ struct BackwardAhead {
 // g = dy * w rounded once (no FMA contraction), so both passes see the same g and a row
 // whose dx is exactly 0 (one element) gets 0, as on the CPU.
 template <class T, int V, int K>
-__device__ __forceinline__ void scale_by_weight(const T* w, const Segment& seg, float (&g)[K][V]) {
+__device__ __forceinline__ void scale_by_weight(const T* w, const Segment<>& seg, float (&g)[K][V]) {
   if (!w) return;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -452,10 +466,10 @@ __device__ __forceinline__ void add_row_groups(float (&acc)[K][V]) {
 template <int K, int V>
 __device__ __forceinline__ void write_partial_row(float* part, int64_t n, const float (&acc)[K][V]) {
   if (threadIdx.y != 0) return;
-  const Segment seg = segment_of<K>(0, n / V, true);
+  const auto seg = segment_of<K>(0, n / V, true);
 #pragma unroll
   for (int k = 0; k < K; ++k) {
-    if (!seg.has(k)) continue;
+    if (!seg.writes(k)) continue;
 #pragma unroll
     for (int e = 0; e < V; ++e) part[seg.vec(k) * V + e] = acc[k][e];
   }
@@ -488,7 +502,7 @@ __global__ void __launch_bounds__(kMaxGroup, 1) backward_kernel(const BackwardPa
     // g = dy * w; sums of g and g * xhat.
     float g[K][V], xh[K][V];
     float2 sums = make_float2(0.f, 0.f);
-    const auto absorb = [&](const Segment& seg) {  // g = dy, xh = xhat of the segment
+    const auto absorb = [&](const auto& seg) {  // g = dy, xh = xhat of the segment
       if (kPartials) {
 #pragma unroll
         for (int k = 0; k < K; ++k)
@@ -502,14 +516,14 @@ __global__ void __launch_bounds__(kMaxGroup, 1) backward_kernel(const BackwardPa
         for (int e = 0; e < V; ++e) sums.x += g[k][e], sums.y += g[k][e] * xh[k][e];
     };
     {
-      const Segment seg = segment_of<K>(0, nvec, live);
+      const auto seg = segment_of<K>(0, nvec, live);
       unpack_f32<T, V, K>(ahead.dy, g);
       unpack_f32<T, V, K>(ahead.x, xh);
       to_xhat<V, K>(seg, mean, rstd, xh);
       absorb(seg);
     }
     for (int s = 1; s < nseg; ++s) {
-      const Segment seg = segment_of<K>(s, nvec, live);
+      const auto seg = segment_of<K>(s, nvec, live);
       load_dy_xhat<T, V, K>(cur.dy, cur.x, seg, mean, rstd, g, xh);
       absorb(seg);
     }
@@ -521,14 +535,14 @@ __global__ void __launch_bounds__(kMaxGroup, 1) backward_kernel(const BackwardPa
     T* dxr = static_cast<T*>(p.dx) + row * n;
     const T* dsr = p.dsum ? static_cast<const T*>(p.dsum) + row * n : nullptr;
     for (int s = nseg - 1; s >= 0; --s) {
-      const Segment seg = segment_of<K>(s, nvec, live);
+      const auto seg = segment_of<K>(s, nvec, live);
       if (s != nseg - 1) {
         load_dy_xhat<T, V, K>(cur.dy, cur.x, seg, mean, rstd, g, xh);
         scale_by_weight<T, V, K>(w, seg, g);
       }
 #pragma unroll
       for (int k = 0; k < K; ++k) {
-        if (!seg.has(k)) continue;
+        if (!seg.writes(k)) continue;
         const int64_t j = seg.vec(k) * V;
         float ds[V];
         if (dsr) load_f32<T, V>(dsr + j, ds);
@@ -814,13 +828,15 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
     if (p.residual) vec = vec && rows_aligned(p.residual, p.residual_rows, p.cols, bytes) && aligned16(p.sum_out);
     with_vector_width<T>(vec, [&](auto width) {
       constexpr int V = decltype(width)::value;
-      const dim3 block = row_block(p.cols / V, kForwardVecs<V>, kForwardBlock);
+      constexpr int K = kForwardVecs<V>;
+      const dim3 block = row_block(p.cols / V, K, kForwardBlock);
+      const bool full = (p.cols / V) % (int64_t(block.x) * K) == 0;
       const auto launch = [&](auto kernel) {
         kernel<<<resident_row_grid(kernel, p.rows, block), block, 0, stream>>>(p);
         PFA_CHECK_LAUNCH();
       };
-      if (p.residual) launch(forward_kernel<T, V, true>);
-      else launch(forward_kernel<T, V, false>);
+      if (p.residual) full ? launch(forward_kernel<T, V, true, true>) : launch(forward_kernel<T, V, true, false>);
+      else full ? launch(forward_kernel<T, V, false, true>) : launch(forward_kernel<T, V, false, false>);
     });
   });
 }

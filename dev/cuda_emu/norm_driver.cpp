@@ -1,6 +1,7 @@
 // Runs the emulated CUDA norms (forward_cuda / backward_cuda) against the CPU kernels on the
 // same inputs: warp-group rows (several rows per warp), block rows in one and several
-// segments, the fused, staged and two-kernel backward, residual add, RMS, strided rows.
+// segments, full and partial, the fused, staged and two-kernel backward, residual add, RMS,
+// strided rows.
 #include "emu_check.h"
 #include "norm/norm.h"
 using namespace pfa;
@@ -100,6 +101,7 @@ int main() {
       {"rms_norm 16384 cols, no affine (staged, resident grid)", F32, 7, 16384, false, false, false},
       {"add_layer_norm 10000 cols (staged, dsum)", F16, 9, 10000, true, true},
       {"layer_norm 20000 cols, strided rows", F32, 3, 20000, true, false, true, 8},
+      {"layer_norm 32768 cols (two full forward segments)", F32, 3, 32768},
   };
   for (const Case& c : cases) run_case(c);
   for (auto& [k, v] : emu_launches) std::printf("  launches %-60s %ld\n", k.c_str(), v);
