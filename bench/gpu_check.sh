@@ -3,7 +3,8 @@
 # compute-sanitizer on small cases, benchmarks. $OUT (default ./gpu_check_out) gets summary.txt,
 # the benchmark JSON and logs.tar.gz (refreshed after every step, so a run cut short still
 # returns its logs). Budget: ~8 minutes on an H100.
-#   bench/gpu_check.sh [OUTDIR]   build from source with all cores (or install .carry/*.whl if present)
+#   bench/gpu_check.sh [OUTDIR]   build from source with all cores (or install .carry/*.whl if present);
+#                                 installs the conv peers from .carry/peers/ (bench/fetch_peers.sh)
 #   GPU_CHECK_SKIP_BENCH=1 ...    tests and sanitizer only; GPU_CHECK_SKIP_RACECHECK=1, GPU_CHECK_SKIP_FP32=1
 #   GPU_CHECK_FAMILIES="norm conv"  only these families' tests, checks, sanitizer cases and benchmarks
 #   GPU_CHECK_BENCH_TIMEOUT=s GPU_CHECK_PYTEST_TIMEOUT=s GPU_CHECK_SMOKE_TIMEOUT=s
@@ -43,6 +44,11 @@ else
     $PY -m pip install -q --no-build-isolation --no-deps . > "$LOGS/build.log" 2>&1
 fi
 rc=$?; log "install rc=$rc"; [ $rc -eq 0 ] || { tail -30 "$LOGS/build.log"; exit 1; }
+# the conv benchmark's peers, when carried (bench/fetch_peers.sh): the machine has no network
+if ls .carry/peers/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-deps --no-index .carry/peers/*.whl > "$LOGS/peers.log" 2>&1
+  log "peers (HexagDLy, IndexedConv) install rc=$?"
+fi
 cd /tmp  # import the installed package, not the source tree
 $PY -m pyfastattn info | tee "$LOGS/info.txt"
 cd - >/dev/null
