@@ -86,7 +86,7 @@ bench() {
   log "bench $1 rc=$?"
 }
 # device time (profiler) vs eager wall time per call, ours vs torch: kernel speed without host overhead
-kt_fams=$(for f in attention norm conv; do has $f && echo $f; done)
+kt_fams=$(for f in attention norm conv; do has $f && echo $f; done; has norm && echo norm-staged)
 if [ -n "$kt_fams" ] && [ -z "${GPU_CHECK_SKIP_KERNEL_TIME:-}" ]; then
   (cd /tmp && timeout ${GPU_CHECK_KERNEL_TIME_TIMEOUT:-150} $PY "$OLDPWD/bench/kernel_time.py" $kt_fams --json "$OUT/kernel_time.json" \
      > "$LOGS/kernel_time.txt" 2>&1)

@@ -5,9 +5,11 @@ device: the summed durations of every GPU kernel, memset and copy one call launc
 wall: back-to-back eager calls between CUDA events (pyfastattn.benchmark.common.time_fn), what
 a model sees, host overhead included. Ratios are torch / ours (> 1: ours is faster).
 
-  python bench/kernel_time.py [norm] [attention] [conv] [--json out.json]     (needs a CUDA GPU)
+  python bench/kernel_time.py [norm] [norm-staged] [attention] [conv] [--json out.json]  (needs a GPU)
 
-conv also lists the kernels that take the time in our forward+backward, per case.
+conv also lists the kernels that take the time in our forward+backward, per case; norm-staged
+times our layer norm forward+backward with the staged backward at its default widths, at every
+width from 1024, and nowhere.
 """
 from __future__ import annotations
 
@@ -70,6 +72,33 @@ def norm_rows():
              lambda: torch.autograd.grad(F.layer_norm(x, (c,), w, b), (x, w, b), dy), 5),
         ]:
             rows.append(measure(f"{name} {n}x{c}", ours, theirs, "GB/s", passes * nbytes / 1e9))
+    return rows
+
+
+def norm_staged_rows():
+    """Our layer_norm fwd+bwd device time with the staged backward from the default width, from
+    1024 columns (every aligned row up to 16384 staged) and never: where it pays
+    (PYFASTATTN_NORM_STAGED_MIN_COLS, read by the CUDA launch code at every call)."""
+    import os
+    rows, dt = [], torch.bfloat16
+    settings = {"default": None, "staged from 1024": "1024", "never staged": str(1 << 40)}
+    for n, c in [(16384, 1024), (8192, 4096), (4096, 8192), (2048, 16384)]:
+        x = torch.randn(n, c, device="cuda", dtype=dt, requires_grad=True)
+        w = torch.randn(c, device="cuda", dtype=dt, requires_grad=True)
+        b = torch.randn(c, device="cuda", dtype=dt, requires_grad=True)
+        dy = torch.randn(n, c, device="cuda", dtype=dt)
+        fn = lambda: torch.autograd.grad(pyfastattn.layer_norm(x, (c,), w, b), (x, w, b), dy)
+        for label, value in settings.items():
+            if value is None:
+                os.environ.pop("PYFASTATTN_NORM_STAGED_MIN_COLS", None)
+            else:
+                os.environ["PYFASTATTN_NORM_STAGED_MIN_COLS"] = value
+            t = device_seconds(fn)
+            rows.append({"case": f"layer_norm fwd+bwd {n}x{c}", "setting": label, "device_us_ours": t * 1e6,
+                         "unit": "GB/s", "rate_ours": 5 * n * c * x.element_size() / t / 1e9})
+            print(f"layer_norm fwd+bwd {n}x{c:<6d} {label:18s} device {t * 1e6:9.1f} us "
+                  f"({rows[-1]['rate_ours']:7.1f} GB/s)", flush=True)
+        os.environ.pop("PYFASTATTN_NORM_STAGED_MIN_COLS", None)
     return rows
 
 
@@ -170,7 +199,8 @@ if __name__ == "__main__":
     print(torch.cuda.get_device_name(), "bf16")
     out = []
     for fam in a.families:
-        out += {"norm": norm_rows, "attention": attention_rows, "conv": conv_rows}[fam]()
+        out += {"norm": norm_rows, "norm-staged": norm_staged_rows, "attention": attention_rows,
+                "conv": conv_rows}[fam]()
         if a.json:  # after every family, so a run cut short by a timeout keeps what it measured
             with open(a.json, "w") as f:
                 json.dump({"device": torch.cuda.get_device_name(), "rows": out}, f, indent=1)

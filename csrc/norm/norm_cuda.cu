@@ -21,6 +21,7 @@
 // from a column kernel that reads dy and x again. A last kernel adds the partial rows in a fixed order: no float atomics, so
 // the results are bitwise reproducible.
 #include <algorithm>
+#include <cstdlib>
 #include <type_traits>
 
 #include "common/cp_async.cuh"
@@ -570,6 +571,14 @@ constexpr int kStagedColumns = 32;
 // 1.05x torch and up at 4096 columns and fewer); from 8192 bf16 columns that path has one
 // block per SM that waits for each row's loads (0.99x at 8192, 0.62x at 16384).
 constexpr int64_t kStagedMinColumns = 8192;
+
+// kStagedMinColumns, or PYFASTATTN_NORM_STAGED_MIN_COLS when set: a knob for measuring the
+// crossover on a GPU in one process (bench/kernel_time.py norm-staged), read at every launch.
+// Never below 1024 columns, where a staged row would get fewer than 32 threads.
+int64_t staged_min_columns() {
+  const char* v = std::getenv("PYFASTATTN_NORM_STAGED_MIN_COLS");
+  return std::max<int64_t>(1024, v ? std::atoll(v) : kStagedMinColumns);
+}
 template <class T>
 constexpr int kStagedVecs = kStagedColumns * int(sizeof(T)) / 16;
 
@@ -859,7 +868,7 @@ void backward_cuda(const BackwardParams& p, uintptr_t stream_handle) {
       const int64_t nvec = p.cols / V;
       const dim3 block = row_block(nvec, K, kBackwardBlock);
       const bool one_segment = nvec <= int64_t(block.x) * K;
-      if (V * bytes == 16 && p.cols >= kStagedMinColumns && launch_staged_backward<T>(p, stream, want_partials)) {
+      if (V * bytes == 16 && p.cols >= staged_min_columns() && launch_staged_backward<T>(p, stream, want_partials)) {
         if (!want_partials) return;
       } else if (want_partials && one_segment) {
         backward_kernel<T, V, true><<<unsigned(p.partial_rows), block, 0, stream>>>(p);

@@ -2,6 +2,8 @@
 // same inputs: warp-group rows (several rows per warp), block rows in one and several
 // segments, full and partial, the fused, staged and two-kernel backward, residual add, RMS,
 // strided rows.
+#include <cstdlib>
+
 #include "emu_check.h"
 #include "norm/norm.h"
 using namespace pfa;
@@ -104,6 +106,15 @@ int main() {
       {"layer_norm 32768 cols (two full forward segments)", F32, 3, 32768},
   };
   for (const Case& c : cases) run_case(c);
+  // the staged backward at every width from 1024 (PYFASTATTN_NORM_STAGED_MIN_COLS, the knob
+  // bench/kernel_time.py norm-staged turns): blocks of 128 and of 32 threads per row
+  setenv("PYFASTATTN_NORM_STAGED_MIN_COLS", "1024", 1);
+  const Case staged_narrow[] = {
+      {"layer_norm 4096 cols, 300 rows (staged from 1024)", BF16, 300, 4096},
+      {"rms_norm 1024 cols (staged from 1024)", F32, 41, 1024, false},
+  };
+  for (const Case& c : staged_narrow) run_case(c);
+  unsetenv("PYFASTATTN_NORM_STAGED_MIN_COLS");
   for (auto& [k, v] : emu_launches) std::printf("  launches %-60s %ld\n", k.c_str(), v);
   std::printf("%d failure(s), %ld emulated blocks\n", failures, emu_blocks_run);
   return failures != 0;
