@@ -18,8 +18,8 @@
 // row per block). Rows of 8192 to 16384 columns are staged instead: copied into shared
 // memory with cp.async, the next row while this one is worked on, with the column sums in
 // registers. Rows longer still (or unaligned, or not a constant stride apart) get those sums
-// from a column kernel that reads dy and x again. A last kernel adds the partial rows in a fixed order: no float atomics, so
-// the results are bitwise reproducible.
+// from a column kernel that reads dy and x again. A last kernel adds the partial rows in a
+// fixed order: no float atomics, so the results are bitwise reproducible.
 #include <algorithm>
 #include <cstdlib>
 #include <type_traits>
@@ -607,8 +607,11 @@ __global__ void __launch_bounds__(kMaxGroup, 1) backward_staged_kernel(const Bac
     asm volatile("" ::: "memory");  // the stage's last reads (this thread's) come first
     // Rows a constant stride apart (checked at launch): RowLayout::offset's divisions, with
     // the column sums live, would spill.
-    const Vec* dy = reinterpret_cast<const Vec*>(static_cast<const T*>(p.dy) + (p.dy_rows.ndim ? r * p.dy_rows.stride[0] : 0));
-    const Vec* x = reinterpret_cast<const Vec*>(static_cast<const T*>(p.x) + (p.x_rows.ndim ? r * p.x_rows.stride[0] : 0));
+    const auto row_of = [r](const void* base, const RowLayout& l) {
+      return reinterpret_cast<const Vec*>(static_cast<const T*>(base) + (l.ndim ? r * l.stride[0] : 0));
+    };
+    const Vec* dy = row_of(p.dy, p.dy_rows);
+    const Vec* x = row_of(p.x, p.x_rows);
     const uint32_t to = smem_addr(stage(s));
 #pragma unroll
     for (int k = 0; k < K; ++k) {
