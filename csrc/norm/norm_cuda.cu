@@ -288,10 +288,10 @@ struct RowAhead {
   }
 };
 
-// kFull: every segment is full (nvec a multiple of G * K), so no vector needs a bounds test.
-template <class T, int V, bool kResidual, bool kFull>
+// K vectors per thread and segment; kFull: every segment is full (nvec a multiple of G * K),
+// so no vector needs a bounds test.
+template <class T, int V, int K, bool kResidual, bool kFull>
 __global__ void __launch_bounds__(kMaxGroup, 1) forward_kernel(const ForwardParams p) {
-  constexpr int K = kForwardVecs<V>;
   // add_layer_norm loads its rows in turn: holding x and residual ahead would spill.
   constexpr bool kLoadAhead = !kResidual;
   const int64_t n = p.cols, nvec = n / V;
@@ -841,14 +841,30 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
     with_vector_width<T>(vec, [&](auto width) {
       constexpr int V = decltype(width)::value;
       constexpr int K = kForwardVecs<V>;
-      const dim3 block = row_block(p.cols / V, K, kForwardBlock);
-      const bool full = (p.cols / V) % (int64_t(block.x) * K) == 0;
-      const auto launch = [&](auto kernel) {
+      const int64_t nvec = p.cols / V;
+      const auto launch = [&](auto kernel, dim3 block) {
         kernel<<<resident_row_grid(kernel, p.rows, block), block, 0, stream>>>(p);
         PFA_CHECK_LAUNCH();
       };
-      if (p.residual) full ? launch(forward_kernel<T, V, true, true>) : launch(forward_kernel<T, V, true, false>);
-      else full ? launch(forward_kernel<T, V, false, true>) : launch(forward_kernel<T, V, false, false>);
+      const dim3 block = row_block(nvec, K, kForwardBlock);
+      const bool full = nvec % (int64_t(block.x) * K) == 0;
+      // 16-bit rows that K leaves with a partial segment but K - 1 = 3 vectors per thread
+      // fill exactly (768 and 1536 columns: 96 = 32 x 3 and 192 = 64 x 3 vectors) take the
+      // full-segment kernel with K - 1.
+      if constexpr (sizeof(T) == 2 && V * sizeof(T) == 16) {
+        const dim3 block3 = row_block(nvec, K - 1, kForwardBlock);
+        if (!full && nvec == int64_t(block3.x) * (K - 1)) {
+          if (p.residual) launch(forward_kernel<T, V, K - 1, true, true>, block3);
+          else launch(forward_kernel<T, V, K - 1, false, true>, block3);
+          return;
+        }
+      }
+      if (p.residual) {
+        full ? launch(forward_kernel<T, V, K, true, true>, block) : launch(forward_kernel<T, V, K, true, false>, block);
+      } else {
+        full ? launch(forward_kernel<T, V, K, false, true>, block)
+             : launch(forward_kernel<T, V, K, false, false>, block);
+      }
     });
   });
 }

@@ -94,6 +94,8 @@ int main() {
       {"rms_norm 64 cols", BF16, 40, 64, false},
       {"layer_norm 1000 cols, no affine", F32, 13, 1000, true, false, false},
       {"add_layer_norm 1024 cols", BF16, 11, 1024, true, true},
+      {"layer_norm 768 cols (3 vectors per thread, full)", BF16, 37, 768},
+      {"add_layer_norm 1536 cols (3 vectors per thread, full)", F16, 7, 1536, true, true},
       {"layer_norm 4097 cols (scalar tail)", F16, 6, 4097},
       {"layer_norm 4096 cols (register backward, one row per block)", BF16, 33, 4096},
       {"rms_norm 8192 cols (staged)", BF16, 5, 8192, false},
