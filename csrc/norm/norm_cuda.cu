@@ -800,9 +800,9 @@ void with_vector_width(bool aligned, F&& f) {
 // at most kMaxGroup * 32 columns, the rows of dy and of x are a constant stride apart, and a
 // row's dy and x fit the shared memory a block may opt in to; false (nothing launched)
 // otherwise. Each block takes one row at a time, with as many threads as give each thread
-// at most kStagedColumns columns.
+// at most kStagedColumns columns. May lower p.partial_rows (the chunks the final sum reads).
 template <class T>
-bool launch_staged_backward(const BackwardParams& p, cudaStream_t stream, bool want_partials) {
+bool launch_staged_backward(BackwardParams& p, cudaStream_t stream, bool want_partials) {
   constexpr int V = 16 / int(sizeof(T)), K = kStagedVecs<T>;
   // group_reduce's warp sums: the kernel's only static shared memory.
   constexpr size_t kStaticSmem = sizeof(float2) * (kMaxGroup / 32);
@@ -816,9 +816,12 @@ bool launch_staged_backward(const BackwardParams& p, cudaStream_t stream, bool w
 
   const auto launch = [&](auto kernel, bool chunked) {
     PFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    const dim3 grid = chunked ? dim3(unsigned(p.partial_rows))
-                              : dim3(unsigned(std::min<int64_t>(row_grid(p.rows, block).x,
-                                                                resident_blocks(kernel, int(block.x), smem))));
+    const int64_t resident = resident_blocks(kernel, int(block.x), smem);
+    // With dweight/dbias, one block per chunk and no more chunks than blocks stay resident:
+    // a second, partly idle wave would restart the pipeline and write more partial rows.
+    // The count depends on the device only, so results stay bitwise reproducible on it.
+    if (chunked) p.partial_rows = std::min(p.partial_rows, resident);
+    const dim3 grid(unsigned(chunked ? p.partial_rows : std::min<int64_t>(row_grid(p.rows, block).x, resident)));
     kernel<<<grid, block, smem, stream>>>(p, stages);
     PFA_CHECK_LAUNCH();
   };
@@ -887,7 +890,8 @@ void backward_cuda(const BackwardParams& p, uintptr_t stream_handle) {
       const int64_t nvec = p.cols / V;
       const dim3 block = row_block(nvec, K, kBackwardBlock);
       const bool one_segment = nvec <= int64_t(block.x) * K;
-      if (V * bytes == 16 && p.cols >= staged_min_columns() && launch_staged_backward<T>(p, stream, want_partials)) {
+      BackwardParams q = p;  // the staged kernel may use fewer chunks than were allocated
+      if (V * bytes == 16 && p.cols >= staged_min_columns() && launch_staged_backward<T>(q, stream, want_partials)) {
         if (!want_partials) return;
       } else if (want_partials && one_segment) {
         backward_kernel<T, V, true><<<unsigned(p.partial_rows), block, 0, stream>>>(p);
@@ -902,7 +906,7 @@ void backward_cuda(const BackwardParams& p, uintptr_t stream_handle) {
         PFA_CHECK_LAUNCH();
       }
       const dim3 grid(unsigned((p.cols + 31) / 32), 2);
-      param_grad_final_kernel<T><<<grid, dim3(32, kFinalLanes), 0, stream>>>(p);
+      param_grad_final_kernel<T><<<grid, dim3(32, kFinalLanes), 0, stream>>>(q);
       PFA_CHECK_LAUNCH();
     });
   });
