@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -79,7 +80,6 @@ def norm_staged_rows():
     """Our layer_norm fwd+bwd device time with the staged backward from the default width, from
     1024 columns (every aligned row up to 16384 staged) and never: where it pays
     (PYFASTATTN_NORM_STAGED_MIN_COLS, read by the CUDA launch code at every call)."""
-    import os
     rows, dt = [], torch.bfloat16
     settings = {"default": None, "staged from 1024": "1024", "never staged": str(1 << 40)}
     for n, c in [(16384, 1024), (8192, 4096), (4096, 8192), (2048, 16384)]:

@@ -571,6 +571,8 @@ constexpr int kStagedColumns = 32;
 // 1.05x torch and up at 4096 columns and fewer); from 8192 bf16 columns that path has one
 // block per SM that waits for each row's loads (0.99x at 8192, 0.62x at 16384).
 constexpr int64_t kStagedMinColumns = 8192;
+template <class T>
+constexpr int kStagedVecs = kStagedColumns * int(sizeof(T)) / 16;
 
 // kStagedMinColumns, or PYFASTATTN_NORM_STAGED_MIN_COLS when set: a knob for measuring the
 // crossover on a GPU in one process (bench/kernel_time.py norm-staged), read at every launch.
@@ -579,8 +581,6 @@ int64_t staged_min_columns() {
   const char* v = std::getenv("PYFASTATTN_NORM_STAGED_MIN_COLS");
   return std::max<int64_t>(1024, v ? std::atoll(v) : kStagedMinColumns);
 }
-template <class T>
-constexpr int kStagedVecs = kStagedColumns * int(sizeof(T)) / 16;
 
 // Backward for aligned rows of kStagedMinColumns to kMaxGroup * kStagedColumns columns (one
 // row per block): the block's rows are copied into shared memory with cp.async, the next
@@ -845,10 +845,18 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
       constexpr int V = decltype(width)::value;
       constexpr int K = kForwardVecs<V>;
       const int64_t nvec = p.cols / V;
-      const auto launch = [&](auto kernel, dim3 block) {
-        kernel<<<resident_row_grid(kernel, p.rows, block), block, 0, stream>>>(p);
-        PFA_CHECK_LAUNCH();
+      // forward_kernel<T, V, KV, residual or not, kFull> on `block`
+      const auto launch = [&](auto kv, auto full, dim3 block) {
+        constexpr int KV = decltype(kv)::value;
+        constexpr bool kFull = decltype(full)::value;
+        const auto run = [&](auto kernel) {
+          kernel<<<resident_row_grid(kernel, p.rows, block), block, 0, stream>>>(p);
+          PFA_CHECK_LAUNCH();
+        };
+        if (p.residual) run(forward_kernel<T, V, KV, true, kFull>);
+        else run(forward_kernel<T, V, KV, false, kFull>);
       };
+      using KVecs = std::integral_constant<int, K>;
       const dim3 block = row_block(nvec, K, kForwardBlock);
       const bool full = nvec % (int64_t(block.x) * K) == 0;
       // 16-bit rows that K leaves with a partial segment but K - 1 = 3 vectors per thread
@@ -856,18 +864,11 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
       // full-segment kernel with K - 1.
       if constexpr (sizeof(T) == 2 && V * sizeof(T) == 16) {
         const dim3 block3 = row_block(nvec, K - 1, kForwardBlock);
-        if (!full && nvec == int64_t(block3.x) * (K - 1)) {
-          if (p.residual) launch(forward_kernel<T, V, K - 1, true, true>, block3);
-          else launch(forward_kernel<T, V, K - 1, false, true>, block3);
-          return;
-        }
+        if (!full && nvec == int64_t(block3.x) * (K - 1))
+          return launch(std::integral_constant<int, K - 1>{}, std::true_type{}, block3);
       }
-      if (p.residual) {
-        full ? launch(forward_kernel<T, V, K, true, true>, block) : launch(forward_kernel<T, V, K, true, false>, block);
-      } else {
-        full ? launch(forward_kernel<T, V, K, false, true>, block)
-             : launch(forward_kernel<T, V, K, false, false>, block);
-      }
+      if (full) launch(KVecs{}, std::true_type{}, block);
+      else launch(KVecs{}, std::false_type{}, block);
     });
   });
 }
