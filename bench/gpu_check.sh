@@ -86,9 +86,11 @@ bench() {
   log "bench $1 rc=$?"
 }
 # device time (profiler) vs eager wall time per call, ours vs torch: kernel speed without host overhead
-kt_fams=$(for f in attention norm conv; do has $f && echo $f; done; has norm && echo norm-staged)
+# (plus the A/B sections: attention-tiles after attention, norm-staged after norm)
+base_fams=$(for f in attention norm conv; do has $f && echo $f; done)
+kt_fams=$(has attention && echo attention attention-tiles; has norm && echo norm norm-staged; has conv && echo conv)
 if [ -n "$kt_fams" ] && [ -z "${GPU_CHECK_SKIP_KERNEL_TIME:-}" ]; then
-  (cd /tmp && timeout ${GPU_CHECK_KERNEL_TIME_TIMEOUT:-150} $PY "$OLDPWD/bench/kernel_time.py" $kt_fams --json "$OUT/kernel_time.json" \
+  (cd /tmp && timeout ${GPU_CHECK_KERNEL_TIME_TIMEOUT:-180} $PY "$OLDPWD/bench/kernel_time.py" $kt_fams --json "$OUT/kernel_time.json" \
      > "$LOGS/kernel_time.txt" 2>&1)
   log "kernel time rc=$?"
 fi
@@ -117,8 +119,8 @@ if [ -n "$SAN" ] && [ -z "${GPU_CHECK_SKIP_RACECHECK:-}" ]; then
   log "racecheck rc=$? :: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOGS/racecheck.log" | tail -1)"
 fi
 [ -z "${GPU_CHECK_SKIP_BENCH:-}" ] && [ -z "${GPU_CHECK_SKIP_FP32:-}" ] && bench fp32 "${GPU_CHECK_BENCH_TIMEOUT:-150}"
-if [ -n "${GPU_CHECK_NCU:-}" ] && [ -n "$kt_fams" ]; then
-  timeout ${GPU_CHECK_NCU_TIMEOUT:-120} bash bench/ncu_profile.sh "$LOGS/ncu" $kt_fams > "$LOGS/ncu.txt" 2>&1
+if [ -n "${GPU_CHECK_NCU:-}" ] && [ -n "$base_fams" ]; then
+  timeout ${GPU_CHECK_NCU_TIMEOUT:-120} bash bench/ncu_profile.sh "$LOGS/ncu" $base_fams > "$LOGS/ncu.txt" 2>&1
   log "ncu rc=$? :: $(tail -1 "$LOGS/ncu.txt")"
   cp "$LOGS/ncu/ncu_details.txt" "$OUT/" 2>/dev/null
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)

@@ -5,11 +5,13 @@ device: the summed durations of every GPU kernel, memset and copy one call launc
 wall: back-to-back eager calls between CUDA events (pyfastattn.benchmark.common.time_fn), what
 a model sees, host overhead included. Ratios are torch / ours (> 1: ours is faster).
 
-  python bench/kernel_time.py [norm] [norm-staged] [attention] [conv] [--json out.json]  (needs a GPU)
+  python bench/kernel_time.py [norm] [norm-staged] [attention] [attention-tiles] [conv] [--json out.json]
+  (needs a GPU)
 
 conv also lists the kernels that take the time in our forward+backward, per case; norm-staged
 times our layer norm forward+backward with the staged backward at its default widths, at every
-width from 1024, and nowhere.
+width from 1024, and nowhere; attention-tiles times our forward at D = 96 / 128 with 64- and
+32-key tiles.
 """
 from __future__ import annotations
 
@@ -76,10 +78,27 @@ def norm_rows():
     return rows
 
 
+def setting_rows(case, fn, env, settings, unit, amount):
+    """Device time of fn under each value of the environment variable `env`, which the CUDA launch
+    code reads at every call ({label: value}, None = unset): one row per setting, in one process."""
+    rows = []
+    for label, value in settings.items():
+        if value is None:
+            os.environ.pop(env, None)
+        else:
+            os.environ[env] = value
+        t = device_seconds(fn)
+        rows.append({"case": case, "setting": label, "device_us_ours": t * 1e6, "unit": unit,
+                     "rate_ours": amount / t})
+        print(f"{case:36s} {label:22s} device {t * 1e6:9.1f} us ({amount / t:7.1f} {unit})", flush=True)
+    os.environ.pop(env, None)
+    return rows
+
+
 def norm_staged_rows():
     """Our layer_norm fwd+bwd device time with the staged backward from the default width, from
     1024 columns (every aligned row up to 16384 staged) and never: where it pays
-    (PYFASTATTN_NORM_STAGED_MIN_COLS, read by the CUDA launch code at every call)."""
+    (PYFASTATTN_NORM_STAGED_MIN_COLS)."""
     rows, dt = [], torch.bfloat16
     settings = {"default": None, "staged from 1024": "1024", "never staged": str(1 << 40)}
     for n, c in [(16384, 1024), (8192, 4096), (4096, 8192), (2048, 16384)]:
@@ -88,17 +107,23 @@ def norm_staged_rows():
         b = torch.randn(c, device="cuda", dtype=dt, requires_grad=True)
         dy = torch.randn(n, c, device="cuda", dtype=dt)
         fn = lambda: torch.autograd.grad(pyfastattn.layer_norm(x, (c,), w, b), (x, w, b), dy)
-        for label, value in settings.items():
-            if value is None:
-                os.environ.pop("PYFASTATTN_NORM_STAGED_MIN_COLS", None)
-            else:
-                os.environ["PYFASTATTN_NORM_STAGED_MIN_COLS"] = value
-            t = device_seconds(fn)
-            rows.append({"case": f"layer_norm fwd+bwd {n}x{c}", "setting": label, "device_us_ours": t * 1e6,
-                         "unit": "GB/s", "rate_ours": 5 * n * c * x.element_size() / t / 1e9})
-            print(f"layer_norm fwd+bwd {n}x{c:<6d} {label:18s} device {t * 1e6:9.1f} us "
-                  f"({rows[-1]['rate_ours']:7.1f} GB/s)", flush=True)
-        os.environ.pop("PYFASTATTN_NORM_STAGED_MIN_COLS", None)
+        rows += setting_rows(f"layer_norm fwd+bwd {n}x{c}", fn, "PYFASTATTN_NORM_STAGED_MIN_COLS", settings,
+                             "GB/s", 5 * n * c * x.element_size() / 1e9)
+    return rows
+
+
+def attention_tile_rows():
+    """Our unmasked bf16 forward at D = 96 and 128 with 64-key tiles (the default) and 32-key
+    tiles (PYFASTATTN_ATTN_FWD_KEY_TILE=32): which the launch code should pick."""
+    rows, dt = [], torch.bfloat16
+    settings = {"64-key tiles (default)": None, "32-key tiles": "32"}
+    for b, h, l, d, causal in [(4, 16, 4096, 128, False), (4, 16, 4096, 128, True), (16, 16, 1024, 128, False),
+                               (4, 16, 4096, 96, False)]:
+        q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=dt) for _ in range(3))
+        fn = lambda: pyfastattn.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        rows += setting_rows(f"fwd B={b} H={h} L={l} D={d}{' causal' if causal else ''}", fn,
+                             "PYFASTATTN_ATTN_FWD_KEY_TILE", settings, "TFLOP/s",
+                             4.0 * b * h * l * l * d / (2 if causal else 1) / 1e12)
     return rows
 
 
@@ -200,7 +225,7 @@ if __name__ == "__main__":
     out = []
     for fam in a.families:
         out += {"norm": norm_rows, "norm-staged": norm_staged_rows, "attention": attention_rows,
-                "conv": conv_rows}[fam]()
+                "attention-tiles": attention_tile_rows, "conv": conv_rows}[fam]()
         if a.json:  # after every family, so a run cut short by a timeout keeps what it measured
             with open(a.json, "w") as f:
                 json.dump({"device": torch.cuda.get_device_name(), "rows": out}, f, indent=1)

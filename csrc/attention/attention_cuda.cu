@@ -14,6 +14,7 @@
 // Per-element math (scores, masking, softmax state, dS) comes from attention_math.h, the
 // header the CPU kernels use.
 #include <climits>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -203,6 +204,28 @@ __device__ __forceinline__ void scale_scores(float (&sc)[MT][NJ][4], float scale
       for (int e = 0; e < 4; ++e) sc[mt][j][e] *= scale_log2;
 }
 
+// Backward: P = exp2(s2 - lse2) in place, lse2 = lse2_at(mt, j, e) (the row's LSE in log2
+// units). An interior tile (no mask, nothing out of bounds or above the diagonal) still holds
+// q.k: one FFMA and the exp per score, since every pair takes part. Any other tile holds s2 from
+// bound_scores, where a masked score gives exactly 0 (masked_exp2).
+template <int MT, int NJ, class L>
+__device__ __forceinline__ void backward_probabilities(float (&sc)[MT][NJ][4], bool interior, float scale_log2,
+                                                       L lse2_at) {
+  // p = p_of(score, lse2) elementwise; one branch per tile, none per score
+  auto each = [&](auto p_of) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sc[mt][j][e] = p_of(sc[mt][j][e], lse2_at(mt, j, e));
+  };
+  if (interior)
+    each([&](float qk, float lse2) { return mma::Exp2Approx{}(fmaf(qk, scale_log2, -lse2)); });
+  else
+    each([](float s2, float lse2) { return masked_exp2(s2, lse2, mma::Exp2Approx{}); });
+}
+
 // Bounded or masked tile: s2 = score_log2(q.k, bias) where lo[r] <= col0 + col < hi[r] and the
 // mask lets the pair take part, else kMaskedScore. `mask` is the mask tile, `row0` the warp's
 // first tile row (KEYS_ARE_ROWS: tile rows are keys and columns queries, so the mask tile is
@@ -337,46 +360,27 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
     } else if (!fused_scale) {
       scale_scores(sc, scale_log2);
     }
-    float tmax[2 * MT], m_new[2 * MT], tsum[2 * MT];
+    float tmax[2 * MT];
 #pragma unroll
-    for (int r = 0; r < 2 * MT; ++r) {
-      tmax[r] = masked_score<float>();
-      tsum[r] = 0.f;
-    }
+    for (int r = 0; r < 2 * MT; ++r) tmax[r] = masked_score<float>();
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int j = 0; j < BK / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) tmax[2 * mt + (e >> 1)] = fmaxf(tmax[2 * mt + (e >> 1)], sc[mt][j][e]);
-#pragma unroll
-    for (int r = 0; r < 2 * MT; ++r)
-      m_new[r] = softmax_new_max(st[r], fused_scale ? quad_max(tmax[r]) * scale_log2 : quad_max(tmax[r]));
-    // P = p_of(score, m_new) elementwise; tsum = rowsum(P)
-    auto exponentiate = [&](auto p_of) {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int j = 0; j < BK / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = 2 * mt + (e >> 1);
-            sc[mt][j][e] = p_of(sc[mt][j][e], m_new[r]);
-            tsum[r] += sc[mt][j][e];
-          }
-    };
-    if (fused_scale)
-      exponentiate([&](float qk, float m) { return mma::Exp2Approx{}(fmaf(qk, scale_log2, -m)); });
-    else
-      exponentiate([](float s2, float m) { return masked_exp2(s2, m, mma::Exp2Approx{}); });
-    // l stays a per-thread partial sum (alpha is the same across the quad); summed at the end.
-    // With the lazy max (attention_math.h) alpha is 1 on most tiles: the warp skips the
-    // rescale of its D / 2 accumulators per thread unless one of its rows moved.
-    float alpha[2 * MT];
+    // The state moves to the new max before P exists: l *= alpha, O *= alpha; then
+    // l += rowsum(P) in place. (Moving first keeps neither m_new nor a tile sum live beside
+    // the scores: 8 registers at MT = 2, which BK = 64 needs.) With the lazy max
+    // (attention_math.h) alpha is 1 on most tiles, and the warp skips the rescale of its D / 2
+    // accumulators per thread unless one of its rows moved. l stays a per-thread partial sum
+    // (alpha is the same across the quad), summed at the end.
+    const float max_scale = fused_scale ? scale_log2 : 1.f;  // a multiply, not a branch around the shuffles
     bool moved = false;
+    float alpha[2 * MT];
 #pragma unroll
     for (int r = 0; r < 2 * MT; ++r) {
-      alpha[r] = softmax_update(st[r], m_new[r], tsum[r]);
+      alpha[r] = softmax_rescale(st[r], softmax_new_max(st[r], quad_max(tmax[r]) * max_scale));
       moved |= alpha[r] != 1.f;
     }
     if (__any_sync(0xffffffffu, moved)) {
@@ -388,6 +392,23 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
           o[r / 2][j][2 * (r % 2) + 1] *= alpha[r];
         }
     }
+    // P = p_of(score, m) elementwise; l += rowsum(P)
+    auto exponentiate = [&](auto p_of) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < BK / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            SoftmaxState<float>& row_state = st[2 * mt + (e >> 1)];
+            sc[mt][j][e] = p_of(sc[mt][j][e], row_state.m);
+            row_state.l += sc[mt][j][e];
+          }
+    };
+    if (fused_scale)
+      exponentiate([&](float qk, float m) { return mma::Exp2Approx{}(fmaf(qk, scale_log2, -m)); });
+    else
+      exponentiate([](float s2, float m) { return masked_exp2(s2, m, mma::Exp2Approx{}); });
     mma::warp_mma_rb<T, MT, D, BK, LD>(o, sc, vt);
   }
   cp_async_wait<0>();
@@ -426,7 +447,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
   T* vst = kst + BKEY * LD;
   T* qs = vst + BKEY * LD;      // [2][BQ][LD]
   T* dos = qs + 2 * BQ * LD;    // [2][BQ][LD]
-  float* lse_s = reinterpret_cast<float*>(dos + 2 * BQ * LD);  // [2][BQ], log2 units
+  float* lse_s = reinterpret_cast<float*>(dos + 2 * BQ * LD);  // [2][BQ]
   float* dl_s = lse_s + 2 * BQ;                                // [2][BQ]
   unsigned char* ms = reinterpret_cast<unsigned char*>(dl_s + 2 * BQ);  // [2][kMaskBytes] if MASKED
 
@@ -440,6 +461,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
   const int qb0 = p.causal ? k0 / BQ : 0;  // earlier queries see none of these keys
   const int tiles = max(0, (s.lq + BQ - 1) / BQ - qb0);
   const int total = nh * tiles;
+  const bool whole_rows = !MASKED && aligned && p.head_dim == D;
 
   mma::load_tile<T, BKEY, D, kThreads>(
       kst, static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok + k0), p.k.stride_l,
@@ -448,24 +470,40 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
     mma::load_tile<T, BKEY, D, kThreads>(
         vst, static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok + k0), p.v.stride_l,
         s.lk - k0, p.head_dim, aligned, p.v.ptr);
-  auto load_q = [&](int it) {
-    const int hq = h_first + it / tiles, q0 = (qb0 + it % tiles) * BQ, buf = it & 1;
-    mma::load_tile<T, BQ, D, kThreads>(
-        qs + buf * BQ * LD, static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, hq, s.q_tok + q0),
-        p.q.stride_l, s.lq - q0, p.head_dim, aligned, p.q.ptr);
-    mma::load_tile<T, BQ, D, kThreads>(
-        dos + buf * BQ * LD,
-        static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, hq, s.q_tok + q0),
-        bp.dout.stride_l, s.lq - q0, p.head_dim, aligned, bp.dout.ptr);
+  // Query tiles in (head, tile) order: `hq` and `q0` step along without a division per tile.
+  struct QueryTile {
+    int hq, q0;
+  };
+  const auto next_tile = [&](QueryTile c) {
+    c.q0 += BQ;
+    if (c.q0 >= (qb0 + tiles) * BQ) c.q0 = qb0 * BQ, ++c.hq;
+    return c;
+  };
+  auto load_q = [&](QueryTile c, int buf) {
+    const int hq = c.hq, q0 = c.q0;
+    const T* qg = static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, hq, s.q_tok + q0);
+    const T* dog = static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, hq, s.q_tok + q0);
+    if (whole_rows && q0 + BQ <= s.lq) {
+      mma::load_whole_tile<T, BQ, D, kThreads>(qs + buf * BQ * LD, qg, p.q.stride_l);
+      mma::load_whole_tile<T, BQ, D, kThreads>(dos + buf * BQ * LD, dog, bp.dout.stride_l);
+    } else {
+      mma::load_tile<T, BQ, D, kThreads>(qs + buf * BQ * LD, qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned,
+                                         p.q.ptr);
+      mma::load_tile<T, BQ, D, kThreads>(dos + buf * BQ * LD, dog, bp.dout.stride_l, s.lq - q0, p.head_dim, aligned,
+                                         bp.dout.ptr);
+    }
     if constexpr (MASKED) load_mask_tile<T, BQ, BKEY>(ms + buf * kMaskBytes, p, b, hq, s, q0, k0, mask_vec);
+    // lse and delta of the tile's rows, copied asynchronously like the tiles (0 for rows past
+    // the end, which bound_scores masks); lse stays in natural log until it is used.
     for (int i = threadIdx.x; i < BQ; i += kThreads) {
-      const bool ok = q0 + i < s.lq;  // rows past the end are masked by score_at
+      const bool ok = q0 + i < s.lq;
       const int64_t idx = ok ? stat_index(p, s, b, hq, q0 + i) : 0;
-      lse_s[buf * BQ + i] = ok ? lse_log2(p.lse[idx]) : 0.f;
-      dl_s[buf * BQ + i] = ok ? bp.delta[idx] : 0.f;
+      cp_async4(lse_s + buf * BQ + i, p.lse + idx, ok ? 4 : 0);
+      cp_async4(dl_s + buf * BQ + i, bp.delta + idx, ok ? 4 : 0);
     }
   };
-  if (total > 0) load_q(0);
+  QueryTile tile{h_first, qb0 * BQ};
+  if (total > 0) load_q(tile, 0);
   cp_async_commit();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
@@ -473,13 +511,13 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
   const float scale_log2 = p.scale * kLog2eF;
   float dk[MT][D / 8][4] = {}, dv[MT][D / 8][4] = {};
 
-  for (int it = 0; it < total; ++it) {
+  for (int it = 0; it < total; ++it, tile = next_tile(tile)) {
     __syncthreads();
-    if (it + 1 < total) load_q(it + 1);
+    if (it + 1 < total) load_q(next_tile(tile), (it + 1) & 1);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    const int q0 = (qb0 + it % tiles) * BQ, buf = it & 1;
+    const int q0 = tile.q0, buf = it & 1;
     if (p.causal && q0 + BQ - 1 < wkey) continue;  // every query precedes this warp's keys
     const T* qt = qs + buf * BQ * LD;
     const T* dot = dos + buf * BQ * LD;
@@ -500,16 +538,9 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
         hi[r] = j < s.lk ? s.lq : 0;
       }
       bound_scores<T, MASKED, true, BKEY>(sc, scale_log2, lo, hi, q0, p.mask_kind, ms + buf * kMaskBytes, warp * WK);
-    } else {
-      scale_scores(sc, scale_log2);
     }
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int j = 0; j < BQ / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          sc[mt][j][e] = masked_exp2(sc[mt][j][e], lt[8 * j + 2 * t + (e & 1)], mma::Exp2Approx{});
+    backward_probabilities(sc, !MASKED && !bounded, scale_log2,
+                           [&](int, int j, int e) { return lse_log2(lt[8 * j + 2 * t + (e & 1)]); });
     if (DV) mma::warp_mma_rb<T, MT, D, BQ, LD>(dv, sc, dot);
     if (DK) {
       float dp[MT][BQ / 8][4] = {};
@@ -618,18 +649,16 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
 #pragma unroll
       for (int r = 0; r < 2 * MT; ++r) lo[r] = 0, hi[r] = query_key_end(p, s, row + 8 * r);
       bound_scores<T, MASKED, false, BK>(sc, scale_log2, lo, hi, k0, p.mask_kind, ms + (kb & 1) * kMaskBytes, warp * WR);
-    } else {
-      scale_scores(sc, scale_log2);
     }
+    backward_probabilities(sc, !MASKED && !bounded, scale_log2,
+                           [&](int mt, int, int e) { return lse2[2 * mt + (e >> 1)]; });
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int j = 0; j < BK / 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = 2 * mt + (e >> 1);
-          dp[mt][j][e] = softmax_grad(masked_exp2(sc[mt][j][e], lse2[r], mma::Exp2Approx{}), dp[mt][j][e], dl[r]);
-        }
+        for (int e = 0; e < 4; ++e)
+          dp[mt][j][e] = softmax_grad(sc[mt][j][e], dp[mt][j][e], dl[2 * mt + (e >> 1)]);
     if (full) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
@@ -965,6 +994,22 @@ void launch(void (*kernel)(KArgs...), dim3 grid, size_t smem, cudaStream_t strea
   PFA_CHECK_LAUNCH();
 }
 
+// Shared memory of fwd_mma without a mask tile: the Q tile and two K and two V tiles.
+template <class T, int D, int MT, int BK>
+constexpr size_t fwd_mma_smem() {
+  return size_t(64 * MT + 4 * BK) * mma::padded_ld<D>() * sizeof(T);
+}
+
+// Keys per tile of the unmasked forward at head dims 96 and 128: 64 (default) halves the
+// per-tile overhead (row max, rescale test, loads, barriers) per MMA; static SASS of the bf16
+// D = 128 key loop: 3.6 instructions per HMMA against 4.5 with 32-key tiles. It costs spills
+// (bench/attention_gpu_notes.md). PYFASTATTN_ATTN_FWD_KEY_TILE=32 selects 32-key tiles, read at
+// every launch so that bench/kernel_time.py compares both in one process.
+int fwd_key_tile() {
+  const char* v = std::getenv("PYFASTATTN_ATTN_FWD_KEY_TILE");
+  return v && std::atoi(v) == 32 ? 32 : 64;
+}
+
 void check_params(const ForwardParams& p) {
   check(p.head_dim >= 1 && p.head_dim <= 256, "attention (CUDA): head_dim must be in [1, 256]");
   check(p.heads_kv > 0 && p.heads_q % p.heads_kv == 0,
@@ -999,14 +1044,26 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
       with_mma_dim(p.head_dim, [&](auto dc) {
         // 128-row Q tiles (two m-tiles per warp) halve the K/V shared-memory reads per row;
         // D = 256 keeps one m-tile so its 16 x 256 output accumulator fits in registers.
-        constexpr int D = decltype(dc)::value, MT = D <= 128 ? 2 : 1, BK = D <= 64 ? 64 : 32;
+        constexpr int D = decltype(dc)::value, MT = D <= 128 ? 2 : 1;
         const dim3 grid = grid_for(p.len_q, 64 * MT, p.heads_q, p.batch);
-        const size_t smem = size_t(64 * MT + 4 * BK) * mma::padded_ld<D>() * sizeof(T);
-        if (p.mask_kind == MaskKind::None)
-          launch(fwd_mma<T, D, MT, BK, false>, grid, smem, stream, p, aligned, false);
-        else
-          launch(fwd_mma<T, D, MT, BK, true>, grid, smem + 2 * mask_tile_bytes<64 * MT, BK>(), stream, p, aligned,
-                 mask_vec);
+        auto run = [&](auto key_tile, auto masked) {
+          constexpr int BK = decltype(key_tile)::value;
+          constexpr bool MASKED = decltype(masked)::value;
+          const size_t smem = fwd_mma_smem<T, D, MT, BK>() + (MASKED ? 2 * mask_tile_bytes<64 * MT, BK>() : 0);
+          launch(fwd_mma<T, D, MT, BK, MASKED>, grid, smem, stream, p, aligned, mask_vec);
+        };
+        if (p.mask_kind != MaskKind::None)
+          run(Int<D <= 64 ? 64 : 32>{}, std::true_type{});
+        else if constexpr (D <= 64)
+          run(Int<64>{}, std::false_type{});
+        else if constexpr (D <= 128) {
+          if (fwd_key_tile() == 64 && fwd_mma_smem<T, D, MT, 64>() <= smem_optin())
+            run(Int<64>{}, std::false_type{});
+          else
+            run(Int<32>{}, std::false_type{});
+        } else {
+          run(Int<32>{}, std::false_type{});
+        }
       });
     }
   });

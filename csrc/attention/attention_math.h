@@ -77,13 +77,22 @@ PFA_HD A softmax_new_max(const SoftmaxState<A>& st, A tile_max) {
   return tile_max > st.m + A(kRescaleSlack) ? tile_max : st.m;
 }
 
-// Moves the state to m_new (from softmax_new_max) and adds rowsum(P) computed against m_new;
-// returns alpha, the factor that rescales the output accumulator (exactly 1 when m stays).
+// Moves the state to m_new (from softmax_new_max): l *= alpha. Returns alpha = exp2(m - m_new),
+// the factor that rescales the output accumulator (exactly 1 when m stays). The caller then
+// adds rowsum(P), computed against m_new, to l (softmax_update, or summed in place).
 template <class A>
-PFA_HD A softmax_update(SoftmaxState<A>& st, A m_new, A tile_sum) {
+PFA_HD A softmax_rescale(SoftmaxState<A>& st, A m_new) {
   const A alpha = exp2(st.m - m_new);
   st.m = m_new;
-  st.l = st.l * alpha + tile_sum;
+  st.l *= alpha;
+  return alpha;
+}
+
+// softmax_rescale, then l += rowsum(P) = tile_sum.
+template <class A>
+PFA_HD A softmax_update(SoftmaxState<A>& st, A m_new, A tile_sum) {
+  const A alpha = softmax_rescale(st, m_new);
+  st.l += tile_sum;
   return alpha;
 }
 

@@ -139,6 +139,7 @@ int main() {
       {"D=128 causal GQA 4/2", F16, 1, 4, 2, 100, 100, 128, true},
       {"D=128 (B,L,H,D) view", BF16, 2, 2, 2, 40, 72, 128, false, Mask::None, true},
       {"D=80 (pads to 96)", BF16, 1, 2, 1, 33, 65, 80},
+      {"D=96 whole tiles, rising logits", F16, 1, 2, 1, 70, 192, 96, false, Mask::None, false, 0.2f},
       {"D=32 bool mask, dead row", F16, 1, 2, 2, 66, 90, 32, false, Mask::Bool},
       {"D=64 float bias with grad", BF16, 1, 2, 2, 70, 80, 64, false, Mask::FloatGrad},
       {"D=128 float bias with grad, causal", F16, 1, 1, 1, 45, 70, 128, true, Mask::FloatGrad},
@@ -149,6 +150,16 @@ int main() {
       {"fp32 D=40 float bias with grad", F32, 1, 2, 1, 30, 35, 40, false, Mask::FloatGrad},
   };
   for (const Case& c : cases) run_case(c);
+  // The unmasked forward at D = 96 / 128 takes 64-key tiles by default; run its cases again
+  // with the 32-key tiles the launch code falls back to (too little shared memory) or is told
+  // to use (PYFASTATTN_ATTN_FWD_KEY_TILE=32).
+  setenv("PYFASTATTN_ATTN_FWD_KEY_TILE", "32", 1);
+  for (const Case& c : cases)
+    if (c.dt != DType::Float32 && c.D > 64 && c.D <= 128 && c.mask == Mask::None) {
+      std::printf("  (32-key forward tiles)\n");
+      run_case(c);
+    }
+  unsetenv("PYFASTATTN_ATTN_FWD_KEY_TILE");
   for (auto& [k, v] : emu_launches) std::printf("  launches %-60s %ld\n", k.c_str(), v);
   std::printf("%d failure(s), %ld emulated blocks\n", failures, emu_blocks_run);
   return failures != 0;

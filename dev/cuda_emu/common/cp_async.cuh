@@ -11,6 +11,10 @@ inline void cp_async16(void* dst, const void* src, int bytes) {
   std::memcpy(dst, src, size_t(bytes));
   std::memset(static_cast<char*>(dst) + bytes, 0, size_t(16 - bytes));
 }
+inline void cp_async4(void* dst, const void* src, int bytes) {
+  std::memcpy(dst, src, size_t(bytes));
+  std::memset(static_cast<char*>(dst) + bytes, 0, size_t(4 - bytes));
+}
 inline void cp_async16_whole(uint32_t dst, const void* src) { std::memcpy(emu_dyn_smem + dst, src, 16); }
 inline void cp_async_commit() {}
 template <int N>
