@@ -293,6 +293,25 @@ __device__ __forceinline__ void load_key_tiles(T* kd, T* vd, const T* kg, const 
   }
 }
 
+// Where the forward keeps what lives across key tiles besides the output accumulators: each
+// thread's 2 MT rows of softmax state (running max, partial sum) and the block's K / V base
+// pointers. In shared memory for two m-tiles per warp, in registers for one. At MT = 2 the
+// accumulators and the scores take 128 + 64 of 255 registers per thread with D = 128 and
+// 64-key tiles; these 12 more made ptxas spill. The state is read once per tile after the
+// scores and written back before P V; the pointers are read by the next tile's loads.
+// D = 256 (MT = 1) keeps registers: its shared memory is exactly sm_86's 99 KB.
+template <int MT>
+constexpr bool kStateInSmem = MT == 2;
+template <class T>
+struct KeyBases {
+  const T* k;
+  const T* v;
+};
+template <class T, int MT>
+constexpr size_t fwd_state_smem() {
+  return kStateInSmem<MT> ? sizeof(KeyBases<T>) + kThreads * 2 * MT * sizeof(SoftmaxState<float>) : 0;
+}
+
 // Forward: grid (q blocks of 64 MT, Hq, B); each warp owns MT m-tiles (16 MT consecutive rows),
 // which reuse every K/V fragment MT times. Per tile of BK keys, for each row:
 //   S = Q K^T; s2 = score_at(S); m_new = max(m, rowmax s2); P = exp2(s2 - m_new);
@@ -305,6 +324,9 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
   T* ks = qs + BQ * LD;      // [2][BK][LD]
   T* vs = ks + 2 * BK * LD;  // [2][BK][LD]
   unsigned char* ms = reinterpret_cast<unsigned char*>(vs + 2 * BK * LD);  // [2][kMaskBytes] if MASKED
+  // if kStateInSmem<MT>: KeyBases, then [kThreads][2 MT] softmax states
+  auto* bases_s = reinterpret_cast<KeyBases<T>*>(ms + (MASKED ? 2 * kMaskBytes : 0));
+  auto* st_s = reinterpret_cast<SoftmaxState<float>*>(bases_s + 1) + threadIdx.x * 2 * MT;
 
   const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * BQ;
   const Seq s = sequence_of(p, b);
@@ -316,13 +338,15 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
   const int kv_end = p.causal ? min(s.lk, min(q0 + BQ, s.lq)) : s.lk;
   const int nkb = (kv_end + BK - 1) / BK;
   const bool whole_rows = !MASKED && aligned && p.head_dim == D;
-  auto load_kv = [&](int kb) {
-    load_key_tiles<T, BK, D>(ks + (kb & 1) * BK * LD, vs + (kb & 1) * BK * LD, kg, vg, p, s, kb, aligned, whole_rows);
+  auto load_kv = [&](int kb, KeyBases<T> base) {
+    load_key_tiles<T, BK, D>(ks + (kb & 1) * BK * LD, vs + (kb & 1) * BK * LD, base.k, base.v, p, s, kb, aligned,
+                             whole_rows);
     if constexpr (MASKED) load_mask_tile<T, BQ, BK>(ms + (kb & 1) * kMaskBytes, p, b, h, s, q0, kb * BK, mask_vec);
   };
   mma::load_tile<T, BQ, D, kThreads>(qs, qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned, p.q.ptr);
-  if (nkb > 0) load_kv(0);
+  if (nkb > 0) load_kv(0, {kg, vg});
   cp_async_commit();
+  if (kStateInSmem<MT> && threadIdx.x == 0) *bases_s = {kg, vg};  // read after the loop's first barrier
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
   const int wrow = q0 + warp * WR, row = wrow + (lane >> 2);  // rows row + 8 r, r < 2 MT
@@ -332,10 +356,21 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
   SoftmaxState<float> st[2 * MT];
 #pragma unroll
   for (int r = 0; r < 2 * MT; ++r) st[r] = softmax_init<float>();
+  auto state_to_smem = [&] {
+    if constexpr (kStateInSmem<MT>)
+#pragma unroll
+      for (int r = 0; r < 2 * MT; ++r) st_s[r] = st[r];
+  };
+  auto state_from_smem = [&] {
+    if constexpr (kStateInSmem<MT>)
+#pragma unroll
+      for (int r = 0; r < 2 * MT; ++r) st[r] = st_s[r];
+  };
+  state_to_smem();
 
   for (int kb = 0; kb < nkb; ++kb) {
     __syncthreads();  // every warp is done with tile kb - 1: its buffer takes tile kb + 1
-    if (kb + 1 < nkb) load_kv(kb + 1);
+    if (kb + 1 < nkb) load_kv(kb + 1, kStateInSmem<MT> ? *bases_s : KeyBases<T>{kg, vg});
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -375,6 +410,7 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
     // (attention_math.h) alpha is 1 on most tiles, and the warp skips the rescale of its D / 2
     // accumulators per thread unless one of its rows moved. l stays a per-thread partial sum
     // (alpha is the same across the quad), summed at the end.
+    state_from_smem();
     const float max_scale = fused_scale ? scale_log2 : 1.f;  // a multiply, not a branch around the shuffles
     bool moved = false;
     float alpha[2 * MT];
@@ -409,26 +445,31 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
       exponentiate([&](float qk, float m) { return mma::Exp2Approx{}(fmaf(qk, scale_log2, -m)); });
     else
       exponentiate([](float s2, float m) { return masked_exp2(s2, m, mma::Exp2Approx{}); });
+    state_to_smem();
     mma::warp_mma_rb<T, MT, D, BK, LD>(o, sc, vt);
   }
   cp_async_wait<0>();
+  state_from_smem();
 
-  // out = O / l (0 for a row that saw no key), staged through smem for 16-byte stores
+  // out = O / l (0 for a row that saw no key), staged through smem for 16-byte stores. The
+  // sequence is read again here, so that its offsets are not held in registers (or spilled)
+  // through the key loop.
+  const Seq se = sequence_of(p, b);
   float mul[2 * MT];
 #pragma unroll
   for (int r = 0; r < 2 * MT; ++r) {
     st[r].l = quad_sum(st[r].l);
     mul[r] = softmax_out_scale(st[r]);
     const int i = row + 8 * r;
-    if (t == 0 && i < s.lq) p.lse[stat_index(p, s, b, h, i)] = softmax_lse(st[r]);
+    if (t == 0 && i < se.lq) p.lse[stat_index(p, se, b, h, i)] = softmax_lse(st[r]);
   }
   __syncthreads();
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
     mma::fragment_to_smem<T, D, LD>(qs + (warp * WR + 16 * mt) * LD, o[mt], mul[2 * mt], mul[2 * mt + 1]);
   __syncthreads();
-  T* og = static_cast<T*>(p.out.ptr) + token_offset(p.out, p, b, h, s.q_tok + q0);
-  mma::store_tile<T, BQ, D, kThreads>(og, p.out.stride_l, qs, s.lq - q0, p.head_dim, aligned);
+  T* og = static_cast<T*>(p.out.ptr) + token_offset(p.out, p, b, h, se.q_tok + q0);
+  mma::store_tile<T, BQ, D, kThreads>(og, p.out.stride_l, qs, se.lq - q0, p.head_dim, aligned);
 }
 
 // Backward key-block pass: grid (key blocks of 64 MT, dkv_heads, B); rows = keys, each warp
@@ -994,17 +1035,19 @@ void launch(void (*kernel)(KArgs...), dim3 grid, size_t smem, cudaStream_t strea
   PFA_CHECK_LAUNCH();
 }
 
-// Shared memory of fwd_mma without a mask tile: the Q tile and two K and two V tiles.
+// Shared memory of fwd_mma without a mask tile: the Q tile, two K and two V tiles, and the
+// loop state where it lives there.
 template <class T, int D, int MT, int BK>
 constexpr size_t fwd_mma_smem() {
-  return size_t(64 * MT + 4 * BK) * mma::padded_ld<D>() * sizeof(T);
+  return size_t(64 * MT + 4 * BK) * mma::padded_ld<D>() * sizeof(T) + fwd_state_smem<T, MT>();
 }
 
 // Keys per tile of the unmasked forward at head dims 96 and 128: 64 (default) halves the
 // per-tile overhead (row max, rescale test, loads, barriers) per MMA; static SASS of the bf16
-// D = 128 key loop: 3.6 instructions per HMMA against 4.5 with 32-key tiles. It costs spills
-// (bench/attention_gpu_notes.md). PYFASTATTN_ATTN_FWD_KEY_TILE=32 selects 32-key tiles, read at
-// every launch so that bench/kernel_time.py compares both in one process.
+// D = 128 key loop: 3.3 instructions per HMMA, against 4.5 with 32-key tiles before the loop
+// state moved to shared memory (bench/attention_gpu_notes.md). PYFASTATTN_ATTN_FWD_KEY_TILE=32
+// selects 32-key tiles, read at every launch so that bench/kernel_time.py compares both in one
+// process.
 int fwd_key_tile() {
   const char* v = std::getenv("PYFASTATTN_ATTN_FWD_KEY_TILE");
   return v && std::atoi(v) == 32 ? 32 : 64;

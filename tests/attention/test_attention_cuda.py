@@ -119,6 +119,18 @@ def test_cuda_rising_logits(dtype, kind, ramp):
     run_case(1, 2, 2, 70, 260, 64, dtype, mask_kind=kind, key_ramp=ramp, seed=7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("d", [96, 128])
+@pytest.mark.parametrize("key_tile", ["64", "32"])
+def test_cuda_forward_key_tiles(dtype, d, key_tile, monkeypatch):
+    """The unmasked D = 96 / 128 forward with 64-key tiles (default) and with 32-key tiles
+    (PYFASTATTN_ATTN_FWD_KEY_TILE, read at every launch): whole tiles, a partial last tile,
+    causal diagonals and the lazy max moving on some tiles."""
+    monkeypatch.setenv("PYFASTATTN_ATTN_FWD_KEY_TILE", key_tile)
+    run_case(2, 2, 2, 200, 333, d, dtype, key_ramp=0.05, seed=11)
+    run_case(1, 2, 1, 257, 257, d, dtype, is_causal=True, seed=12)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_cuda_large_logits(dtype):
     g = torch.Generator().manual_seed(5)
