@@ -7,7 +7,8 @@ ptxas, and counts instructions in the SASS from `cuobjdump -sass`: tensor-core M
 Dynamic shared memory is chosen at launch; bench/attention_gpu_notes.md tables it.
 
 Exit status 1 when a rule fails:
-  - an attention kernel for float16/bfloat16 (other than the rowsum preprocess) has no MMA;
+  - an attention kernel for float16/bfloat16 has no MMA (other than NO_MATMUL: the backward's
+    rowsum preprocess and its dQ conversion, elementwise work);
   - an attention kernel spills registers (spill stores/loads or LDL/STL in its SASS).
 Spills in other families are reported as warnings.
 
@@ -30,6 +31,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_MATMUL = ("bwd_delta", "bwd_dq_convert")
 SASS_OPS = {"mma": r"\b(HMMA|HGMMA)\b", "ldsm": r"\bLDSM\b", "ldgsts": r"\bLDGSTS\b",
             "local": r"\b(LDL|STL)\b"}
 
@@ -138,7 +140,8 @@ def main() -> int:
                     spills = row["spill_stores"] + row["spill_loads"] + row["local"]
                     half = re.search(r"<(__half|__nv_bfloat16)\b", row["kernel"]) is not None
                     where = f"{row['arch']} {row['kernel']}"
-                    if family == "attention" and half and "delta" not in row["kernel"] and row["mma"] == 0:
+                    no_matmul = any(n in row["kernel"] for n in NO_MATMUL)
+                    if family == "attention" and half and row["mma"] == 0 and not no_matmul:
                         failures.append(f"no tensor-core MMA: {where}")
                     if spills and family == "attention":
                         failures.append(f"spills: {where}")

@@ -11,7 +11,7 @@ a model sees, host overhead included. Ratios are torch / ours (> 1: ours is fast
 conv also lists the kernels that take the time in our forward+backward, per case; norm-staged
 times our layer norm forward+backward with the staged backward at its default widths, at every
 width from 1024, and nowhere; attention-tiles times our forward at D = 96 / 128 with 64- and
-32-key tiles.
+32-key tiles, and forward+backward with the one-pass (atomic dQ) and the two-pass backward.
 """
 from __future__ import annotations
 
@@ -78,20 +78,28 @@ def norm_rows():
     return rows
 
 
-def setting_rows(case, fn, env, settings, unit, amount):
-    """Device time of fn under each value of the environment variable `env`, which the CUDA launch
-    code reads at every call ({label: value}, None = unset): one row per setting, in one process."""
+def env_setter(name):
+    """A setting_rows `configure`: sets the environment variable `name` (None: unsets it), which
+    the CUDA launch code reads at every call."""
+    def configure(value):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    return configure
+
+
+def setting_rows(case, fn, configure, settings, unit, amount):
+    """Device time of fn under each setting ({label: value}, applied by configure(value); None =
+    the default), one row per setting, in one process; configure(None) at the end."""
     rows = []
     for label, value in settings.items():
-        if value is None:
-            os.environ.pop(env, None)
-        else:
-            os.environ[env] = value
+        configure(value)
         t = device_seconds(fn)
         rows.append({"case": case, "setting": label, "device_us_ours": t * 1e6, "unit": unit,
                      "rate_ours": amount / t})
         print(f"{case:36s} {label:22s} device {t * 1e6:9.1f} us ({amount / t:7.1f} {unit})", flush=True)
-    os.environ.pop(env, None)
+    configure(None)
     return rows
 
 
@@ -107,23 +115,30 @@ def norm_staged_rows():
         b = torch.randn(c, device="cuda", dtype=dt, requires_grad=True)
         dy = torch.randn(n, c, device="cuda", dtype=dt)
         fn = lambda: torch.autograd.grad(pyfastattn.layer_norm(x, (c,), w, b), (x, w, b), dy)
-        rows += setting_rows(f"layer_norm fwd+bwd {n}x{c}", fn, "PYFASTATTN_NORM_STAGED_MIN_COLS", settings,
-                             "GB/s", 5 * n * c * x.element_size() / 1e9)
+        rows += setting_rows(f"layer_norm fwd+bwd {n}x{c}", fn, env_setter("PYFASTATTN_NORM_STAGED_MIN_COLS"),
+                             settings, "GB/s", 5 * n * c * x.element_size() / 1e9)
     return rows
 
 
 def attention_tile_rows():
-    """Our unmasked bf16 forward at D = 96 and 128 with 64-key tiles (the default) and 32-key
-    tiles (PYFASTATTN_ATTN_FWD_KEY_TILE=32): which the launch code should pick."""
+    """Our bf16 attention two ways each: the unmasked forward at D = 96 / 128 with 64-key tiles
+    (the default) and 32-key tiles (PYFASTATTN_ATTN_FWD_KEY_TILE=32); forward+backward with the
+    one-pass backward (dQ by atomics) and the two-pass one (PYFASTATTN_ATTN_BWD_DQ)."""
     rows, dt = [], torch.bfloat16
-    settings = {"64-key tiles (default)": None, "32-key tiles": "32"}
     for b, h, l, d, causal in [(4, 16, 4096, 128, False), (4, 16, 4096, 128, True), (16, 16, 1024, 128, False),
-                               (4, 16, 4096, 96, False)]:
-        q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=dt) for _ in range(3))
-        fn = lambda: pyfastattn.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        rows += setting_rows(f"fwd B={b} H={h} L={l} D={d}{' causal' if causal else ''}", fn,
-                             "PYFASTATTN_ATTN_FWD_KEY_TILE", settings, "TFLOP/s",
-                             4.0 * b * h * l * l * d / (2 if causal else 1) / 1e12)
+                               (4, 16, 4096, 96, False), (4, 32, 4096, 64, False)]:
+        q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
+        do = torch.randn(b, h, l, d, device="cuda", dtype=dt)
+        flops = 4.0 * b * h * l * l * d / (2 if causal else 1)
+        name = f"B={b} H={h} L={l} D={d}{' causal' if causal else ''}"
+        fwd = lambda: pyfastattn.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(), is_causal=causal)
+        fwd_bwd = lambda: torch.autograd.grad(pyfastattn.scaled_dot_product_attention(q, k, v, is_causal=causal),
+                                              (q, k, v), do)
+        if d > 64:
+            rows += setting_rows(f"fwd {name}", fwd, env_setter("PYFASTATTN_ATTN_FWD_KEY_TILE"),
+                                 {"64-key tiles (default)": None, "32-key tiles": "32"}, "TFLOP/s", flops / 1e12)
+        rows += setting_rows(f"fwd+bwd {name}", fwd_bwd, env_setter("PYFASTATTN_ATTN_BWD_DQ"),
+                             {"one pass (atomic dQ)": "atomic", "two pass": "pass"}, "TFLOP/s", 3.5 * flops / 1e12)
     return rows
 
 

@@ -9,6 +9,7 @@ memory); the mask gradient is computed at (B, Hq, Lq, Lk) and summed over the br
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -59,6 +60,23 @@ def _sizes(q, k, cu_q, max_q, max_k):
     if cu_q is not None:
         return cu_q.shape[0] - 1, q.shape[1], k.shape[1], max_q, max_k, q.shape[2]
     return q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3]
+
+
+def _one_pass_backward(head_dim):
+    """Whether the CUDA backward (float16/bfloat16, no mask) runs one pass over key blocks that
+    also adds dQ into a float32 workspace with atomics, as FlashAttention does (dQ is then not
+    bitwise reproducible), instead of a second deterministic pass over query blocks.
+    torch.use_deterministic_algorithms(True) always keeps the two passes. Default: head dims up
+    to 64, whose key blocks of 128 keep the atomic traffic (one dQ tile per key block) at
+    FlashAttention-2's; at 96 and 128 (key blocks of 64) it is twice that, and which path is
+    faster is not measured yet. PYFASTATTN_ATTN_BWD_DQ=atomic (head dims up to 128) or =pass
+    forces either."""
+    if torch.are_deterministic_algorithms_enabled():
+        return False
+    mode = os.environ.get("PYFASTATTN_ATTN_BWD_DQ")
+    if mode == "atomic":
+        return head_dim <= 128
+    return mode != "pass" and head_dim <= 64
 
 
 def _lse_shape(q, cu_q):
@@ -139,9 +157,11 @@ def _attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
         dmask = alloc((batch, hq, lq, lk), dtype=dmask_dtype, device=q.device)
     else:
         dmask = q.new_empty(0)
-    delta = None
+    delta = dq_accum = None
     if cuda:
         delta = torch.empty(_lse_shape(q, cu_seqlens_q), dtype=torch.float32, device=q.device)
+        if half and mask is None and _one_pass_backward(d):
+            dq_accum = torch.zeros(_lse_shape(q, cu_seqlens_q) + (d,), dtype=torch.float32, device=q.device)
     f64 = q.dtype == torch.float64
     mstrides = _mask_strides(mask, batch, hq, lq, lk)
     with B.cuda_device_guard(q):
@@ -151,7 +171,7 @@ def _attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
                        0 if f64 else B.ptr(lse), B.ptr(lse) if f64 else 0, _mask_kind(mask),
                        B.ptr(mask), mstrides, float(scale), bool(is_causal), B.ptr(dout),
                        _strides(dout, varlen), B.ptr(dq), _strides(dq, varlen), B.ptr(dk),
-                       _strides(dk, varlen), B.ptr(dv), _strides(dv, varlen), hkv, B.ptr(delta), 0,
+                       _strides(dk, varlen), B.ptr(dv), _strides(dv, varlen), hkv, B.ptr(delta), B.ptr(dq_accum),
                        B.ptr(dmask) if need_dmask else 0,
                        list(dmask.stride()[:3]) if need_dmask else [], dmask_dtype != q.dtype,
                        B.stream_of(q))

@@ -472,6 +472,48 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
   mma::store_tile<T, BQ, D, kThreads>(og, p.out.stride_l, qs, se.lq - q0, p.head_dim, aligned);
 }
 
+// The fused key pass's dQ contribution of one (key block, query tile) pair: dQ[q0 + i][c] +=
+// sum over the block's keys of dS[i][key] K[key][c], from dS^T ([BKEY][LDS], every warp's rows
+// written) and the block's K tile. The 4 warps split the BQ x D product into BQ / 16 row
+// m-tiles x the rest of 4 column parts; each adds its fragment to bp.dq_accum (float32, one
+// row of head_dim per query, laid out as the lse) with atomics, skipping rows past the
+// sequence and padded columns. Barriers on both sides: every warp's dS^T rows are in before
+// the product, and the product has read them before the next tile overwrites them.
+template <class T, int D, int BQ, int BKEY, int LD, int LDS>
+__device__ __forceinline__ void add_tile_dq(const BackwardParams& bp, int b, int hq, const Seq& s, int q0, const T* dss,
+                                            const T* kst) {
+  constexpr int kRowParts = BQ / 16, kCols = D / (4 / kRowParts);
+  const ForwardParams& p = bp.fwd;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int r0 = 16 * (warp % kRowParts), c0 = (warp / kRowParts) * kCols;
+  __syncthreads();
+  float dq[1][kCols / 8][4] = {};
+  mma::warp_mma_tt<T, 1, kCols, BKEY, LDS, LD>(dq, dss + r0, kst + c0);
+  __syncthreads();
+  // dq_accum rows are consecutive along the sequence (stat_index); a head dim of D needs no
+  // column test (a separate loop: ptxas wraps every conditional atomic in a branch)
+  float* tile_rows = bp.dq_accum + stat_index(p, s, b, hq, q0) * p.head_dim;
+  auto add_rows = [&](auto column_ok) {
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const int r = r0 + g + 8 * hr;
+      if (q0 + r >= s.lq) continue;
+      float* row = tile_rows + int64_t(r) * p.head_dim;
+#pragma unroll
+      for (int j = 0; j < kCols / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int c = c0 + 8 * j + 2 * t + e;
+          if (column_ok(c)) atomicAdd(row + c, dq[0][j][2 * hr + e]);
+        }
+    }
+  };
+  if (p.head_dim == D)
+    add_rows([](int) { return true; });
+  else
+    add_rows([&](int c) { return c < p.head_dim; });
+}
+
 // Backward key-block pass: grid (key blocks of 64 MT, dkv_heads, B); rows = keys, each warp
 // owns MT m-tiles (16 MT keys), which reuse every Q/dO fragment MT times. For each
 // query head of the group and each query tile of BQ (double-buffered with its lse, delta):
@@ -479,9 +521,17 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
 //   dP^T = V dO^T;  dS^T = P^T (dP^T - delta);  dK += dS^T Q;   dK *= scale at the end.
 // DK / DV select the accumulators (head dim 256 runs the pass twice, one each, to fit
 // registers).
-template <class T, int D, int MT, int BQ, bool DK, bool DV, bool MASKED>
+// FUSED_DQ (unmasked, D <= 128): the pass also adds each tile's dQ = dS K to the float32
+// workspace bp.dq_accum with atomics, and the query pass is not run (bwd_dq_convert scales and
+// rounds it): five matmuls per tile pair instead of seven, at the price of bitwise
+// reproducibility of dQ (the order of the atomic adds varies). dS^T goes through shared
+// memory; the 4 warps then split the BQ x D product (add_tile_dq).
+template <class T, int D, int MT, int BQ, bool DK, bool DV, bool MASKED, bool FUSED_DQ = false>
 __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams bp, bool aligned, bool mask_vec) {
   constexpr int WK = 16 * MT, BKEY = 4 * WK, LD = mma::padded_ld<D>(), kMaskBytes = mask_tile_bytes<BQ, BKEY>();
+  constexpr int LDS = mma::padded_ld<BQ>();
+  static_assert(!FUSED_DQ || (!MASKED && DK && DV && (BQ == 32 || BQ == 64) && D % 32 == 0 && D <= 128),
+                "fused dQ: unmasked, dK and dV in one pass");
   const ForwardParams& p = bp.fwd;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* kst = reinterpret_cast<T*>(smem_raw);
@@ -491,6 +541,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
   float* lse_s = reinterpret_cast<float*>(dos + 2 * BQ * LD);  // [2][BQ]
   float* dl_s = lse_s + 2 * BQ;                                // [2][BQ]
   unsigned char* ms = reinterpret_cast<unsigned char*>(dl_s + 2 * BQ);  // [2][kMaskBytes] if MASKED
+  T* dss = reinterpret_cast<T*>(ms);                                   // [BKEY][LDS] dS^T if FUSED_DQ
 
   const int b = blockIdx.z, hout = blockIdx.y, k0 = blockIdx.x * BKEY;
   const Seq s = sequence_of(p, b);
@@ -559,42 +610,55 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
     cp_async_wait<1>();
     __syncthreads();
     const int q0 = tile.q0, buf = it & 1;
-    if (p.causal && q0 + BQ - 1 < wkey) continue;  // every query precedes this warp's keys
-    const T* qt = qs + buf * BQ * LD;
-    const T* dot = dos + buf * BQ * LD;
-    const float* lt = lse_s + buf * BQ;
-    const float* dlt = dl_s + buf * BQ;
+    // A warp whose keys all follow the tile's queries (causal) adds nothing: its dS^T rows are 0.
+    const bool warp_skips = p.causal && q0 + BQ - 1 < wkey;
+    if (!warp_skips) {
+      const T* qt = qs + buf * BQ * LD;
+      const T* dot = dos + buf * BQ * LD;
+      const float* lt = lse_s + buf * BQ;
+      const float* dlt = dl_s + buf * BQ;
 
-    float sc[MT][BQ / 8][4] = {};
-    mma::warp_mma_abt<T, MT, BQ, D, LD>(sc, kst + warp * WK * LD, qt);
-    // A bounded tile crosses the end of the queries or keys, or this warp's causal diagonal.
-    const bool bounded = q0 + BQ > s.lq || wkey + WK > s.lk || (p.causal && q0 < wkey + WK - 1);
-    if (MASKED || bounded) {
-      // key j is seen by queries [j or 0, lq) (causal: i >= j); by none past lk
-      int lo[2 * MT], hi[2 * MT];
+      float sc[MT][BQ / 8][4] = {};
+      mma::warp_mma_abt<T, MT, BQ, D, LD>(sc, kst + warp * WK * LD, qt);
+      // A bounded tile crosses the end of the queries or keys, or this warp's causal diagonal.
+      const bool bounded = q0 + BQ > s.lq || wkey + WK > s.lk || (p.causal && q0 < wkey + WK - 1);
+      if (MASKED || bounded) {
+        // key j is seen by queries [j or 0, lq) (causal: i >= j); by none past lk
+        int lo[2 * MT], hi[2 * MT];
 #pragma unroll
-      for (int r = 0; r < 2 * MT; ++r) {
-        const int j = key + 8 * r;
-        lo[r] = p.causal ? j : 0;
-        hi[r] = j < s.lk ? s.lq : 0;
+        for (int r = 0; r < 2 * MT; ++r) {
+          const int j = key + 8 * r;
+          lo[r] = p.causal ? j : 0;
+          hi[r] = j < s.lk ? s.lq : 0;
+        }
+        bound_scores<T, MASKED, true, BKEY>(sc, scale_log2, lo, hi, q0, p.mask_kind, ms + buf * kMaskBytes, warp * WK);
       }
-      bound_scores<T, MASKED, true, BKEY>(sc, scale_log2, lo, hi, q0, p.mask_kind, ms + buf * kMaskBytes, warp * WK);
+      backward_probabilities(sc, !MASKED && !bounded, scale_log2,
+                             [&](int, int j, int e) { return lse_log2(lt[8 * j + 2 * t + (e & 1)]); });
+      if (DV) mma::warp_mma_rb<T, MT, D, BQ, LD>(dv, sc, dot);
+      if (DK) {
+        float dp[MT][BQ / 8][4] = {};
+        mma::warp_mma_abt<T, MT, BQ, D, LD>(dp, vst + warp * WK * LD, dot);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int j = 0; j < BQ / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              dp[mt][j][e] = softmax_grad(sc[mt][j][e], dp[mt][j][e], dlt[8 * j + 2 * t + (e & 1)]);
+        mma::warp_mma_rb<T, MT, D, BQ, LD>(dk, dp, qt);
+        if constexpr (FUSED_DQ) {
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+            mma::fragment_to_smem<T, BQ, LDS>(dss + (warp * WK + 16 * mt) * LDS, dp[mt], 1.f, 1.f);
+        }
+      }
+    } else if constexpr (FUSED_DQ) {
+      const float zeros[BQ / 8][4] = {};
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) mma::fragment_to_smem<T, BQ, LDS>(dss + (warp * WK + 16 * mt) * LDS, zeros, 1.f, 1.f);
     }
-    backward_probabilities(sc, !MASKED && !bounded, scale_log2,
-                           [&](int, int j, int e) { return lse_log2(lt[8 * j + 2 * t + (e & 1)]); });
-    if (DV) mma::warp_mma_rb<T, MT, D, BQ, LD>(dv, sc, dot);
-    if (DK) {
-      float dp[MT][BQ / 8][4] = {};
-      mma::warp_mma_abt<T, MT, BQ, D, LD>(dp, vst + warp * WK * LD, dot);
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int j = 0; j < BQ / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            dp[mt][j][e] = softmax_grad(sc[mt][j][e], dp[mt][j][e], dlt[8 * j + 2 * t + (e & 1)]);
-      mma::warp_mma_rb<T, MT, D, BQ, LD>(dk, dp, qt);
-    }
+    if constexpr (FUSED_DQ) add_tile_dq<T, D, BQ, BKEY, LD, LDS>(bp, b, tile.hq, s, q0, dss, kst);  // every warp: barriers
   }
   cp_async_wait<0>();
 
@@ -723,21 +787,41 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
                                       bp.dq.stride_l, qs, s.lq - q0, p.head_dim, aligned);
 }
 
-// delta = rowsum(dO * O), one warp per row: grid (q blocks of 4, Hq, B).
-template <class T>
-__global__ void __launch_bounds__(kThreads) bwd_delta(const BackwardParams bp) {
-  const ForwardParams& p = bp.fwd;
+// Warp-per-row kernels, grid (q blocks of kThreads / 32, Hq, B): f(b, h, s, i, lane) for the
+// warp's row i of its sequence, if there is one.
+template <class F>
+__device__ __forceinline__ void with_warp_row(const ForwardParams& p, F&& f) {
   const int b = blockIdx.z, h = blockIdx.y, lane = threadIdx.x & 31;
   const int i = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5);
   const Seq s = sequence_of(p, b);
-  if (i >= s.lq) return;
-  const T* o = static_cast<const T*>(p.out.ptr) + token_offset(p.out, p, b, h, s.q_tok + i);
-  const T* d = static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, h, s.q_tok + i);
-  float acc = 0.f;
-  for (int c = lane; c < p.head_dim; c += 32) acc += to_f32(o[c]) * to_f32(d[c]);
+  if (i < s.lq) f(b, h, s, i, lane);
+}
+
+// delta = rowsum(dO * O), one warp per row.
+template <class T>
+__global__ void __launch_bounds__(kThreads) bwd_delta(const BackwardParams bp) {
+  const ForwardParams& p = bp.fwd;
+  with_warp_row(p, [&](int b, int h, const Seq& s, int i, int lane) {
+    const T* o = static_cast<const T*>(p.out.ptr) + token_offset(p.out, p, b, h, s.q_tok + i);
+    const T* d = static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, h, s.q_tok + i);
+    float acc = 0.f;
+    for (int c = lane; c < p.head_dim; c += 32) acc += to_f32(o[c]) * to_f32(d[c]);
 #pragma unroll
-  for (int m = 16; m > 0; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
-  if (lane == 0) bp.delta[stat_index(p, s, b, h, i)] = acc;
+    for (int m = 16; m > 0; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+    if (lane == 0) bp.delta[stat_index(p, s, b, h, i)] = acc;
+  });
+}
+
+// dq = dq_accum * scale, rounded to T (after the one-pass key pass), one warp per row.
+template <class T>
+__global__ void __launch_bounds__(kThreads) bwd_dq_convert(const BackwardParams bp) {
+  const ForwardParams& p = bp.fwd;
+  with_warp_row(p, [&](int b, int h, const Seq& s, int i, int lane) {
+    const float* acc = bp.dq_accum + stat_index(p, s, b, h, i) * p.head_dim;
+    T* dq = static_cast<T*>(bp.dq.ptr) + token_offset(bp.dq, p, b, h, s.q_tok + i);
+    const float scale = float(p.scale);
+    for (int c = lane; c < p.head_dim; c += 32) dq[c] = from_f32<T>(acc[c] * scale);
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1150,6 +1234,15 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
           const size_t kv_smem = size_t(2 * BKEY + 4 * BQ) * LD * sizeof(T) + 4 * BQ * sizeof(float) +
                                  (M ? 2 * mask_tile_bytes<BQ, BKEY>() : 0);
           const dim3 kv_grid = grid_for(p.len_k, BKEY, bp.dkv_heads, p.batch);
+          if constexpr (!M && D <= 128) {
+            if (bp.dq_accum) {  // one pass: dQ by atomics into dq_accum, then scaled and rounded
+              const size_t dss_smem = size_t(BKEY) * mma::padded_ld<BQ>() * sizeof(T);
+              launch(bwd_dkdv_mma<T, D, MTK, BQ, true, true, false, true>, kv_grid, kv_smem + dss_smem, stream, bp,
+                     aligned, mask_vec);
+              launch(bwd_dq_convert<T>, grid_for(p.len_q, kThreads / 32, p.heads_q, p.batch), 0, stream, bp);
+              return;
+            }
+          }
           if constexpr (D == 256) {  // dK and dV accumulators do not both fit in registers
             launch(bwd_dkdv_mma<T, D, MTK, BQ, false, true, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
             launch(bwd_dkdv_mma<T, D, MTK, BQ, true, false, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);

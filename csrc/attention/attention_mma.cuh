@@ -2,12 +2,13 @@
 // cp.async tile loads into padded shared memory, ldmatrix fragment loads and
 // mma.sync.m16n8k16 with float accumulators.
 //
-// Every matmul of forward and backward is one of two shapes, with a warp owning MT m-tiles
+// Every matmul of forward and backward is one of three shapes, with a warp owning MT m-tiles
 // of 16 consecutive rows:
 //   warp_mma_abt:  C(16 MT x N) += A(16 MT x K) * B^T, A and B both row-major tiles in smem
 //                  (B stored [n][k], e.g. K for S = Q K^T);
 //   warp_mma_rb:   C(16 MT x N) += A(16 MT x K) * B,   A accumulator fragments from a previous
-//                  warp_mma_abt (P or dS, rounded to T), B stored [k][n] in smem (e.g. V).
+//                  warp_mma_abt (P or dS, rounded to T), B stored [k][n] in smem (e.g. V);
+//   warp_mma_tt:   C(16 MT x N) += A(16 MT x K) * B,   A^T and B both stored k-major in smem.
 //
 // Accumulator fragment c[mt][j][e] (j = 8-column block) holds row 16 mt + g + 8 (e / 2), column
 // 8 * j + 2 * t + (e % 2), with g = lane / 4 and t = lane % 4 (the PTX m16n8 C layout).
@@ -72,23 +73,50 @@ struct Exp2Approx {
   }
 };
 
-// C(16 MT x N) += A(16 MT x K) B^T: A = the warp's MT m-tiles of 16 rows at `a` (row stride
-// LD), B = N rows at `b` stored [n][k]. x4 ldmatrix of A gives the four 8x8 quadrants of an
-// m-tile; of B, two n-blocks x two k-halves, each reused by the MT m-tiles.
-template <class T, int MT, int N, int K, int LD>
-__device__ __forceinline__ void warp_mma_abt(float (&c)[MT][N / 8][4], const T* a, const T* b) {
+// Both operands of a warp_mma_ss in shared memory, each stored one of two ways: m-major
+// ([m][k] for A, [n][k] for B: ldmatrix) or k-major ([k][m], [k][n]: ldmatrix.trans). This
+// lane's row address within a 16 x 16 block of the operand, for one x4 ldmatrix that yields
+// A's fragment (a0..a3: m 0-7 / 8-15 x k 0-7 / 8-15) or B's for two n-blocks (b0, b1 of n 0-7,
+// then of n 8-15). Lane L supplies a row of 8x8 matrix L / 8.
+template <class T, int LD, bool IS_A, bool K_MAJOR>
+__device__ __forceinline__ const T* operand_lane(const T* base) {
   const int lane = threadIdx.x & 31;
-  const T* a_lane = a + (lane & 15) * LD + (lane >> 4) * 8;
-  const T* b_lane = b + ((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8;
+  // matrix L / 8 holds rows (m or n) 8 ((L / 8) % 2) for A, 8 (L / 16) for B, and k the other
+  if constexpr (IS_A && !K_MAJOR) return base + (lane & 15) * LD + (lane >> 4) * 8;
+  if constexpr (IS_A && K_MAJOR) return base + ((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8;
+  if constexpr (!IS_A && !K_MAJOR) return base + ((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8;
+  return base + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
+}
+// The operand's 16 x 16 block of rows 16 blk and k-step ks, from the lane address.
+template <int LD, bool K_MAJOR>
+__device__ __forceinline__ int operand_block(int blk, int ks) {
+  return K_MAJOR ? ks * 16 * LD + blk * 16 : blk * 16 * LD + ks * 16;
+}
+template <bool K_MAJOR>
+__device__ __forceinline__ void ldmatrix_x4_as(uint32_t (&r)[4], const void* p) {
+  if constexpr (K_MAJOR)
+    ldmatrix_x4_trans(r, p);
+  else
+    ldmatrix_x4(r, p);
+}
+
+// C(16 MT x N) += A(16 MT x K) B with both operands in shared memory: A = the warp's MT m-tiles
+// at `a` (row stride LDA), B's N columns at `b` (row stride LDB), each m-major or k-major
+// (operand_lane). Per k-step the A fragments are loaded once and every B fragment serves the
+// MT m-tiles.
+template <class T, int MT, int N, int K, int LDA, int LDB, bool A_KMAJOR, bool B_KMAJOR>
+__device__ __forceinline__ void warp_mma_ss(float (&c)[MT][N / 8][4], const T* a, const T* b) {
+  const T* a_lane = operand_lane<T, LDA, true, A_KMAJOR>(a);
+  const T* b_lane = operand_lane<T, LDB, false, B_KMAJOR>(b);
 #pragma unroll
   for (int ks = 0; ks < K / 16; ++ks) {
     uint32_t af[MT][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(af[mt], a_lane + mt * 16 * LD + ks * 16);
+    for (int mt = 0; mt < MT; ++mt) ldmatrix_x4_as<A_KMAJOR>(af[mt], a_lane + operand_block<LDA, A_KMAJOR>(mt, ks));
 #pragma unroll
     for (int np = 0; np < N / 16; ++np) {
       uint32_t bf[4];
-      ldmatrix_x4(bf, b_lane + np * 16 * LD + ks * 16);
+      ldmatrix_x4_as<B_KMAJOR>(bf, b_lane + operand_block<LDB, B_KMAJOR>(np, ks));
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         mma_16816<T>(c[mt][2 * np], af[mt], bf[0], bf[1]);
@@ -98,13 +126,18 @@ __device__ __forceinline__ void warp_mma_abt(float (&c)[MT][N / 8][4], const T* 
   }
 }
 
+// C += A B^T, A and B both row-major tiles (m-major; B stored [n][k], e.g. K for S = Q K^T).
+template <class T, int MT, int N, int K, int LD>
+__device__ __forceinline__ void warp_mma_abt(float (&c)[MT][N / 8][4], const T* a, const T* b) {
+  warp_mma_ss<T, MT, N, K, LD, LD, false, false>(c, a, b);
+}
+
 // C(16 MT x N) += A(16 MT x K) B: A = the float fragments `s` (as left by warp_mma_abt),
 // rounded to T; B = K rows at `b` stored [k][n], read transposed by ldmatrix.trans.
 template <class T, int MT, int N, int K, int LD>
 __device__ __forceinline__ void warp_mma_rb(float (&c)[MT][N / 8][4], const float (&s)[MT][K / 8][4],
                                             const T* b) {
-  const int lane = threadIdx.x & 31;
-  const T* b_lane = b + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
+  const T* b_lane = operand_lane<T, LD, false, true>(b);
 #pragma unroll
   for (int ks = 0; ks < K / 16; ++ks) {
     uint32_t af[MT][4];
@@ -126,6 +159,13 @@ __device__ __forceinline__ void warp_mma_rb(float (&c)[MT][N / 8][4], const floa
       }
     }
   }
+}
+
+// C += A B with A^T and B both stored k-major ([k][m], [k][n]): the fused backward's dQ += dS K,
+// with dS^T as the key pass leaves it.
+template <class T, int MT, int N, int K, int LDA, int LDB>
+__device__ __forceinline__ void warp_mma_tt(float (&c)[MT][N / 8][4], const T* at, const T* b) {
+  warp_mma_ss<T, MT, N, K, LDA, LDB, true, true>(c, at, b);
 }
 
 // Copies `ROWS` rows (global row stride `ld_g` elements) into a padded smem tile, zero-filling

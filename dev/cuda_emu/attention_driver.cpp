@@ -128,6 +128,16 @@ static void run_case(const Case& c) {
   compare((nm + " dk").c_str(), dk_g, dk_c, slack);
   compare((nm + " dv").c_str(), dv_g, dv_c, slack);
   if (dmask) compare((nm + " dmask").c_str(), dm_g, dm_c, slack);
+  // one-pass backward (unmasked float16/bfloat16, head_dim <= 128): dQ by atomics into dq_accum
+  if (c.dt != DType::Float32 && c.mask == Mask::None && c.D <= 128) {
+    std::vector<float> dq_accum(size_t(stat) * c.D, 0.f);
+    for (Buf* b : {&dq_g, &dk_g, &dv_g}) b->fill_nan();
+    bg.dq_accum = dq_accum.data();
+    backward_cuda(bg, 0);
+    compare((nm + " dq (one pass)").c_str(), dq_g, dq_c, slack);
+    compare((nm + " dk (one pass)").c_str(), dk_g, dk_c, slack);
+    compare((nm + " dv (one pass)").c_str(), dv_g, dv_c, slack);
+  }
 }
 
 int main() {

@@ -2,6 +2,7 @@
 // with blockDim std::threads and a std::barrier for __syncthreads; mma.sync is emulated per
 // warp from the PTX fragment layout.
 #pragma once
+#include <atomic>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <vector_types.h>
@@ -90,6 +91,8 @@ inline uint32_t __float_as_uint(float x) {
   return u;
 }
 inline float __fmul_rn(float a, float b) { return a * b; }  // rounded, never fused into an FMA
+// Blocks run one after another, but a block's threads concurrently: an atomic read-modify-write.
+inline float atomicAdd(float* address, float v) { return std::atomic_ref<float>(*address).fetch_add(v); }
 
 // Shared-space address of a pointer into the (only) shared memory: the dynamic buffer.
 inline uint32_t emu_smem_offset(const void* p) {

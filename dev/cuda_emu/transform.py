@@ -72,7 +72,7 @@ elif family == "attention":
     # The block of inline-PTX helpers, from ldmatrix_x4 to Exp2Approx, becomes its emulation
     # (the cp.async helpers come from common/cp_async.cuh, emulated next to this script).
     start = mma.find("__device__ __forceinline__ void ldmatrix_x4(")
-    end = mma.find("// C(16 MT x N) += A(16 MT x K) B^T")
+    end = mma.find("// Both operands of a warp_mma_ss in shared memory")
     if start < 0 or end < start:
         sys.exit("transform.py: the attention PTX helpers (ldmatrix_x4 .. Exp2Approx) were not found")
     mma = mma[:start] + """inline void ldmatrix_x4(uint32_t (&r)[4], const void* p) { emu_ldmatrix(r, p, false); }

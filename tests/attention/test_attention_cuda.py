@@ -190,6 +190,43 @@ def test_cuda_backward_deterministic():
         assert torch.equal(a, b)
 
 
+@pytest.fixture
+def deterministic_mode():
+    prev, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)  # warn_only: torch's own cuBLAS calls in run_case
+    yield
+    torch.use_deterministic_algorithms(prev, warn_only=warn)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("d,is_causal", [(64, False), (128, True), (40, False)])
+def test_cuda_backward_two_pass(dtype, d, is_causal, deterministic_mode):
+    """Without a mask, the float16/bfloat16 backward at head dims <= 64 runs one pass that adds dQ
+    with float32 atomics (the other tests); torch.use_deterministic_algorithms(True) selects the
+    two-pass backward instead, which must match the reference too and repeat bitwise."""
+    run_case(2, 4, 2, 150, 170, d, dtype, is_causal=is_causal, seed=13)
+    g = torch.Generator().manual_seed(14)
+    q, k, v = (torch.randn(1, 4, 300, d, generator=g).cuda().to(dtype).requires_grad_() for _ in range(3))
+    out = sdpa(q, k, v, is_causal=is_causal)
+    dout = torch.randn_like(out)
+    first = torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+    second = torch.autograd.grad(out, (q, k, v), dout)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("d", [80, 96, 128])
+@pytest.mark.parametrize("mode", ["atomic", "pass"])
+def test_cuda_backward_dq_modes(dtype, d, mode, monkeypatch):
+    """Head dims 96 / 128 default to the two-pass backward; PYFASTATTN_ATTN_BWD_DQ=atomic runs
+    the one-pass backward there too (key blocks of 64), =pass the two passes: both must match,
+    causal, GQA and varlen-free partial tiles included."""
+    monkeypatch.setenv("PYFASTATTN_ATTN_BWD_DQ", mode)
+    run_case(2, 4, 2, 150, 170, d, dtype, seed=15)
+    run_case(1, 2, 1, 257, 200, d, dtype, is_causal=True, seed=16)
+
+
 def test_cuda_compile_and_opcheck():
     # distinct q, k, v: with one tensor in all three slots, eager and AOT autograd add the
     # three float16 gradients in different orders and differ by an ulp (seen on an H100)
