@@ -150,6 +150,8 @@ int main() {
       {"D=128 (B,L,H,D) view", BF16, 2, 2, 2, 40, 72, 128, false, Mask::None, true},
       {"D=80 (pads to 96)", BF16, 1, 2, 1, 33, 65, 80},
       {"D=96 whole tiles, rising logits", F16, 1, 2, 1, 70, 192, 96, false, Mask::None, false, 0.2f},
+      {"D=40 (pads to 64), causal", F16, 1, 2, 1, 37, 51, 40, true},
+      {"D=3, rows not 16-byte aligned", BF16, 1, 2, 2, 20, 33, 3},
       {"D=32 bool mask, dead row", F16, 1, 2, 2, 66, 90, 32, false, Mask::Bool},
       {"D=64 float bias with grad", BF16, 1, 2, 2, 70, 80, 64, false, Mask::FloatGrad},
       {"D=128 float bias with grad, causal", F16, 1, 1, 1, 45, 70, 128, true, Mask::FloatGrad},
