@@ -472,6 +472,17 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
   mma::store_tile<T, BQ, D, kThreads>(og, p.out.stride_l, qs, se.lq - q0, p.head_dim, aligned);
 }
 
+// Adds (a, b) to p[0], p[1] (p 8-byte aligned): one vector reduction on sm_90 and later, two
+// scalar ones before.
+__device__ __forceinline__ void atomic_add_pair(float* p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(a, b));
+#else
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
+#endif
+}
+
 // The fused key pass's dQ contribution of one (key block, query tile) pair: dQ[q0 + i][c] +=
 // sum over the block's keys of dS[i][key] K[key][c], from dS^T ([BKEY][LDS], every warp's rows
 // written) and the block's K tile. The 4 warps split the BQ x D product into BQ / 16 row
@@ -491,27 +502,29 @@ __device__ __forceinline__ void add_tile_dq(const BackwardParams& bp, int b, int
   mma::warp_mma_tt<T, 1, kCols, BKEY, LDS, LD>(dq, dss + r0, kst + c0);
   __syncthreads();
   // dq_accum rows are consecutive along the sequence (stat_index); a head dim of D needs no
-  // column test (a separate loop: ptxas wraps every conditional atomic in a branch)
+  // column test (a separate loop: ptxas wraps every conditional atomic in a branch) and adds
+  // each fragment pair at once
   float* tile_rows = bp.dq_accum + stat_index(p, s, b, hq, q0) * p.head_dim;
-  auto add_rows = [&](auto column_ok) {
+  const bool whole_cols = p.head_dim == D;  // also: every row and pair 8-byte aligned
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int r = r0 + g + 8 * hr;
-      if (q0 + r >= s.lq) continue;
-      float* row = tile_rows + int64_t(r) * p.head_dim;
+  for (int hr = 0; hr < 2; ++hr) {
+    const int r = r0 + g + 8 * hr;
+    if (q0 + r >= s.lq) continue;
+    float* row = tile_rows + int64_t(r) * p.head_dim;
+    if (whole_cols) {
+#pragma unroll
+      for (int j = 0; j < kCols / 8; ++j)
+        atomic_add_pair(row + c0 + 8 * j + 2 * t, dq[0][j][2 * hr], dq[0][j][2 * hr + 1]);
+    } else {
 #pragma unroll
       for (int j = 0; j < kCols / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int c = c0 + 8 * j + 2 * t + e;
-          if (column_ok(c)) atomicAdd(row + c, dq[0][j][2 * hr + e]);
+          if (c < p.head_dim) atomicAdd(row + c, dq[0][j][2 * hr + e]);
         }
     }
-  };
-  if (p.head_dim == D)
-    add_rows([](int) { return true; });
-  else
-    add_rows([&](int c) { return c < p.head_dim; });
+  }
 }
 
 // Backward key-block pass: grid (key blocks of 64 MT, dkv_heads, B); rows = keys, each warp
