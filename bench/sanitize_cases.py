@@ -2,6 +2,7 @@
 bench/gpu_check.sh: `python bench/sanitize_cases.py all` or a list of families."""
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -40,6 +41,11 @@ def attention_cases(dev):
             out = f(q, k, v, attn_mask=bias, enable_gqa=True)
             out2 = f(q, k, v, is_causal=True, enable_gqa=True)
             (out.float().sum() + out2.float().sum()).backward()
+        if dt != torch.float32:  # the one-pass backward at head dim 128 (by default only up to 64)
+            os.environ["PYFASTATTN_ATTN_BWD_DQ"] = "atomic"
+            q, k, v = (torch.randn(2, 2, 130, 128, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+            f(q, k, v, is_causal=True).float().sum().backward()
+            del os.environ["PYFASTATTN_ATTN_BWD_DQ"]
         lens = torch.tensor([0, 0, 1, 38, 38, 131], device=dev, dtype=torch.int32)  # lengths 0, 1, 37, 0, 93
         tq = torch.randn(131, 4, 64, device=dev, dtype=dt, requires_grad=True)
         tk = torch.randn(131, 2, 64, device=dev, dtype=dt, requires_grad=True)
