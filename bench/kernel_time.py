@@ -80,7 +80,7 @@ def norm_rows():
 
 def env_setter(name):
     """A setting_rows `configure`: sets the environment variable `name` (None: unsets it), which
-    the CUDA launch code reads at every call."""
+    the library reads at every call (the CUDA launch code, or Python for PYFASTATTN_ATTN_BWD_DQ)."""
     def configure(value):
         if value is None:
             os.environ.pop(name, None)

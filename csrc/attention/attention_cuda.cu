@@ -615,6 +615,11 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
   const int wkey = k0 + warp * WK, key = wkey + (lane >> 2);  // keys key + 8 r, r < 2 MT
   const float scale_log2 = p.scale * kLog2eF;
   float dk[MT][D / 8][4] = {}, dv[MT][D / 8][4] = {};
+  // FUSED_DQ: this warp's rows of dS^T (its keys x the tile's queries) into dss, rounded to T
+  auto stage_ds = [&](const float (&ds)[MT][BQ / 8][4]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) mma::fragment_to_smem<T, BQ, LDS>(dss + (warp * WK + 16 * mt) * LDS, ds[mt], 1.f, 1.f);
+  };
 
   for (int it = 0; it < total; ++it, tile = next_tile(tile)) {
     __syncthreads();
@@ -660,16 +665,11 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
             for (int e = 0; e < 4; ++e)
               dp[mt][j][e] = softmax_grad(sc[mt][j][e], dp[mt][j][e], dlt[8 * j + 2 * t + (e & 1)]);
         mma::warp_mma_rb<T, MT, D, BQ, LD>(dk, dp, qt);
-        if constexpr (FUSED_DQ) {
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
-            mma::fragment_to_smem<T, BQ, LDS>(dss + (warp * WK + 16 * mt) * LDS, dp[mt], 1.f, 1.f);
-        }
+        if constexpr (FUSED_DQ) stage_ds(dp);
       }
     } else if constexpr (FUSED_DQ) {
-      const float zeros[BQ / 8][4] = {};
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) mma::fragment_to_smem<T, BQ, LDS>(dss + (warp * WK + 16 * mt) * LDS, zeros, 1.f, 1.f);
+      const float zeros[MT][BQ / 8][4] = {};
+      stage_ds(zeros);
     }
     if constexpr (FUSED_DQ) add_tile_dq<T, D, BQ, BKEY, LD, LDS>(bp, b, tile.hq, s, q0, dss, kst);  // every warp: barriers
   }
