@@ -11,7 +11,8 @@ a model sees, host overhead included. Ratios are torch / ours (> 1: ours is fast
 conv also lists the kernels that take the time in our forward+backward, per case; norm-staged
 times our layer norm forward+backward with the staged backward at its default widths, at every
 width from 1024, and nowhere; attention-tiles times our forward at D = 96 / 128 with 64- and
-32-key tiles, and forward+backward with the one-pass (atomic dQ) and the two-pass backward.
+32-key tiles, and forward+backward (also with a bias that needs its gradient) with the
+one-pass (atomic dQ) and the two-pass backward.
 """
 from __future__ import annotations
 
@@ -123,18 +124,23 @@ def norm_staged_rows():
 def attention_tile_rows():
     """Our bf16 attention two ways each: the unmasked forward at D = 96 / 128 with 64-key tiles
     (the default) and 32-key tiles (PYFASTATTN_ATTN_FWD_KEY_TILE=32); forward+backward with the
-    one-pass backward (dQ by atomics) and the two-pass one (PYFASTATTN_ATTN_BWD_DQ)."""
+    one-pass backward (dQ by atomics; with a bias, dMask from the same pass) and the two-pass
+    one (PYFASTATTN_ATTN_BWD_DQ)."""
     rows, dt = [], torch.bfloat16
-    for b, h, l, d, causal in [(4, 16, 4096, 128, False), (4, 16, 4096, 128, True), (16, 16, 1024, 128, False),
-                               (4, 16, 4096, 96, False), (4, 32, 4096, 64, False)]:
+    for b, h, l, d, causal, bias in [(4, 16, 4096, 128, False, False), (4, 16, 4096, 128, True, False),
+                                     (16, 16, 1024, 128, False, False), (4, 16, 4096, 96, False, False),
+                                     (4, 32, 4096, 64, False, False), (8, 16, 2048, 128, False, True),
+                                     (8, 32, 2048, 64, False, True)]:
         q, k, v = (torch.randn(b, h, l, d, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
+        m = torch.randn(b, h, l, l, device="cuda", dtype=dt, requires_grad=True) if bias else None
         do = torch.randn(b, h, l, d, device="cuda", dtype=dt)
+        ins = [q, k, v] + ([m] if bias else [])
         flops = 4.0 * b * h * l * l * d / (2 if causal else 1)
-        name = f"B={b} H={h} L={l} D={d}{' causal' if causal else ''}"
+        name = f"B={b} H={h} L={l} D={d}{' causal' if causal else ''}{' bias+grad' if bias else ''}"
         fwd = lambda: pyfastattn.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(), is_causal=causal)
-        fwd_bwd = lambda: torch.autograd.grad(pyfastattn.scaled_dot_product_attention(q, k, v, is_causal=causal),
-                                              (q, k, v), do)
-        if d > 64:
+        fwd_bwd = lambda: torch.autograd.grad(
+            pyfastattn.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal), ins, do)
+        if d > 64 and not bias:
             rows += setting_rows(f"fwd {name}", fwd, env_setter("PYFASTATTN_ATTN_FWD_KEY_TILE"),
                                  {"64-key tiles (default)": None, "32-key tiles": "32"}, "TFLOP/s", flops / 1e12)
         rows += setting_rows(f"fwd+bwd {name}", fwd_bwd, env_setter("PYFASTATTN_ATTN_BWD_DQ"),

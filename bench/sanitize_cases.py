@@ -44,7 +44,9 @@ def attention_cases(dev):
         if dt != torch.float32:  # the one-pass backward at head dim 128 (by default only up to 64)
             os.environ["PYFASTATTN_ATTN_BWD_DQ"] = "atomic"
             q, k, v = (torch.randn(2, 2, 130, 128, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
-            f(q, k, v, is_causal=True).float().sum().backward()
+            bias = torch.randn(2, 2, 130, 130, device=dev, dtype=dt, requires_grad=True)
+            (f(q, k, v, is_causal=True).float().sum() +
+             f(q, k, v, attn_mask=bias, is_causal=True).float().sum()).backward()  # dMask from the key pass
             del os.environ["PYFASTATTN_ATTN_BWD_DQ"]
         lens = torch.tensor([0, 0, 1, 38, 38, 131], device=dev, dtype=torch.int32)  # lengths 0, 1, 37, 0, 93
         tq = torch.randn(131, 4, 64, device=dev, dtype=dt, requires_grad=True)

@@ -63,9 +63,10 @@ def _sizes(q, k, cu_q, max_q, max_k):
 
 
 def _one_pass_backward(head_dim):
-    """Whether the CUDA backward (float16/bfloat16, no mask) runs one pass over key blocks that
-    also adds dQ into a float32 workspace with atomics, as FlashAttention does (dQ is then not
-    bitwise reproducible), instead of a second deterministic pass over query blocks.
+    """Whether the CUDA backward (float16/bfloat16) runs one pass over key blocks that also adds
+    dQ into a float32 workspace with atomics, as FlashAttention does (dQ is then not bitwise
+    reproducible), instead of a second deterministic pass over query blocks. With a mask, the
+    one pass reads it once instead of twice and writes dMask itself.
     torch.use_deterministic_algorithms(True) always keeps the two passes. Default: head dims up
     to 64, whose key blocks of 128 keep the atomic traffic (one dQ tile per key block) at
     FlashAttention-2's; at 96 and 128 (key blocks of 64) it is twice that, and which path is
@@ -160,7 +161,8 @@ def _attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     delta = dq_accum = None
     if cuda:
         delta = torch.empty(_lse_shape(q, cu_seqlens_q), dtype=torch.float32, device=q.device)
-        if half and mask is None and _one_pass_backward(d):
+        # the one pass writes dMask in the input dtype: a broadcast mask's float32 dS takes two
+        if half and _one_pass_backward(d) and not (need_dmask and reduce_dims):
             dq_accum = torch.zeros(_lse_shape(q, cu_seqlens_q) + (d,), dtype=torch.float32, device=q.device)
     f64 = q.dtype == torch.float64
     mstrides = _mask_strides(mask, batch, hq, lq, lk)

@@ -52,11 +52,12 @@ struct BackwardParams {
                                      // a fixed order; CPU, and CUDA too) or heads_q (CUDA: one query
                                      // head per dk/dv head, the caller sums the group)
   float* delta = nullptr;            // workspace float32, laid out as lse: rowsum(dO * O)
-  float* dq_accum = nullptr;         // CUDA, float16/bfloat16 without a mask, head_dim <= 128: a
+  float* dq_accum = nullptr;         // CUDA, float16/bfloat16, head_dim <= 128: a
                                      // zeroed float32 workspace of lse rows x head_dim; when given,
                                      // the key pass adds dQ there with atomics (one pass, dQ not
                                      // bitwise reproducible; Python decides when). Null: a separate
                                      // deterministic dQ pass over query blocks. The CPU ignores it.
+                                     // Not with a float32 dmask (dmask_f32).
   void* dmask = nullptr;             // gradient of a float mask that requires grad (mask dtype), or null:
   int64_t dmask_stride_b = 0, dmask_stride_h = 0, dmask_stride_q = 0;  // (B, Hq, Lq, Lk), last contiguous;
                                      // CUDA writes every element (masked pairs get 0): no zero-fill needed

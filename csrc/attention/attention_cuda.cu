@@ -490,9 +490,10 @@ __device__ __forceinline__ void atomic_add_pair(float* p, float a, float b) {
 // row of head_dim per query, laid out as the lse) with atomics, skipping rows past the
 // sequence and padded columns. Barriers on both sides: every warp's dS^T rows are in before
 // the product, and the product has read them before the next tile overwrites them.
-template <class T, int D, int BQ, int BKEY, int LD, int LDS>
+// `with_dss()` runs between the barriers, while dS^T is complete (the dMask copy).
+template <class T, int D, int BQ, int BKEY, int LD, int LDS, class F>
 __device__ __forceinline__ void add_tile_dq(const BackwardParams& bp, int b, int hq, const Seq& s, int q0, const T* dss,
-                                            const T* kst) {
+                                            const T* kst, F&& with_dss) {
   constexpr int kRowParts = BQ / 16, kCols = D / (4 / kRowParts);
   const ForwardParams& p = bp.fwd;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -500,6 +501,7 @@ __device__ __forceinline__ void add_tile_dq(const BackwardParams& bp, int b, int
   __syncthreads();
   float dq[1][kCols / 8][4] = {};
   mma::warp_mma_tt<T, 1, kCols, BKEY, LDS, LD>(dq, dss + r0, kst + c0);
+  with_dss();
   __syncthreads();
   // dq_accum rows are consecutive along the sequence (stat_index); a head dim of D needs no
   // column test (a separate loop: ptxas wraps every conditional atomic in a branch) and adds
@@ -527,6 +529,34 @@ __device__ __forceinline__ void add_tile_dq(const BackwardParams& bp, int b, int
   }
 }
 
+// dMask[q0 + i][k0 + j] = dS^T[j][i] for the (query tile, key block) pair staged in dss
+// ([BKEY][LDS], rounded to T): the dMask tile is written along its keys. Each warp takes
+// units of 8 queries x 32 keys; one ldmatrix.x4.trans gives lane (g, t) query g's keys
+// 8 t .. 8 t + 7 (matrix m, row 2 t + e = key 8 t + 2 m + e), one 16-byte store when `vec`
+// (dMask rows 16-byte aligned) and the 8 keys are inside the sequence, else element stores.
+template <class T, int BQ, int BKEY, int LDS>
+__device__ __forceinline__ void store_dmask_tile(const BackwardParams& bp, int b, int h, const Seq& s, int q0, int k0,
+                                                 const T* dss, bool vec) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int m = lane >> 3, r = lane & 7;
+  for (int u = warp; u < (BQ / 8) * (BKEY / 32); u += kThreads / 32) {
+    const int qb = 8 * (u % (BQ / 8)), kb = 32 * (u / (BQ / 8));
+    uint32_t keys8[4];
+    mma::ldmatrix_x4_trans(keys8, dss + (kb + 8 * (r >> 1) + 2 * m + (r & 1)) * LDS + qb);
+    const int i = q0 + qb + g, j = k0 + kb + 8 * t;
+    if (i >= s.lq || j >= s.lk) continue;
+    T* out = static_cast<T*>(bp.dmask) + int64_t(b) * bp.dmask_stride_b + int64_t(h) * bp.dmask_stride_h +
+             int64_t(i) * bp.dmask_stride_q + j;
+    if (vec && j + 8 <= s.lk) {
+      *reinterpret_cast<uint4*>(out) = make_uint4(keys8[0], keys8[1], keys8[2], keys8[3]);
+    } else {
+#pragma unroll
+      for (int x = 0; x < 8; ++x)  // element x: the low or high half of word x / 2 (as its bits)
+        if (j + x < s.lk) reinterpret_cast<uint16_t*>(out)[x] = uint16_t(keys8[x / 2] >> (16 * (x % 2)));
+    }
+  }
+}
+
 // Backward key-block pass: grid (key blocks of 64 MT, dkv_heads, B); rows = keys, each warp
 // owns MT m-tiles (16 MT keys), which reuse every Q/dO fragment MT times. For each
 // query head of the group and each query tile of BQ (double-buffered with its lse, delta):
@@ -534,17 +564,19 @@ __device__ __forceinline__ void add_tile_dq(const BackwardParams& bp, int b, int
 //   dP^T = V dO^T;  dS^T = P^T (dP^T - delta);  dK += dS^T Q;   dK *= scale at the end.
 // DK / DV select the accumulators (head dim 256 runs the pass twice, one each, to fit
 // registers).
-// FUSED_DQ (unmasked, D <= 128): the pass also adds each tile's dQ = dS K to the float32
-// workspace bp.dq_accum with atomics, and the query pass is not run (bwd_dq_convert scales and
-// rounds it): five matmuls per tile pair instead of seven, at the price of bitwise
-// reproducibility of dQ (the order of the atomic adds varies). dS^T goes through shared
-// memory; the 4 warps then split the BQ x D product (add_tile_dq).
+// FUSED_DQ (D <= 128): the pass also adds each tile's dQ = dS K to the float32 workspace
+// bp.dq_accum with atomics, and the query pass is not run (bwd_dq_convert scales and rounds
+// it): five matmuls per tile pair instead of seven, and a mask read once instead of twice, at
+// the price of bitwise reproducibility of dQ (the order of the atomic adds varies). dS^T goes
+// through shared memory; the 4 warps then split the BQ x D product (add_tile_dq). With a
+// requested dMask this pass writes it too: dS for every visited pair, zeros for the query
+// tiles that causal masking skips.
 template <class T, int D, int MT, int BQ, bool DK, bool DV, bool MASKED, bool FUSED_DQ = false>
 __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams bp, bool aligned, bool mask_vec) {
   constexpr int WK = 16 * MT, BKEY = 4 * WK, LD = mma::padded_ld<D>(), kMaskBytes = mask_tile_bytes<BQ, BKEY>();
   constexpr int LDS = mma::padded_ld<BQ>();
-  static_assert(!FUSED_DQ || (!MASKED && DK && DV && (BQ == 32 || BQ == 64) && D % 32 == 0 && D <= 128),
-                "fused dQ: unmasked, dK and dV in one pass");
+  static_assert(!FUSED_DQ || (DK && DV && (BQ == 32 || BQ == 64) && D % 32 == 0 && D <= 128),
+                "fused dQ: dK and dV in one pass");
   const ForwardParams& p = bp.fwd;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* kst = reinterpret_cast<T*>(smem_raw);
@@ -554,7 +586,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
   float* lse_s = reinterpret_cast<float*>(dos + 2 * BQ * LD);  // [2][BQ]
   float* dl_s = lse_s + 2 * BQ;                                // [2][BQ]
   unsigned char* ms = reinterpret_cast<unsigned char*>(dl_s + 2 * BQ);  // [2][kMaskBytes] if MASKED
-  T* dss = reinterpret_cast<T*>(ms);                                   // [BKEY][LDS] dS^T if FUSED_DQ
+  T* dss = reinterpret_cast<T*>(ms + (MASKED ? 2 * kMaskBytes : 0));  // [BKEY][LDS] dS^T if FUSED_DQ
 
   const int b = blockIdx.z, hout = blockIdx.y, k0 = blockIdx.x * BKEY;
   const Seq s = sequence_of(p, b);
@@ -567,6 +599,10 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
   const int tiles = max(0, (s.lq + BQ - 1) / BQ - qb0);
   const int total = nh * tiles;
   const bool whole_rows = !MASKED && aligned && p.head_dim == D;
+  // FUSED_DQ writes dMask (in T: the launch keeps float32 dMask on the two-pass path)
+  const bool dmask_here = FUSED_DQ && MASKED && bp.dmask != nullptr;
+  const bool dmask_vec = ((bp.dmask_stride_b | bp.dmask_stride_h | bp.dmask_stride_q) % 8) == 0 &&
+                         reinterpret_cast<uintptr_t>(bp.dmask) % 16 == 0;
 
   mma::load_tile<T, BKEY, D, kThreads>(
       kst, static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok + k0), p.k.stride_l,
@@ -610,6 +646,15 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
   QueryTile tile{h_first, qb0 * BQ};
   if (total > 0) load_q(tile, 0);
   cp_async_commit();
+  if (dmask_here && qb0 > 0) {
+    // dMask = 0 for the query rows [0, qb0 BQ) that causal masking hides from these keys
+    const int rows = min(qb0 * BQ, s.lq);
+    for (int hq = h_first; hq < h_first + nh; ++hq)
+      for (int idx = threadIdx.x; idx < rows * BKEY; idx += kThreads) {
+        const int kj = k0 + idx % BKEY;
+        if (kj < s.lk) store_dmask<T>(bp, b, hq, idx / BKEY, kj, 0.f);
+      }
+  }
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
   const int wkey = k0 + warp * WK, key = wkey + (lane >> 2);  // keys key + 8 r, r < 2 MT
@@ -671,7 +716,10 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
       const float zeros[MT][BQ / 8][4] = {};
       stage_ds(zeros);
     }
-    if constexpr (FUSED_DQ) add_tile_dq<T, D, BQ, BKEY, LD, LDS>(bp, b, tile.hq, s, q0, dss, kst);  // every warp: barriers
+    if constexpr (FUSED_DQ)  // every warp: barriers
+      add_tile_dq<T, D, BQ, BKEY, LD, LDS>(bp, b, tile.hq, s, q0, dss, kst, [&] {
+        if (dmask_here) store_dmask_tile<T, BQ, BKEY, LDS>(bp, b, tile.hq, s, q0, k0, dss, dmask_vec);
+      });
   }
   cp_async_wait<0>();
 
@@ -1214,6 +1262,8 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
   check_params(p);
   check(bp.dkv_heads == p.heads_kv || bp.dkv_heads == p.heads_q,
         "attention (CUDA): dkv_heads must be heads_kv or heads_q");
+  check(!(bp.dq_accum && bp.dmask && bp.dmask_f32),
+        "attention (CUDA): the one-pass backward (dq_accum) writes dmask in the input dtype, not float32");
   if (p.batch == 0 || p.heads_q == 0) return;
   const cudaStream_t stream = as_stream(stream_handle);
   const bool varlen = p.cu_seqlens_q != nullptr;
@@ -1247,10 +1297,10 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
           const size_t kv_smem = size_t(2 * BKEY + 4 * BQ) * LD * sizeof(T) + 4 * BQ * sizeof(float) +
                                  (M ? 2 * mask_tile_bytes<BQ, BKEY>() : 0);
           const dim3 kv_grid = grid_for(p.len_k, BKEY, bp.dkv_heads, p.batch);
-          if constexpr (!M && D <= 128) {
+          if constexpr (D <= 128) {
             if (bp.dq_accum) {  // one pass: dQ by atomics into dq_accum, then scaled and rounded
               const size_t dss_smem = size_t(BKEY) * mma::padded_ld<BQ>() * sizeof(T);
-              launch(bwd_dkdv_mma<T, D, MTK, BQ, true, true, false, true>, kv_grid, kv_smem + dss_smem, stream, bp,
+              launch(bwd_dkdv_mma<T, D, MTK, BQ, true, true, M, true>, kv_grid, kv_smem + dss_smem, stream, bp,
                      aligned, mask_vec);
               launch(bwd_dq_convert<T>, grid_for(p.len_q, kThreads / 32, p.heads_q, p.batch), 0, stream, bp);
               return;

@@ -128,15 +128,17 @@ static void run_case(const Case& c) {
   compare((nm + " dk").c_str(), dk_g, dk_c, slack);
   compare((nm + " dv").c_str(), dv_g, dv_c, slack);
   if (dmask) compare((nm + " dmask").c_str(), dm_g, dm_c, slack);
-  // one-pass backward (unmasked float16/bfloat16, head_dim <= 128): dQ by atomics into dq_accum
-  if (c.dt != DType::Float32 && c.mask == Mask::None && c.D <= 128) {
+  // one-pass backward (float16/bfloat16, head_dim <= 128): dQ by atomics into dq_accum, dMask
+  // from the key pass
+  if (c.dt != DType::Float32 && c.D <= 128) {
     std::vector<float> dq_accum(size_t(stat) * c.D, 0.f);
-    for (Buf* b : {&dq_g, &dk_g, &dv_g}) b->fill_nan();
+    for (Buf* b : {&dq_g, &dk_g, &dv_g, &dm_g}) b->fill_nan();
     bg.dq_accum = dq_accum.data();
     backward_cuda(bg, 0);
     compare((nm + " dq (one pass)").c_str(), dq_g, dq_c, slack);
     compare((nm + " dk (one pass)").c_str(), dk_g, dk_c, slack);
     compare((nm + " dv (one pass)").c_str(), dv_g, dv_c, slack);
+    if (dmask) compare((nm + " dmask (one pass)").c_str(), dm_g, dm_c, slack);
   }
 }
 
@@ -155,6 +157,8 @@ int main() {
       {"D=32 bool mask, dead row", F16, 1, 2, 2, 66, 90, 32, false, Mask::Bool},
       {"D=64 float bias with grad", BF16, 1, 2, 2, 70, 80, 64, false, Mask::FloatGrad},
       {"D=128 float bias with grad, causal", F16, 1, 1, 1, 45, 70, 128, true, Mask::FloatGrad},
+      {"D=64 float bias with grad, causal GQA 4/2, Lq > Lk", BF16, 1, 4, 2, 150, 140, 64, true, Mask::FloatGrad},
+      {"D=32 float bias with grad, causal", F16, 1, 2, 2, 140, 133, 32, true, Mask::FloatGrad},
       {"D=64 key-padding bias (B,1,1,Lk), rising", BF16, 2, 2, 1, 50, 100, 64, false, Mask::FloatKeys, false, 0.1f},
       {"D=256", BF16, 1, 1, 1, 40, 50, 256},
       {"varlen D=64 causal", F16, 3, 2, 2, 40, 45, 64, true, Mask::None, false, 0.f, true},

@@ -201,18 +201,23 @@ def deterministic_mode():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("d,is_causal", [(64, False), (128, True), (40, False)])
 def test_cuda_backward_two_pass(dtype, d, is_causal, deterministic_mode):
-    """Without a mask, the float16/bfloat16 backward at head dims <= 64 runs one pass that adds dQ
-    with float32 atomics (the other tests); torch.use_deterministic_algorithms(True) selects the
-    two-pass backward instead, which must match the reference too and repeat bitwise."""
+    """The float16/bfloat16 backward at head dims <= 64 runs one pass that adds dQ with float32
+    atomics (the other tests); torch.use_deterministic_algorithms(True) selects the two-pass
+    backward instead, which must match the reference too and repeat bitwise, with and without
+    a bias that needs its gradient."""
     run_case(2, 4, 2, 150, 170, d, dtype, is_causal=is_causal, seed=13)
+    run_case(2, 4, 2, 150, 170, d, dtype, mask_kind="float", is_causal=is_causal, seed=20)
     g = torch.Generator().manual_seed(14)
     q, k, v = (torch.randn(1, 4, 300, d, generator=g).cuda().to(dtype).requires_grad_() for _ in range(3))
-    out = sdpa(q, k, v, is_causal=is_causal)
-    dout = torch.randn_like(out)
-    first = torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
-    second = torch.autograd.grad(out, (q, k, v), dout)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    bias = torch.randn(1, 4, 300, 300, generator=g).cuda().to(dtype).requires_grad_()
+    for mask in (None, bias):
+        ins = (q, k, v) + ((mask,) if mask is not None else ())
+        out = sdpa(q, k, v, attn_mask=mask, is_causal=is_causal)
+        dout = torch.randn_like(out)
+        first = torch.autograd.grad(out, ins, dout, retain_graph=True)
+        second = torch.autograd.grad(out, ins, dout)
+        for a, b in zip(first, second):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -225,6 +230,20 @@ def test_cuda_backward_dq_modes(dtype, d, mode, monkeypatch):
     monkeypatch.setenv("PYFASTATTN_ATTN_BWD_DQ", mode)
     run_case(2, 4, 2, 150, 170, d, dtype, seed=15)
     run_case(1, 2, 1, 257, 200, d, dtype, is_causal=True, seed=16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("d", [32, 64, 128])
+@pytest.mark.parametrize("mode", ["atomic", "pass"])
+def test_cuda_masked_backward_dq_modes(dtype, d, mode, monkeypatch):
+    """With a mask, the one-pass backward reads it once and writes dMask itself: dS for each
+    visited pair, zeros for the query tiles that causal masking skips. Both modes must match:
+    a full bias with GQA and causal, a broadcast bias (its float32 dMask, summed afterwards,
+    keeps the two passes), a bool mask with dead rows."""
+    monkeypatch.setenv("PYFASTATTN_ATTN_BWD_DQ", mode)
+    run_case(2, 4, 2, 150, 170, d, dtype, mask_kind="float", is_causal=True, seed=17)
+    run_case(2, 3, 3, 70, 90, d, dtype, mask_kind="float", mask_shape=(2, 1, 1, 90), seed=18)
+    run_case(2, 3, 3, 70, 90, d, dtype, mask_kind="bool", fully_masked_rows=True, seed=19)
 
 
 def test_cuda_compile_and_opcheck():
