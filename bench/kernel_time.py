@@ -12,7 +12,7 @@ conv also lists the kernels that take the time in our forward+backward, per case
 times our layer norm forward+backward with the staged backward at its default widths, at every
 width from 1024, and nowhere; attention-tiles times our forward at D = 96 / 128 with 64- and
 32-key tiles, and forward+backward (also with a bias that needs its gradient) with the
-one-pass (atomic dQ) and the two-pass backward.
+one-pass (atomic dQ) and the two-pass backward, at D = 128 each with 128- and 64-key blocks.
 """
 from __future__ import annotations
 
@@ -79,14 +79,17 @@ def norm_rows():
     return rows
 
 
-def env_setter(name):
-    """A setting_rows `configure`: sets the environment variable `name` (None: unsets it), which
-    the library reads at every call (the CUDA launch code, or Python for PYFASTATTN_ATTN_BWD_DQ)."""
+def env_setter(*names):
+    """A setting_rows `configure`: sets the environment variables `names` to the value (one
+    name) or to the tuple's values (several; a None entry or value unsets), which the library
+    reads at every call (the CUDA launch code, or Python for PYFASTATTN_ATTN_BWD_DQ)."""
     def configure(value):
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+        values = value if len(names) > 1 and value is not None else (value,) * len(names)
+        for name, v in zip(names, values):
+            if v is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = v
     return configure
 
 
@@ -125,7 +128,8 @@ def attention_tile_rows():
     """Our bf16 attention two ways each: the unmasked forward at D = 96 / 128 with 64-key tiles
     (the default) and 32-key tiles (PYFASTATTN_ATTN_FWD_KEY_TILE=32); forward+backward with the
     one-pass backward (dQ by atomics; with a bias, dMask from the same pass) and the two-pass
-    one (PYFASTATTN_ATTN_BWD_DQ)."""
+    one (PYFASTATTN_ATTN_BWD_DQ), at D = 128 each with the key pass's 128-key blocks (8 warps,
+    the default) and 64-key blocks (PYFASTATTN_ATTN_BWD_KEY_BLOCK=64)."""
     rows, dt = [], torch.bfloat16
     for b, h, l, d, causal, bias in [(4, 16, 4096, 128, False, False), (4, 16, 4096, 128, True, False),
                                      (16, 16, 1024, 128, False, False), (4, 16, 4096, 96, False, False),
@@ -143,8 +147,13 @@ def attention_tile_rows():
         if d > 64 and not bias:
             rows += setting_rows(f"fwd {name}", fwd, env_setter("PYFASTATTN_ATTN_FWD_KEY_TILE"),
                                  {"64-key tiles (default)": None, "32-key tiles": "32"}, "TFLOP/s", flops / 1e12)
-        rows += setting_rows(f"fwd+bwd {name}", fwd_bwd, env_setter("PYFASTATTN_ATTN_BWD_DQ"),
-                             {"one pass (atomic dQ)": "atomic", "two pass": "pass"}, "TFLOP/s", 3.5 * flops / 1e12)
+        modes = {"one pass (atomic dQ)": ("atomic", None), "two pass": ("pass", None)}
+        if d == 128:  # key blocks of 128 keys (8 warps, the default) and of 64 (4 warps)
+            modes = {f"{mode}, {keys}-key blocks": (dq, block) for mode, (dq, _) in modes.items()
+                     for keys, block in (("128", None), ("64", "64"))}
+        rows += setting_rows(f"fwd+bwd {name}", fwd_bwd,
+                             env_setter("PYFASTATTN_ATTN_BWD_DQ", "PYFASTATTN_ATTN_BWD_KEY_BLOCK"), modes,
+                             "TFLOP/s", 3.5 * flops / 1e12)
     return rows
 
 

@@ -4,11 +4,13 @@
 // Q/dO in the dK/dV pass) stream through double-buffered cp.async tiles; scores, softmax
 // and the P / dS operands stay in registers (attention_mma.cuh).
 //   forward: S = Q K^T -> online softmax -> O += P V; saves O and the LSE.
-//   backward: delta = rowsum(dO * O); a key-block pass (rows = keys) recomputes
-//     P^T = exp2(S^T - LSE) and accumulates dV += P^T dO, dK += dS^T Q; a separate
-//     query-block pass (rows = queries) accumulates dQ += dS K and writes dMask = dS.
-//     Nothing is accumulated with atomics, so gradients are bitwise deterministic; GQA
-//     groups are summed inside the key-block pass in head order when dk/dv have heads_kv heads.
+//   backward: delta = rowsum(dO * O); a key-block pass (rows = keys; 8 warps for 128-key
+//     blocks at head dim 128) recomputes P^T = exp2(S^T - LSE) and accumulates
+//     dV += P^T dO, dK += dS^T Q; a separate query-block pass (rows = queries) accumulates
+//     dQ += dS K and writes dMask = dS, with no atomics (bitwise deterministic). Or one pass:
+//     the key pass also adds dQ with float32 atomics and writes dMask (the caller's choice,
+//     through dq_accum). GQA groups are summed inside the key-block pass in head order when
+//     dk/dv have heads_kv heads.
 // float32 (CUDA cores): the same passes with 16-row blocks (8 threads per row) and FFMA.
 //
 // Per-element math (scores, masking, softmax state, dS) comes from attention_math.h, the
@@ -153,13 +155,13 @@ __host__ __device__ __forceinline__ int mask_elem_bytes(const ForwardParams& p) 
 // (host-checked: contiguous keys, 16-byte aligned rows) uses 16-byte cp.async (the caller
 // commits and waits), else element copies. Entries outside the sequence are zero; the row
 // ranges mask them.
-template <class T, int MQ, int MK>
+template <class T, int MQ, int MK, int NT = kThreads>
 __device__ __forceinline__ void load_mask_tile(unsigned char* s, const ForwardParams& p, int b, int h,
                                                const Seq& sq, int q0, int k0, bool vec) {
   constexpr int pitch = mask_pitch<MK>();
   const int es = mask_elem_bytes<T>(p), per_chunk = 16 / es, chunks = MK / per_chunk;
   const unsigned char* base = static_cast<const unsigned char*>(p.mask);
-  for (int idx = threadIdx.x; idx < MQ * chunks; idx += kThreads) {
+  for (int idx = threadIdx.x; idx < MQ * chunks; idx += NT) {
     const int r = idx / chunks, c = (idx % chunks) * per_chunk;
     const int qi = q0 + r, kj = k0 + c;
     const int n = qi < sq.lq ? min(per_chunk, max(0, sq.lk - kj)) : 0;
@@ -485,16 +487,17 @@ __device__ __forceinline__ void atomic_add_pair(float* p, float a, float b) {
 
 // The fused key pass's dQ contribution of one (key block, query tile) pair: dQ[q0 + i][c] +=
 // sum over the block's keys of dS[i][key] K[key][c], from dS^T ([BKEY][LDS], every warp's rows
-// written) and the block's K tile. The 4 warps split the BQ x D product into BQ / 16 row
-// m-tiles x the rest of 4 column parts; each adds its fragment to bp.dq_accum (float32, one
+// written) and the block's K tile. The WARPS warps split the BQ x D product into BQ / 16 row
+// m-tiles x the rest of WARPS column parts; each adds its fragment to bp.dq_accum (float32, one
 // row of head_dim per query, laid out as the lse) with atomics, skipping rows past the
 // sequence and padded columns. Barriers on both sides: every warp's dS^T rows are in before
 // the product, and the product has read them before the next tile overwrites them.
 // `with_dss()` runs between the barriers, while dS^T is complete (the dMask copy).
-template <class T, int D, int BQ, int BKEY, int LD, int LDS, class F>
+template <class T, int D, int BQ, int BKEY, int LD, int LDS, int WARPS, class F>
 __device__ __forceinline__ void add_tile_dq(const BackwardParams& bp, int b, int hq, const Seq& s, int q0, const T* dss,
                                             const T* kst, F&& with_dss) {
-  constexpr int kRowParts = BQ / 16, kCols = D / (4 / kRowParts);
+  constexpr int kRowParts = BQ / 16, kCols = D / (WARPS / kRowParts);
+  static_assert(WARPS % kRowParts == 0 && kCols % 16 == 0, "add_tile_dq: the warps split BQ x D in 16 x 16 blocks");
   const ForwardParams& p = bp.fwd;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int r0 = 16 * (warp % kRowParts), c0 = (warp / kRowParts) * kCols;
@@ -534,12 +537,12 @@ __device__ __forceinline__ void add_tile_dq(const BackwardParams& bp, int b, int
 // units of 8 queries x 32 keys; one ldmatrix.x4.trans gives lane (g, t) query g's keys
 // 8 t .. 8 t + 7 (matrix m, row 2 t + e = key 8 t + 2 m + e), one 16-byte store when `vec`
 // (dMask rows 16-byte aligned) and the 8 keys are inside the sequence, else element stores.
-template <class T, int BQ, int BKEY, int LDS>
+template <class T, int BQ, int BKEY, int LDS, int WARPS>
 __device__ __forceinline__ void store_dmask_tile(const BackwardParams& bp, int b, int h, const Seq& s, int q0, int k0,
                                                  const T* dss, bool vec) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int m = lane >> 3, r = lane & 7;
-  for (int u = warp; u < (BQ / 8) * (BKEY / 32); u += kThreads / 32) {
+  for (int u = warp; u < (BQ / 8) * (BKEY / 32); u += WARPS) {
     const int qb = 8 * (u % (BQ / 8)), kb = 32 * (u / (BQ / 8));
     uint32_t keys8[4];
     mma::ldmatrix_x4_trans(keys8, dss + (kb + 8 * (r >> 1) + 2 * m + (r & 1)) * LDS + qb);
@@ -557,8 +560,10 @@ __device__ __forceinline__ void store_dmask_tile(const BackwardParams& bp, int b
   }
 }
 
-// Backward key-block pass: grid (key blocks of 64 MT, dkv_heads, B); rows = keys, each warp
-// owns MT m-tiles (16 MT keys), which reuse every Q/dO fragment MT times. For each
+// Backward key-block pass: grid (key blocks of 16 MT WARPS, dkv_heads, B); rows = keys, each
+// warp owns MT m-tiles (16 MT keys), which reuse every Q/dO fragment MT times; WARPS = 8 (head
+// dim 128: 128-key blocks, FlashAttention-2's) halves the Q/dO tiles streamed per key and the
+// atomic dQ traffic against 4 warps, at the same registers per thread. For each
 // query head of the group and each query tile of BQ (double-buffered with its lse, delta):
 //   P^T = exp2(score(K Q^T) - lse2);  dV += P^T dO;
 //   dP^T = V dO^T;  dS^T = P^T (dP^T - delta);  dK += dS^T Q;   dK *= scale at the end.
@@ -568,12 +573,12 @@ __device__ __forceinline__ void store_dmask_tile(const BackwardParams& bp, int b
 // bp.dq_accum with atomics, and the query pass is not run (bwd_dq_convert scales and rounds
 // it): five matmuls per tile pair instead of seven, and a mask read once instead of twice, at
 // the price of bitwise reproducibility of dQ (the order of the atomic adds varies). dS^T goes
-// through shared memory; the 4 warps then split the BQ x D product (add_tile_dq). With a
+// through shared memory; the warps then split the BQ x D product (add_tile_dq). With a
 // requested dMask this pass writes it too: dS for every visited pair, zeros for the query
 // tiles that causal masking skips.
-template <class T, int D, int MT, int BQ, bool DK, bool DV, bool MASKED, bool FUSED_DQ = false>
-__global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams bp, bool aligned, bool mask_vec) {
-  constexpr int WK = 16 * MT, BKEY = 4 * WK, LD = mma::padded_ld<D>(), kMaskBytes = mask_tile_bytes<BQ, BKEY>();
+template <class T, int D, int MT, int BQ, bool DK, bool DV, bool MASKED, bool FUSED_DQ = false, int WARPS = 4>
+__global__ void __launch_bounds__(32 * WARPS, 1) bwd_dkdv_mma(const BackwardParams bp, bool aligned, bool mask_vec) {
+  constexpr int NT = 32 * WARPS, WK = 16 * MT, BKEY = WARPS * WK, LD = mma::padded_ld<D>(), kMaskBytes = mask_tile_bytes<BQ, BKEY>();
   constexpr int LDS = mma::padded_ld<BQ>();
   static_assert(!FUSED_DQ || (DK && DV && (BQ == 32 || BQ == 64) && D % 32 == 0 && D <= 128),
                 "fused dQ: dK and dV in one pass");
@@ -604,11 +609,11 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
   const bool dmask_vec = ((bp.dmask_stride_b | bp.dmask_stride_h | bp.dmask_stride_q) % 8) == 0 &&
                          reinterpret_cast<uintptr_t>(bp.dmask) % 16 == 0;
 
-  mma::load_tile<T, BKEY, D, kThreads>(
+  mma::load_tile<T, BKEY, D, NT>(
       kst, static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok + k0), p.k.stride_l,
       s.lk - k0, p.head_dim, aligned, p.k.ptr);
   if (DK)
-    mma::load_tile<T, BKEY, D, kThreads>(
+    mma::load_tile<T, BKEY, D, NT>(
         vst, static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok + k0), p.v.stride_l,
         s.lk - k0, p.head_dim, aligned, p.v.ptr);
   // Query tiles in (head, tile) order: `hq` and `q0` step along without a division per tile.
@@ -625,18 +630,18 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
     const T* qg = static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, hq, s.q_tok + q0);
     const T* dog = static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, hq, s.q_tok + q0);
     if (whole_rows && q0 + BQ <= s.lq) {
-      mma::load_whole_tile<T, BQ, D, kThreads>(qs + buf * BQ * LD, qg, p.q.stride_l);
-      mma::load_whole_tile<T, BQ, D, kThreads>(dos + buf * BQ * LD, dog, bp.dout.stride_l);
+      mma::load_whole_tile<T, BQ, D, NT>(qs + buf * BQ * LD, qg, p.q.stride_l);
+      mma::load_whole_tile<T, BQ, D, NT>(dos + buf * BQ * LD, dog, bp.dout.stride_l);
     } else {
-      mma::load_tile<T, BQ, D, kThreads>(qs + buf * BQ * LD, qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned,
+      mma::load_tile<T, BQ, D, NT>(qs + buf * BQ * LD, qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned,
                                          p.q.ptr);
-      mma::load_tile<T, BQ, D, kThreads>(dos + buf * BQ * LD, dog, bp.dout.stride_l, s.lq - q0, p.head_dim, aligned,
+      mma::load_tile<T, BQ, D, NT>(dos + buf * BQ * LD, dog, bp.dout.stride_l, s.lq - q0, p.head_dim, aligned,
                                          bp.dout.ptr);
     }
-    if constexpr (MASKED) load_mask_tile<T, BQ, BKEY>(ms + buf * kMaskBytes, p, b, hq, s, q0, k0, mask_vec);
+    if constexpr (MASKED) load_mask_tile<T, BQ, BKEY, NT>(ms + buf * kMaskBytes, p, b, hq, s, q0, k0, mask_vec);
     // lse and delta of the tile's rows, copied asynchronously like the tiles (0 for rows past
     // the end, which bound_scores masks); lse stays in natural log until it is used.
-    for (int i = threadIdx.x; i < BQ; i += kThreads) {
+    for (int i = threadIdx.x; i < BQ; i += NT) {
       const bool ok = q0 + i < s.lq;
       const int64_t idx = ok ? stat_index(p, s, b, hq, q0 + i) : 0;
       cp_async4(lse_s + buf * BQ + i, p.lse + idx, ok ? 4 : 0);
@@ -650,7 +655,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
     // dMask = 0 for the query rows [0, qb0 BQ) that causal masking hides from these keys
     const int rows = min(qb0 * BQ, s.lq);
     for (int hq = h_first; hq < h_first + nh; ++hq)
-      for (int idx = threadIdx.x; idx < rows * BKEY; idx += kThreads) {
+      for (int idx = threadIdx.x; idx < rows * BKEY; idx += NT) {
         const int kj = k0 + idx % BKEY;
         if (kj < s.lk) store_dmask<T>(bp, b, hq, idx / BKEY, kj, 0.f);
       }
@@ -717,8 +722,8 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
       stage_ds(zeros);
     }
     if constexpr (FUSED_DQ)  // every warp: barriers
-      add_tile_dq<T, D, BQ, BKEY, LD, LDS>(bp, b, tile.hq, s, q0, dss, kst, [&] {
-        if (dmask_here) store_dmask_tile<T, BQ, BKEY, LDS>(bp, b, tile.hq, s, q0, k0, dss, dmask_vec);
+      add_tile_dq<T, D, BQ, BKEY, LD, LDS, WARPS>(bp, b, tile.hq, s, q0, dss, kst, [&] {
+        if (dmask_here) store_dmask_tile<T, BQ, BKEY, LDS, WARPS>(bp, b, tile.hq, s, q0, k0, dss, dmask_vec);
       });
   }
   cp_async_wait<0>();
@@ -732,11 +737,11 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dkdv_mma(const BackwardParams
   }
   __syncthreads();
   if (DK)
-    mma::store_tile<T, BKEY, D, kThreads>(
+    mma::store_tile<T, BKEY, D, NT>(
         static_cast<T*>(bp.dk.ptr) + token_offset(bp.dk, p, b, hout, s.k_tok + k0), bp.dk.stride_l, kst,
         s.lk - k0, p.head_dim, aligned);
   if (DV)
-    mma::store_tile<T, BKEY, D, kThreads>(
+    mma::store_tile<T, BKEY, D, NT>(
         static_cast<T*>(bp.dv.ptr) + token_offset(bp.dv, p, b, hout, s.k_tok + k0), bp.dv.stride_l, vst,
         s.lk - k0, p.head_dim, aligned);
 }
@@ -1165,7 +1170,7 @@ dim3 grid_for(int64_t rows, int rows_per_block, int heads, int batch) {
   return dim3(unsigned(blocks), unsigned(heads), unsigned(batch));
 }
 
-template <class... KArgs, class... Args>
+template <int THREADS = kThreads, class... KArgs, class... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, size_t smem, cudaStream_t stream, Args&&... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
   if (smem > 48 * 1024) {
@@ -1176,7 +1181,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, size_t smem, cudaStream_t strea
                                std::to_string(max_smem));
     PFA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
-  kernel<<<grid, kThreads, smem, stream>>>(std::forward<Args>(args)...);
+  kernel<<<grid, THREADS, smem, stream>>>(std::forward<Args>(args)...);
   PFA_CHECK_LAUNCH();
 }
 
@@ -1196,6 +1201,24 @@ constexpr size_t fwd_mma_smem() {
 int fwd_key_tile() {
   const char* v = std::getenv("PYFASTATTN_ATTN_FWD_KEY_TILE");
   return v && std::atoi(v) == 32 ? 32 : 64;
+}
+
+// Keys per block of the head-dim-128 backward key pass: 128 (default; 8 warps, where the
+// device's shared memory allows) or 64 (4 warps) with PYFASTATTN_ATTN_BWD_KEY_BLOCK=64, read at
+// every launch so that bench/kernel_time.py attention-tiles compares both in one process.
+int bwd_key_block() {
+  const char* v = std::getenv("PYFASTATTN_ATTN_BWD_KEY_BLOCK");
+  return v && std::atoi(v) == 64 ? 64 : 128;
+}
+
+// Shared memory of bwd_dkdv_mma: K and V of the key block, two Q and two dO tiles with their
+// lse and delta, two mask tiles (MASKED), the dS^T tile (FUSED_DQ).
+template <class T, int D, int MT, int BQ, int WARPS, bool MASKED, bool FUSED_DQ>
+constexpr size_t bwd_key_pass_smem() {
+  constexpr int BKEY = 16 * MT * WARPS;
+  return size_t(2 * BKEY + 4 * BQ) * mma::padded_ld<D>() * sizeof(T) + 4 * BQ * sizeof(float) +
+         (MASKED ? 2 * mask_tile_bytes<BQ, BKEY>() : 0) +
+         (FUSED_DQ ? size_t(BKEY) * mma::padded_ld<BQ>() * sizeof(T) : 0);
 }
 
 void check_params(const ForwardParams& p) {
@@ -1293,25 +1316,37 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
         constexpr int MTK = D <= 64 ? 2 : 1, BQ = D <= 32 ? 64 : 32, BK = D <= 32 ? 64 : 32;
         auto run = [&](auto masked) {
           constexpr bool M = decltype(masked)::value;
-          constexpr int BKEY = 64 * MTK;
-          const size_t kv_smem = size_t(2 * BKEY + 4 * BQ) * LD * sizeof(T) + 4 * BQ * sizeof(float) +
-                                 (M ? 2 * mask_tile_bytes<BQ, BKEY>() : 0);
-          const dim3 kv_grid = grid_for(p.len_k, BKEY, bp.dkv_heads, p.batch);
+          // key pass with W warps (key blocks of 16 MTK W); FUSED: one pass, dQ by atomics into
+          // dq_accum (then scaled and rounded by bwd_dq_convert), no query pass
+          auto key_pass = [&](auto warps, auto fused) {
+            constexpr int W = decltype(warps)::value;
+            constexpr bool F = decltype(fused)::value;
+            const size_t smem = bwd_key_pass_smem<T, D, MTK, BQ, W, M, F>();
+            const dim3 grid = grid_for(p.len_k, 16 * MTK * W, bp.dkv_heads, p.batch);
+            if constexpr (D == 256) {  // dK and dV accumulators do not both fit in registers
+              launch(bwd_dkdv_mma<T, D, MTK, BQ, false, true, M>, grid, smem, stream, bp, aligned, mask_vec);
+              launch(bwd_dkdv_mma<T, D, MTK, BQ, true, false, M>, grid, smem, stream, bp, aligned, mask_vec);
+            } else {
+              launch<32 * W>(bwd_dkdv_mma<T, D, MTK, BQ, true, true, M, F, W>, grid, smem, stream, bp, aligned,
+                             mask_vec);
+            }
+          };
+          auto key_passes = [&](auto fused) {
+            constexpr bool F = decltype(fused)::value;
+            if constexpr (D == 128) {
+              if (bwd_key_block() == 128 && bwd_key_pass_smem<T, D, MTK, BQ, 8, M, F>() <= smem_optin())
+                return key_pass(Int<8>{}, fused);
+            }
+            key_pass(Int<4>{}, fused);
+          };
           if constexpr (D <= 128) {
-            if (bp.dq_accum) {  // one pass: dQ by atomics into dq_accum, then scaled and rounded
-              const size_t dss_smem = size_t(BKEY) * mma::padded_ld<BQ>() * sizeof(T);
-              launch(bwd_dkdv_mma<T, D, MTK, BQ, true, true, M, true>, kv_grid, kv_smem + dss_smem, stream, bp,
-                     aligned, mask_vec);
+            if (bp.dq_accum) {
+              key_passes(std::true_type{});
               launch(bwd_dq_convert<T>, grid_for(p.len_q, kThreads / 32, p.heads_q, p.batch), 0, stream, bp);
               return;
             }
           }
-          if constexpr (D == 256) {  // dK and dV accumulators do not both fit in registers
-            launch(bwd_dkdv_mma<T, D, MTK, BQ, false, true, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
-            launch(bwd_dkdv_mma<T, D, MTK, BQ, true, false, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
-          } else {
-            launch(bwd_dkdv_mma<T, D, MTK, BQ, true, true, M>, kv_grid, kv_smem, stream, bp, aligned, mask_vec);
-          }
+          key_passes(std::false_type{});
           // query pass with MT m-tiles per warp: Q/dO tiles, double-buffered K/V (and mask) tiles
           auto q_smem = [&](int mt) {
             return size_t(2 * 64 * mt + 4 * BK) * LD * sizeof(T) + (M ? 2 * size_t(64 * mt) * mask_pitch<BK>() : 0);

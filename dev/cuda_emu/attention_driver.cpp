@@ -176,6 +176,16 @@ int main() {
       run_case(c);
     }
   unsetenv("PYFASTATTN_ATTN_FWD_KEY_TILE");
+  // The head-dim-128 backward key pass takes 128-key blocks (8 warps) by default; run those
+  // cases again with the 64-key blocks (4 warps) of PYFASTATTN_ATTN_BWD_KEY_BLOCK=64 (also the
+  // fallback where shared memory is short).
+  setenv("PYFASTATTN_ATTN_BWD_KEY_BLOCK", "64", 1);
+  for (const Case& c : cases)
+    if (c.dt != DType::Float32 && c.D > 96 && c.D <= 128) {
+      std::printf("  (64-key backward blocks)\n");
+      run_case(c);
+    }
+  unsetenv("PYFASTATTN_ATTN_BWD_KEY_BLOCK");
   for (auto& [k, v] : emu_launches) std::printf("  launches %-60s %ld\n", k.c_str(), v);
   std::printf("%d failure(s), %ld emulated blocks\n", failures, emu_blocks_run);
   return failures != 0;

@@ -221,15 +221,18 @@ def test_cuda_backward_two_pass(dtype, d, is_causal, deterministic_mode):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("d", [80, 96, 128])
+@pytest.mark.parametrize("d,key_block", [(80, "64"), (96, "64"), (128, "128"), (128, "64")])
 @pytest.mark.parametrize("mode", ["atomic", "pass"])
-def test_cuda_backward_dq_modes(dtype, d, mode, monkeypatch):
+def test_cuda_backward_dq_modes(dtype, d, key_block, mode, monkeypatch):
     """Head dims 96 / 128 default to the two-pass backward; PYFASTATTN_ATTN_BWD_DQ=atomic runs
-    the one-pass backward there too (key blocks of 64), =pass the two passes: both must match,
-    causal, GQA and varlen-free partial tiles included."""
+    the one-pass backward there too, =pass the two passes; at 128 the key pass takes blocks of
+    128 keys (8 warps) or, with PYFASTATTN_ATTN_BWD_KEY_BLOCK=64, of 64 (4 warps). All must
+    match, causal, GQA, a bias with its gradient and partial tiles included."""
     monkeypatch.setenv("PYFASTATTN_ATTN_BWD_DQ", mode)
+    monkeypatch.setenv("PYFASTATTN_ATTN_BWD_KEY_BLOCK", key_block)
     run_case(2, 4, 2, 150, 170, d, dtype, seed=15)
     run_case(1, 2, 1, 257, 200, d, dtype, is_causal=True, seed=16)
+    run_case(1, 2, 2, 200, 257, d, dtype, mask_kind="float", is_causal=True, seed=21)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
