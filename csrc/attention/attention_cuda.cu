@@ -1332,8 +1332,8 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
             }
           };
           auto key_passes = [&](auto fused) {
-            constexpr bool F = decltype(fused)::value;
             if constexpr (D == 128) {
+              constexpr bool F = decltype(fused)::value;
               if (bwd_key_block() == 128 && bwd_key_pass_smem<T, D, MTK, BQ, 8, M, F>() <= smem_optin())
                 return key_pass(Int<8>{}, fused);
             }
