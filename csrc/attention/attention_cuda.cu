@@ -639,13 +639,16 @@ __global__ void __launch_bounds__(32 * WARPS, 1) bwd_dkdv_mma(const BackwardPara
                                          bp.dout.ptr);
     }
     if constexpr (MASKED) load_mask_tile<T, BQ, BKEY, NT>(ms + buf * kMaskBytes, p, b, hq, s, q0, k0, mask_vec);
-    // lse and delta of the tile's rows, copied asynchronously like the tiles (0 for rows past
-    // the end, which bound_scores masks); lse stays in natural log until it is used.
-    for (int i = threadIdx.x; i < BQ; i += NT) {
-      const bool ok = q0 + i < s.lq;
+    // lse (threads [0, BQ)) and delta (threads [BQ, 2 BQ)) of the tile's rows, one 4-byte
+    // cp.async each, like the tiles (0 for rows past the end, which bound_scores masks); lse
+    // stays in natural log until it is used. Two warps share it: one alone delayed every
+    // tile's barrier by its loop.
+    static_assert(NT >= 2 * BQ, "one thread per lse / delta element");
+    if (threadIdx.x < 2 * BQ) {
+      const int i = threadIdx.x % BQ;
+      const bool ok = q0 + i < s.lq, is_lse = threadIdx.x < BQ;
       const int64_t idx = ok ? stat_index(p, s, b, hq, q0 + i) : 0;
-      cp_async4(lse_s + buf * BQ + i, p.lse + idx, ok ? 4 : 0);
-      cp_async4(dl_s + buf * BQ + i, bp.delta + idx, ok ? 4 : 0);
+      cp_async4((is_lse ? lse_s : dl_s) + buf * BQ + i, (is_lse ? p.lse : bp.delta) + idx, ok ? 4 : 0);
     }
   };
   QueryTile tile{h_first, qb0 * BQ};
