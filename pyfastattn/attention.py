@@ -69,9 +69,9 @@ def _one_pass_backward(head_dim):
     one pass reads it once instead of twice and writes dMask itself.
     torch.use_deterministic_algorithms(True) always keeps the two passes. Default: head dims up
     to 64, whose key blocks of 128 keep the atomic traffic (one dQ tile per key block) at
-    FlashAttention-2's; at 96 and 128 (key blocks of 64) it is twice that, and which path is
-    faster is not measured yet. PYFASTATTN_ATTN_BWD_DQ=atomic (head dims up to 128) or =pass
-    forces either."""
+    FlashAttention-2's. At 96 (key blocks of 64) it is twice that; at 128 the key blocks are
+    128 where shared memory allows. Which path is faster there is not measured yet.
+    PYFASTATTN_ATTN_BWD_DQ=atomic (head dims up to 128) or =pass forces either."""
     if torch.are_deterministic_algorithms_enabled():
         return False
     mode = os.environ.get("PYFASTATTN_ATTN_BWD_DQ")

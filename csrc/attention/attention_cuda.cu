@@ -80,11 +80,15 @@ __device__ __forceinline__ float score_at(const ForwardParams& p, float qk, floa
   return score_log2(qk, scale_log2, bias);
 }
 
+// Element offset of dMask(b, h, i, j) (keys contiguous).
+__device__ __forceinline__ int64_t dmask_offset(const BackwardParams& bp, int b, int h, int i, int j) {
+  return int64_t(b) * bp.dmask_stride_b + int64_t(h) * bp.dmask_stride_h + int64_t(i) * bp.dmask_stride_q + j;
+}
+
 // dMask(b, h, i, j) = dS: float32 when the caller asks (the broadcast sums round once), else T.
 template <class T>
 __device__ __forceinline__ void store_dmask(const BackwardParams& bp, int b, int h, int i, int j, float ds) {
-  const int64_t off = int64_t(b) * bp.dmask_stride_b + int64_t(h) * bp.dmask_stride_h +
-                      int64_t(i) * bp.dmask_stride_q + j;
+  const int64_t off = dmask_offset(bp, b, h, i, j);
   if (bp.dmask_f32)
     static_cast<float*>(bp.dmask)[off] = ds;
   else
@@ -98,8 +102,7 @@ __device__ __forceinline__ void store_dmask_pair(const BackwardParams& bp, int b
                                                  float ds0, float ds1, bool pairs) {
   if (i >= s.lq || j >= s.lk) return;
   if (pairs && j + 1 < s.lk) {
-    const int64_t off = int64_t(b) * bp.dmask_stride_b + int64_t(h) * bp.dmask_stride_h +
-                        int64_t(i) * bp.dmask_stride_q + j;
+    const int64_t off = dmask_offset(bp, b, h, i, j);
     if (bp.dmask_f32)
       *reinterpret_cast<float2*>(static_cast<float*>(bp.dmask) + off) = make_float2(ds0, ds1);
     else
@@ -548,8 +551,7 @@ __device__ __forceinline__ void store_dmask_tile(const BackwardParams& bp, int b
     mma::ldmatrix_x4_trans(keys8, dss + (kb + 8 * (r >> 1) + 2 * m + (r & 1)) * LDS + qb);
     const int i = q0 + qb + g, j = k0 + kb + 8 * t;
     if (i >= s.lq || j >= s.lk) continue;
-    T* out = static_cast<T*>(bp.dmask) + int64_t(b) * bp.dmask_stride_b + int64_t(h) * bp.dmask_stride_h +
-             int64_t(i) * bp.dmask_stride_q + j;
+    T* out = static_cast<T*>(bp.dmask) + dmask_offset(bp, b, h, i, j);
     if (vec && j + 8 <= s.lk) {
       *reinterpret_cast<uint4*>(out) = make_uint4(keys8[0], keys8[1], keys8[2], keys8[3]);
     } else {

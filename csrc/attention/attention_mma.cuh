@@ -81,10 +81,10 @@ struct Exp2Approx {
 template <class T, int LD, bool IS_A, bool K_MAJOR>
 __device__ __forceinline__ const T* operand_lane(const T* base) {
   const int lane = threadIdx.x & 31;
-  // matrix L / 8 holds rows (m or n) 8 ((L / 8) % 2) for A, 8 (L / 16) for B, and k the other
+  // matrix L / 8 holds rows (m or n) 8 ((L / 8) % 2) for A, 8 (L / 16) for B, and k the other;
+  // a k-major A and an m-major B take the same stored-row order
   if constexpr (IS_A && !K_MAJOR) return base + (lane & 15) * LD + (lane >> 4) * 8;
-  if constexpr (IS_A && K_MAJOR) return base + ((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8;
-  if constexpr (!IS_A && !K_MAJOR) return base + ((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8;
+  if constexpr (IS_A == K_MAJOR) return base + ((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8;
   return base + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
 }
 // The operand's 16 x 16 block of rows 16 blk and k-step ks, from the lane address.
