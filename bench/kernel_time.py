@@ -11,8 +11,9 @@ a model sees, host overhead included. Ratios are torch / ours (> 1: ours is fast
 conv also lists the kernels that take the time in our forward+backward, per case; norm-staged
 times our layer norm forward+backward with the staged backward at its default widths, at every
 width from 1024, and nowhere; attention-tiles times our forward at D = 96 / 128 with 64- and
-32-key tiles, and forward+backward (also with a bias that needs its gradient) with the
-one-pass (atomic dQ) and the two-pass backward, at D = 128 each with 128- and 64-key blocks.
+32-key tiles and at D = 64 / 128 with the sm_90a wgmma kernel, and forward+backward (also with
+a bias that needs its gradient) with the one-pass (atomic dQ) and the two-pass backward, at
+D = 128 each with 128- and 64-key blocks.
 """
 from __future__ import annotations
 
@@ -126,7 +127,9 @@ def norm_staged_rows():
 
 def attention_tile_rows():
     """Our bf16 attention two ways each: the unmasked forward at D = 96 / 128 with 64-key tiles
-    (the default) and 32-key tiles (PYFASTATTN_ATTN_FWD_KEY_TILE=32); forward+backward with the
+    (the default) and 32-key tiles (PYFASTATTN_ATTN_FWD_KEY_TILE=32), and at D = 64 / 128 the
+    sm_90a warpgroup-MMA forward (PYFASTATTN_ATTN_FWD_WGMMA=1; the mma.sync one again where the
+    device or build has no sm_90a code); forward+backward with the
     one-pass backward (dQ by atomics; with a bias, dMask from the same pass) and the two-pass
     one (PYFASTATTN_ATTN_BWD_DQ), at D = 128 each with the key pass's 128-key blocks (8 warps,
     the default) and 64-key blocks (PYFASTATTN_ATTN_BWD_KEY_BLOCK=64)."""
@@ -144,9 +147,15 @@ def attention_tile_rows():
         fwd = lambda: pyfastattn.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(), is_causal=causal)
         fwd_bwd = lambda: torch.autograd.grad(
             pyfastattn.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal), ins, do)
-        if d > 64 and not bias:
-            rows += setting_rows(f"fwd {name}", fwd, env_setter("PYFASTATTN_ATTN_FWD_KEY_TILE"),
-                                 {"64-key tiles (default)": None, "32-key tiles": "32"}, "TFLOP/s", flops / 1e12)
+        if not bias:  # mma.sync with 64-key tiles (the default) or 32 (D > 64); the sm_90a wgmma kernel
+            settings = {"64-key tiles (default)": (None, None), "32-key tiles": ("32", None), "wgmma": (None, "1")}
+            if d not in (64, 128):
+                settings.pop("wgmma")
+            if d <= 64:
+                settings.pop("32-key tiles")
+            rows += setting_rows(f"fwd {name}", fwd,
+                                 env_setter("PYFASTATTN_ATTN_FWD_KEY_TILE", "PYFASTATTN_ATTN_FWD_WGMMA"), settings,
+                                 "TFLOP/s", flops / 1e12)
         modes = {"one pass (atomic dQ)": ("atomic", None), "two pass": ("pass", None)}
         if d == 128:  # key blocks of 128 keys (8 warps, the default) and of 64 (4 warps)
             modes = {f"{mode}, {keys}-key blocks": (dq, block) for mode, (dq, _) in modes.items()

@@ -25,6 +25,7 @@
 #include "attention/attention_math.h"
 #include "attention/attention_mma.cuh"
 #include "common/cuda_utils.cuh"
+#include "common/wgmma.cuh"
 
 namespace pfa::attention {
 namespace {
@@ -283,19 +284,125 @@ __device__ __forceinline__ void bound_scores(float (&sc)[MT][NJ][4], float scale
 // commits the cp.async group): whole tiles without per-chunk bookkeeping (load_whole_tile) when
 // `whole_rows` (aligned, head_dim == D; the masked kernels pass false: no registers to spare)
 // and the tile lies inside the keys, else load_tile's bounds and zero fill.
-template <class T, int BK, int D>
+template <class T, int BK, int D, int NT = kThreads, class Layout = mma::PaddedRows<D>>
 __device__ __forceinline__ void load_key_tiles(T* kd, T* vd, const T* kg, const T* vg, const ForwardParams& p,
                                                const Seq& s, int kb, bool aligned, bool whole_rows) {
   const int64_t r0 = int64_t(kb) * BK;
   if (whole_rows && r0 + BK <= s.lk) {
-    mma::load_whole_tile<T, BK, D, kThreads>(kd, kg + r0 * p.k.stride_l, p.k.stride_l);
-    mma::load_whole_tile<T, BK, D, kThreads>(vd, vg + r0 * p.v.stride_l, p.v.stride_l);
+    mma::load_whole_tile<T, BK, D, NT, Layout>(kd, kg + r0 * p.k.stride_l, p.k.stride_l);
+    mma::load_whole_tile<T, BK, D, NT, Layout>(vd, vg + r0 * p.v.stride_l, p.v.stride_l);
   } else {
-    mma::load_tile<T, BK, D, kThreads>(kd, kg + r0 * p.k.stride_l, p.k.stride_l, s.lk - kb * BK, p.head_dim,
-                                       aligned, p.k.ptr);
-    mma::load_tile<T, BK, D, kThreads>(vd, vg + r0 * p.v.stride_l, p.v.stride_l, s.lk - kb * BK, p.head_dim,
-                                       aligned, p.v.ptr);
+    mma::load_tile<T, BK, D, NT, Layout>(kd, kg + r0 * p.k.stride_l, p.k.stride_l, s.lk - kb * BK, p.head_dim,
+                                         aligned, p.k.ptr);
+    mma::load_tile<T, BK, D, NT, Layout>(vd, vg + r0 * p.v.stride_l, p.v.stride_l, s.lk - kb * BK, p.head_dim,
+                                         aligned, p.v.ptr);
   }
+}
+
+// One key tile of the forward's online softmax for a warp's MT m-tiles: sc holds the tile's
+// q.k (S = Q K^T, BK keys from k0), o the output accumulators; rows wrow .. wrow + 16 MT - 1,
+// this thread's row + 8 r (r < 2 MT). Per row:
+//   s2 = score(q.k); m_new = max(m, rowmax s2); alpha = exp2(m - m_new); l *= alpha; O *= alpha;
+//   P = exp2(s2 - m_new) in place of the scores; l += rowsum P.
+// `mask` / `mask_row0`: the MASKED kernel's mask tile and the warp's first row in it.
+// load_state() runs just before the state is first read (fwd_mma keeps it in shared memory at
+// MT = 2 and reloads it there; registers are short before).
+template <class T, int D, bool MASKED, int MT, int NJ, class Load>
+__device__ __forceinline__ void softmax_tile(float (&sc)[MT][NJ][4], float (&o)[MT][D / 8][4],
+                                             SoftmaxState<float> (&st)[2 * MT], const ForwardParams& p, const Seq& s,
+                                             float scale_log2, int k0, int wrow, int row, const unsigned char* mask,
+                                             int mask_row0, Load load_state) {
+  constexpr int BK = 8 * NJ;
+  // A bounded tile crosses the end of the keys or this warp's causal diagonal. An interior
+  // tile with a positive scale (the usual case) keeps q.k unscaled: its row max scales after
+  // the reduction and p = exp2(q.k * scale log2 e - m) is one FFMA (nothing can be masked).
+  const bool bounded = k0 + BK > s.lk || (p.causal && k0 + BK - 1 > wrow);
+  const bool fused_scale = !MASKED && !bounded && scale_log2 > 0.f;
+  if (MASKED || bounded) {
+    int lo[2 * MT], hi[2 * MT];
+#pragma unroll
+    for (int r = 0; r < 2 * MT; ++r) lo[r] = 0, hi[r] = query_key_end(p, s, row + 8 * r);
+    bound_scores<T, MASKED, false, BK>(sc, scale_log2, lo, hi, k0, p.mask_kind, mask, mask_row0);
+  } else if (!fused_scale) {
+    scale_scores(sc, scale_log2);
+  }
+  float tmax[2 * MT];
+#pragma unroll
+  for (int r = 0; r < 2 * MT; ++r) tmax[r] = masked_score<float>();
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < BK / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) tmax[2 * mt + (e >> 1)] = fmaxf(tmax[2 * mt + (e >> 1)], sc[mt][j][e]);
+  // The state moves to the new max before P exists: l *= alpha, O *= alpha; then
+  // l += rowsum(P) in place. (Moving first keeps neither m_new nor a tile sum live beside
+  // the scores: 8 registers at MT = 2, which BK = 64 needs.) With the lazy max
+  // (attention_math.h) alpha is 1 on most tiles, and the warp skips the rescale of its D / 2
+  // accumulators per thread unless one of its rows moved. l stays a per-thread partial sum
+  // (alpha is the same across the quad), summed at the end.
+  load_state();
+  const float max_scale = fused_scale ? scale_log2 : 1.f;  // a multiply, not a branch around the shuffles
+  bool moved = false;
+  float alpha[2 * MT];
+#pragma unroll
+  for (int r = 0; r < 2 * MT; ++r) {
+    alpha[r] = softmax_rescale(st[r], softmax_new_max(st[r], quad_max(tmax[r]) * max_scale));
+    moved |= alpha[r] != 1.f;
+  }
+  if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+    for (int r = 0; r < 2 * MT; ++r)
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        o[r / 2][j][2 * (r % 2)] *= alpha[r];
+        o[r / 2][j][2 * (r % 2) + 1] *= alpha[r];
+      }
+  }
+  // P = p_of(score, m) elementwise; l += rowsum(P)
+  auto exponentiate = [&](auto p_of) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < BK / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          SoftmaxState<float>& row_state = st[2 * mt + (e >> 1)];
+          sc[mt][j][e] = p_of(sc[mt][j][e], row_state.m);
+          row_state.l += sc[mt][j][e];
+        }
+  };
+  if (fused_scale)
+    exponentiate([&](float qk, float m) { return mma::Exp2Approx{}(fmaf(qk, scale_log2, -m)); });
+  else
+    exponentiate([](float s2, float m) { return masked_exp2(s2, m, mma::Exp2Approx{}); });
+}
+
+// The forward's end for the BQ rows from q0 (NT threads; this warp's rows from wrow, this
+// thread's row + 8 r): out = O / l (0 for a row that saw no key) and the LSE, O staged through
+// `stage` (BQ padded rows, free by now) for 16-byte stores. The sequence is read again here,
+// so that its offsets are not held in registers (or spilled) through the key loop.
+template <class T, int D, int BQ, int NT, int MT>
+__device__ __forceinline__ void store_output(const ForwardParams& p, int b, int h, int q0, int wrow, int row,
+                                             const float (&o)[MT][D / 8][4], SoftmaxState<float> (&st)[2 * MT],
+                                             T* stage, bool aligned) {
+  constexpr int LD = mma::padded_ld<D>();
+  const Seq se = sequence_of(p, b);
+  float mul[2 * MT];
+#pragma unroll
+  for (int r = 0; r < 2 * MT; ++r) {
+    st[r].l = quad_sum(st[r].l);
+    mul[r] = softmax_out_scale(st[r]);
+    const int i = row + 8 * r;
+    if ((threadIdx.x & 3) == 0 && i < se.lq) p.lse[stat_index(p, se, b, h, i)] = softmax_lse(st[r]);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+    mma::fragment_to_smem<T, D, LD>(stage + (wrow - q0 + 16 * mt) * LD, o[mt], mul[2 * mt], mul[2 * mt + 1]);
+  __syncthreads();
+  T* og = static_cast<T*>(p.out.ptr) + token_offset(p.out, p, b, h, se.q_tok + q0);
+  mma::store_tile<T, BQ, D, NT>(og, p.out.stride_l, stage, se.lq - q0, p.head_dim, aligned);
 }
 
 // Where the forward keeps what lives across key tiles besides the output accumulators: each
@@ -317,6 +424,25 @@ constexpr size_t fwd_state_smem() {
   return kStateInSmem<MT> ? sizeof(KeyBases<T>) + kThreads * 2 * MT * sizeof(SoftmaxState<float>) : 0;
 }
 
+// A forward block of BQ rows from q0 of (b, h), in batch b's sequence s: its Q rows, the K / V
+// of h's kv head, and the number of BK-key tiles it visits (all, or under causal masking
+// those up to its last row).
+template <class T>
+struct ForwardBlock {
+  const T* qg;
+  const T* kg;
+  const T* vg;
+  int key_tiles;
+};
+template <class T, int BQ, int BK>
+__device__ __forceinline__ ForwardBlock<T> forward_block(const ForwardParams& p, const Seq& s, int b, int h, int q0) {
+  const int hk = h / (p.heads_q / p.heads_kv);
+  const int kv_end = p.causal ? min(s.lk, min(q0 + BQ, s.lq)) : s.lk;
+  return {static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, h, s.q_tok + q0),
+          static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok),
+          static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok), (kv_end + BK - 1) / BK};
+}
+
 // Forward: grid (q blocks of 64 MT, Hq, B); each warp owns MT m-tiles (16 MT consecutive rows),
 // which reuse every K/V fragment MT times. Per tile of BK keys, for each row:
 //   S = Q K^T; s2 = score_at(S); m_new = max(m, rowmax s2); P = exp2(s2 - m_new);
@@ -336,24 +462,20 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
   const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * BQ;
   const Seq s = sequence_of(p, b);
   if (q0 >= s.lq) return;
-  const int hk = h / (p.heads_q / p.heads_kv);
-  const T* qg = static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, h, s.q_tok + q0);
-  const T* kg = static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok);
-  const T* vg = static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok);
-  const int kv_end = p.causal ? min(s.lk, min(q0 + BQ, s.lq)) : s.lk;
-  const int nkb = (kv_end + BK - 1) / BK;
+  const ForwardBlock<T> fb = forward_block<T, BQ, BK>(p, s, b, h, q0);
+  const int nkb = fb.key_tiles;
   const bool whole_rows = !MASKED && aligned && p.head_dim == D;
   auto load_kv = [&](int kb, KeyBases<T> base) {
     load_key_tiles<T, BK, D>(ks + (kb & 1) * BK * LD, vs + (kb & 1) * BK * LD, base.k, base.v, p, s, kb, aligned,
                              whole_rows);
     if constexpr (MASKED) load_mask_tile<T, BQ, BK>(ms + (kb & 1) * kMaskBytes, p, b, h, s, q0, kb * BK, mask_vec);
   };
-  mma::load_tile<T, BQ, D, kThreads>(qs, qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned, p.q.ptr);
-  if (nkb > 0) load_kv(0, {kg, vg});
+  mma::load_tile<T, BQ, D, kThreads>(qs, fb.qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned, p.q.ptr);
+  if (nkb > 0) load_kv(0, {fb.kg, fb.vg});
   cp_async_commit();
-  if (kStateInSmem<MT> && threadIdx.x == 0) *bases_s = {kg, vg};  // read after the loop's first barrier
+  if (kStateInSmem<MT> && threadIdx.x == 0) *bases_s = {fb.kg, fb.vg};  // read after the loop's first barrier
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int wrow = q0 + warp * WR, row = wrow + (lane >> 2);  // rows row + 8 r, r < 2 MT
   const T* qw = qs + warp * WR * LD;
   const float scale_log2 = p.scale * kLog2eF;
@@ -375,7 +497,7 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
 
   for (int kb = 0; kb < nkb; ++kb) {
     __syncthreads();  // every warp is done with tile kb - 1: its buffer takes tile kb + 1
-    if (kb + 1 < nkb) load_kv(kb + 1, kStateInSmem<MT> ? *bases_s : KeyBases<T>{kg, vg});
+    if (kb + 1 < nkb) load_kv(kb + 1, kStateInSmem<MT> ? *bases_s : KeyBases<T>{fb.kg, fb.vg});
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -386,95 +508,106 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
     float sc[MT][BK / 8][4] = {};
     mma::warp_mma_abt<T, MT, BK, D, LD>(sc, qw, kt);
 
-    // A bounded tile crosses the end of the keys or this warp's causal diagonal. An interior
-    // tile with a positive scale (the usual case) keeps q.k unscaled: its row max scales after
-    // the reduction and p = exp2(q.k * scale log2 e - m) is one FFMA (nothing can be masked).
-    const bool bounded = k0 + BK > s.lk || (p.causal && k0 + BK - 1 > wrow);
-    const bool fused_scale = !MASKED && !bounded && scale_log2 > 0.f;
-    if (MASKED || bounded) {
-      int lo[2 * MT], hi[2 * MT];
-#pragma unroll
-      for (int r = 0; r < 2 * MT; ++r) lo[r] = 0, hi[r] = query_key_end(p, s, row + 8 * r);
-      bound_scores<T, MASKED, false, BK>(sc, scale_log2, lo, hi, k0, p.mask_kind, ms + (kb & 1) * kMaskBytes,
-                                         warp * WR);
-    } else if (!fused_scale) {
-      scale_scores(sc, scale_log2);
-    }
-    float tmax[2 * MT];
-#pragma unroll
-    for (int r = 0; r < 2 * MT; ++r) tmax[r] = masked_score<float>();
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int j = 0; j < BK / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) tmax[2 * mt + (e >> 1)] = fmaxf(tmax[2 * mt + (e >> 1)], sc[mt][j][e]);
-    // The state moves to the new max before P exists: l *= alpha, O *= alpha; then
-    // l += rowsum(P) in place. (Moving first keeps neither m_new nor a tile sum live beside
-    // the scores: 8 registers at MT = 2, which BK = 64 needs.) With the lazy max
-    // (attention_math.h) alpha is 1 on most tiles, and the warp skips the rescale of its D / 2
-    // accumulators per thread unless one of its rows moved. l stays a per-thread partial sum
-    // (alpha is the same across the quad), summed at the end.
-    state_from_smem();
-    const float max_scale = fused_scale ? scale_log2 : 1.f;  // a multiply, not a branch around the shuffles
-    bool moved = false;
-    float alpha[2 * MT];
-#pragma unroll
-    for (int r = 0; r < 2 * MT; ++r) {
-      alpha[r] = softmax_rescale(st[r], softmax_new_max(st[r], quad_max(tmax[r]) * max_scale));
-      moved |= alpha[r] != 1.f;
-    }
-    if (__any_sync(0xffffffffu, moved)) {
-#pragma unroll
-      for (int r = 0; r < 2 * MT; ++r)
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-          o[r / 2][j][2 * (r % 2)] *= alpha[r];
-          o[r / 2][j][2 * (r % 2) + 1] *= alpha[r];
-        }
-    }
-    // P = p_of(score, m) elementwise; l += rowsum(P)
-    auto exponentiate = [&](auto p_of) {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int j = 0; j < BK / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            SoftmaxState<float>& row_state = st[2 * mt + (e >> 1)];
-            sc[mt][j][e] = p_of(sc[mt][j][e], row_state.m);
-            row_state.l += sc[mt][j][e];
-          }
-    };
-    if (fused_scale)
-      exponentiate([&](float qk, float m) { return mma::Exp2Approx{}(fmaf(qk, scale_log2, -m)); });
-    else
-      exponentiate([](float s2, float m) { return masked_exp2(s2, m, mma::Exp2Approx{}); });
+    softmax_tile<T, D, MASKED>(sc, o, st, p, s, scale_log2, k0, wrow, row, ms + (kb & 1) * kMaskBytes, warp * WR,
+                               state_from_smem);
     state_to_smem();
     mma::warp_mma_rb<T, MT, D, BK, LD>(o, sc, vt);
   }
   cp_async_wait<0>();
   state_from_smem();
 
-  // out = O / l (0 for a row that saw no key), staged through smem for 16-byte stores. The
-  // sequence is read again here, so that its offsets are not held in registers (or spilled)
-  // through the key loop.
-  const Seq se = sequence_of(p, b);
-  float mul[2 * MT];
+  store_output<T, D, BQ, kThreads>(p, b, h, q0, wrow, row, o, st, qs, aligned);
+}
+
+// ---------------------------------------------------------------------------------------
+// sm_90a forward with warpgroup MMA (common/wgmma.cuh): grid (q blocks of 128, Hq, B), two
+// warpgroups of 64 rows (a warp's 16 rows as in fwd_mma). Q and the double-buffered K/V
+// tiles sit in 128-byte-swizzled shared memory (common/wgmma_layout.h), which the tensor
+// cores read directly: no ldmatrix, and per warpgroup and tile S = Q K^T is D / 16
+// instructions (m64 n BK k16) and O += P V is BK / 16 (m64 n D k16, P from the registers
+// where the softmax leaves it, V read transposed). The per-row softmax and the output step are
+// fwd_mma's (softmax_tile, store_output) on the same fragment layout. Unmasked, head dims 64
+// and 128; launched only where the loaded binary is sm_90a code (fwd_wgmma_runs).
+constexpr int kWgThreads = 256;
+template <class T, int D, int BK>
+constexpr size_t fwd_wgmma_smem() {  // Q, two K and two V tiles, and slack to align them
+  return size_t(128 + 4 * BK) * D * sizeof(T) + wgmma::kSwizzleBytes;
+}
+
+template <class T, int D, int BK>
+__global__ void __launch_bounds__(kWgThreads, 1) fwd_wgmma(const ForwardParams p, bool aligned) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // not sm_90a code: never launched (runs_sm90a)
+#else
+  constexpr int BQ = 128, WR = 16;
+  static_assert(D % wgmma::kPanelCols == 0 && (BK == 64 || BK == 128), "fwd_wgmma: head dim 64 or 128");
+  static_assert(BQ * mma::padded_ld<D>() <= 2 * BK * D, "fwd_wgmma: the output is staged in the K tiles");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // the tiles start on the swizzle's 1024-byte period (the launch adds the slack)
+  const uint32_t pad = (wgmma::kSwizzleBytes - smem_addr(smem_raw) % wgmma::kSwizzleBytes) % wgmma::kSwizzleBytes;
+  T* qs = reinterpret_cast<T*>(smem_raw + pad);  // [BQ][D] swizzled
+  T* ks = qs + BQ * D;                           // [2][BK][D] swizzled
+  T* vs = ks + 2 * BK * D;                       // [2][BK][D] swizzled
+
+  const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * BQ;
+  const Seq s = sequence_of(p, b);
+  if (q0 >= s.lq) return;
+  const ForwardBlock<T> fb = forward_block<T, BQ, BK>(p, s, b, h, q0);
+  const int nkb = fb.key_tiles;
+  const bool whole_rows = aligned && p.head_dim == D;
+  auto load_kv = [&](int kb) {
+    load_key_tiles<T, BK, D, kWgThreads, mma::SwizzledRows>(ks + (kb & 1) * BK * D, vs + (kb & 1) * BK * D,
+                                                             fb.kg, fb.vg, p, s, kb, aligned, whole_rows);
+  };
+  mma::load_tile<T, BQ, D, kWgThreads, mma::SwizzledRows>(qs, fb.qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned,
+                                                          p.q.ptr);
+  if (nkb > 0) load_kv(0);
+  cp_async_commit();
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp / 4;
+  const int wrow = q0 + warp * WR, row = wrow + (lane >> 2);  // rows row, row + 8
+  const int wg_last_row = q0 + 64 * wg + 63;
+  const uint32_t q_wg = smem_addr(qs) + uint32_t(64 * wg * 128);  // the warpgroup's rows of each panel
+  const float scale_log2 = p.scale * kLog2eF;
+  float o[1][D / 8][4] = {};
+  SoftmaxState<float> st[2] = {softmax_init<float>(), softmax_init<float>()};
+
+  for (int kb = 0; kb < nkb; ++kb) {
+    __syncthreads();  // tile kb - 1's MMAs have completed (waited for): its buffer takes tile kb + 1
+    if (kb + 1 < nkb) load_kv(kb + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    wgmma::fence_async_shared();  // this thread's landed copies, visible to the tensor cores
+    __syncthreads();
+    const int k0 = kb * BK;
+    // the whole tile is above the warpgroup's diagonal (uniform over its warps, as wgmma needs)
+    if (p.causal && k0 > wg_last_row) continue;
+    const uint32_t kt = smem_addr(ks + (kb & 1) * BK * D), vt = smem_addr(vs + (kb & 1) * BK * D);
+    // S = Q K^T
+    float sc[1][BK / 8][4];
+    wgmma::fence();
 #pragma unroll
-  for (int r = 0; r < 2 * MT; ++r) {
-    st[r].l = quad_sum(st[r].l);
-    mul[r] = softmax_out_scale(st[r]);
-    const int i = row + 8 * r;
-    if (t == 0 && i < se.lq) p.lse[stat_index(p, se, b, h, i)] = softmax_lse(st[r]);
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma::mma_ss<T, BK>(sc[0], wgmma::k_major_desc(q_wg, kk, BQ), wgmma::k_major_desc(kt, kk, BK), kk > 0);
+    wgmma::commit_group();
+    wgmma::wait_group<0>();
+    wgmma::fence_operand(sc[0]);
+
+    softmax_tile<T, D, false>(sc, o, st, p, s, scale_log2, k0, wrow, row, nullptr, 0, [] {});
+    // O += P V
+    uint32_t pf[BK / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) mma::a_fragment<T>(pf[kk], sc[0], kk);
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) wgmma::mma_rs<T, D>(o[0], pf[kk], wgmma::mn_major_desc(vt, kk, BK), true);
+    wgmma::commit_group();
+    wgmma::wait_group<0>();
+    wgmma::fence_operand(o[0]);
   }
-  __syncthreads();
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-    mma::fragment_to_smem<T, D, LD>(qs + (warp * WR + 16 * mt) * LD, o[mt], mul[2 * mt], mul[2 * mt + 1]);
-  __syncthreads();
-  T* og = static_cast<T*>(p.out.ptr) + token_offset(p.out, p, b, h, se.q_tok + q0);
-  mma::store_tile<T, BQ, D, kThreads>(og, p.out.stride_l, qs, se.lq - q0, p.head_dim, aligned);
+  cp_async_wait<0>();
+  store_output<T, D, BQ, kWgThreads>(p, b, h, q0, wrow, row, o, st, ks, aligned);
+#endif
 }
 
 // Adds (a, b) to p[0], p[1] (p 8-byte aligned): one vector reduction on sm_90 and later, two
@@ -1208,6 +1341,21 @@ int fwd_key_tile() {
   return v && std::atoi(v) == 32 ? 32 : 64;
 }
 
+// The sm_90a forward (fwd_wgmma) is opt-in with PYFASTATTN_ATTN_FWD_WGMMA=1 until a GPU run has
+// shown it correct and fast; read at every launch.
+bool fwd_wgmma_requested() {
+  const char* v = std::getenv("PYFASTATTN_ATTN_FWD_WGMMA");
+  return v && std::atoi(v) == 1;
+}
+// Does the binary the driver loaded for `kernel` hold its sm_90a body? Only sm_90 code built
+// from sm_90a PTX does: code JIT-compiled from an older PTX holds the trap.
+template <class K>
+bool runs_sm90a(K* kernel) {
+  cudaFuncAttributes a{};
+  PFA_CUDA_CHECK(cudaFuncGetAttributes(&a, kernel));
+  return a.binaryVersion == 90 && a.ptxVersion == 90;
+}
+
 // Keys per block of the head-dim-128 backward key pass: 128 (default; 8 warps, where the
 // device's shared memory allows) or 64 (4 warps) with PYFASTATTN_ATTN_BWD_KEY_BLOCK=64, read at
 // every launch so that bench/kernel_time.py attention-tiles compares both in one process.
@@ -1268,6 +1416,13 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
           const size_t smem = fwd_mma_smem<T, D, MT, BK>() + (MASKED ? 2 * mask_tile_bytes<64 * MT, BK>() : 0);
           launch(fwd_mma<T, D, MT, BK, MASKED>, grid, smem, stream, p, aligned, mask_vec);
         };
+        if constexpr (D == 64 || D == 128) {
+          if (p.mask_kind == MaskKind::None && fwd_wgmma_requested() && runs_sm90a(fwd_wgmma<T, D, 128>)) {
+            launch<kWgThreads>(fwd_wgmma<T, D, 128>, grid_for(p.len_q, 128, p.heads_q, p.batch),
+                               fwd_wgmma_smem<T, D, 128>(), stream, p, aligned);
+            return;
+          }
+        }
         if (p.mask_kind != MaskKind::None)
           run(Int<D <= 64 ? 64 : 32>{}, std::true_type{});
         else if constexpr (D <= 64)

@@ -20,6 +20,7 @@
 
 #include "common/cp_async.cuh"
 #include "common/cuda_utils.cuh"
+#include "common/wgmma_layout.h"
 
 namespace pfa::attention::mma {
 
@@ -132,6 +133,17 @@ __device__ __forceinline__ void warp_mma_abt(float (&c)[MT][N / 8][4], const T* 
   warp_mma_ss<T, MT, N, K, LD, LD, false, false>(c, a, b);
 }
 
+// The A fragment of k-step ks (columns 16 ks .. 16 ks + 15) from a warp's float accumulator
+// fragment (16 x K, the m16n8 C layout), rounded to T: an accumulator tile is an A operand
+// without data movement.
+template <class T, int NJ>
+__device__ __forceinline__ void a_fragment(uint32_t (&a)[4], const float (&s)[NJ][4], int ks) {
+  a[0] = pack2<T>(s[2 * ks][0], s[2 * ks][1]);
+  a[1] = pack2<T>(s[2 * ks][2], s[2 * ks][3]);
+  a[2] = pack2<T>(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+  a[3] = pack2<T>(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+}
+
 // C(16 MT x N) += A(16 MT x K) B: A = the float fragments `s` (as left by warp_mma_abt),
 // rounded to T; B = K rows at `b` stored [k][n], read transposed by ldmatrix.trans.
 template <class T, int MT, int N, int K, int LD>
@@ -142,12 +154,7 @@ __device__ __forceinline__ void warp_mma_rb(float (&c)[MT][N / 8][4], const floa
   for (int ks = 0; ks < K / 16; ++ks) {
     uint32_t af[MT][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      af[mt][0] = pack2<T>(s[mt][2 * ks][0], s[mt][2 * ks][1]);
-      af[mt][1] = pack2<T>(s[mt][2 * ks][2], s[mt][2 * ks][3]);
-      af[mt][2] = pack2<T>(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
-      af[mt][3] = pack2<T>(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
-    }
+    for (int mt = 0; mt < MT; ++mt) a_fragment<T>(af[mt], s[mt], ks);
 #pragma unroll
     for (int np = 0; np < N / 16; ++np) {
       uint32_t bf[4];
@@ -168,17 +175,32 @@ __device__ __forceinline__ void warp_mma_tt(float (&c)[MT][N / 8][4], const T* a
   warp_mma_ss<T, MT, N, K, LDA, LDB, true, true>(c, at, b);
 }
 
+// Where row r, 8-column chunk c of a ROWS x D shared tile lives (element offset): padded rows
+// for the ldmatrix operands, or the 128-byte-swizzled panels wgmma reads (common/wgmma_layout.h).
+// kRowPeriod: rows after which the layout repeats, shifted by a constant.
+template <int D>
+struct PaddedRows {
+  static constexpr int kRowPeriod = 1;
+  static __device__ __forceinline__ int at(int r, int c, int) { return r * padded_ld<D>() + 8 * c; }
+};
+struct SwizzledRows {
+  static constexpr int kRowPeriod = 8;
+  static __device__ __forceinline__ int at(int r, int c, int rows) {
+    return int(wgmma::swizzled_chunk(r, c, rows)) / 2;
+  }
+};
+
 // Copies `ROWS` rows (global row stride `ld_g` elements) into a padded smem tile, zero-filling
 // rows >= `valid_rows` and columns >= `dim`. With `async_ok` (base and strides 16-byte aligned)
 // it issues cp.async (the caller commits and waits); otherwise plain loads and stores.
 // `safe` is any readable address, passed to zero-byte copies.
-template <class T, int ROWS, int D, int NT>
+template <class T, int ROWS, int D, int NT, class Layout = PaddedRows<D>>
 __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld_g, int valid_rows, int dim,
                                           bool async_ok, const void* safe) {
-  constexpr int LD = padded_ld<D>(), CH = D / 8;
+  constexpr int CH = D / 8;
   for (int idx = threadIdx.x; idx < ROWS * CH; idx += NT) {
     const int r = idx / CH, c = (idx % CH) * 8;
-    T* dst = s + r * LD + c;
+    T* dst = s + Layout::at(r, c / 8, ROWS);
     const T* src = g + r * ld_g + c;
     const int n = r < valid_rows ? min(8, max(0, dim - c)) : 0;
     if (async_ok) {
@@ -195,27 +217,29 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t ld_g, int va
 // forward's key loop the per-chunk tests and conversions were among the most stalled
 // instructions (check 10). Used for K/V tiles by the unmasked forward and dq pass
 // (load_key_tiles); the masked kernels and the key pass keep load_tile (spills otherwise).
-template <class T, int ROWS, int D, int NT>
+template <class T, int ROWS, int D, int NT, class Layout = PaddedRows<D>>
 __device__ __forceinline__ void load_whole_tile(T* s, const T* g, int64_t ld_g) {
-  constexpr int LD = padded_ld<D>(), CH = D / 8;
+  constexpr int CH = D / 8;
   const uint32_t s0 = smem_addr(s);
   if constexpr (NT % CH == 0 && ROWS * CH % NT == 0) {
     // A thread copies chunk column c of rows r, r + NT/CH, ...: one pointer stepped by a
-    // constant, shared offsets folded into the instruction.
+    // constant, shared offsets folded into the instruction (the swizzle repeats every 8 rows,
+    // so the step is constant there too when NT/CH is a multiple of 8).
     constexpr int kRowStep = NT / CH;
-    const int r = int(threadIdx.x) / CH, c = int(threadIdx.x) % CH * 8;
-    const T* src = g + r * ld_g + c;
-    const uint32_t dst = s0 + uint32_t((r * LD + c) * sizeof(T));
+    static_assert(kRowStep % Layout::kRowPeriod == 0, "load_whole_tile: the row step breaks the layout's period");
+    const int r = int(threadIdx.x) / CH, c = int(threadIdx.x) % CH;
+    const T* src = g + r * ld_g + 8 * c;
+    const uint32_t dst = s0 + uint32_t(Layout::at(r, c, ROWS) * sizeof(T));
+    const uint32_t step = uint32_t((Layout::at(r + kRowStep, c, ROWS) - Layout::at(r, c, ROWS)) * sizeof(T));
 #pragma unroll
-    for (int i = 0; i < ROWS / kRowStep; ++i)
-      cp_async16_whole(dst + uint32_t(i * kRowStep * LD * sizeof(T)), src + i * kRowStep * ld_g);
+    for (int i = 0; i < ROWS / kRowStep; ++i) cp_async16_whole(dst + uint32_t(i) * step, src + i * kRowStep * ld_g);
   } else {
 #pragma unroll
     for (int i = 0; i < (ROWS * CH + NT - 1) / NT; ++i) {
       const int idx = int(threadIdx.x) + i * NT;
       if (ROWS * CH % NT != 0 && idx >= ROWS * CH) break;
-      const int r = idx / CH, c = idx % CH * 8;
-      cp_async16_whole(s0 + uint32_t((r * LD + c) * sizeof(T)), g + r * ld_g + c);
+      const int r = idx / CH, c = idx % CH;
+      cp_async16_whole(s0 + uint32_t(Layout::at(r, c, ROWS) * sizeof(T)), g + r * ld_g + 8 * c);
     }
   }
 }

@@ -176,6 +176,15 @@ int main() {
       run_case(c);
     }
   unsetenv("PYFASTATTN_ATTN_FWD_KEY_TILE");
+  // The sm_90a forward (fwd_wgmma, PYFASTATTN_ATTN_FWD_WGMMA=1): unmasked fp16/bf16 cases that
+  // pad to head dim 64 or 128.
+  setenv("PYFASTATTN_ATTN_FWD_WGMMA", "1", 1);
+  for (const Case& c : cases)
+    if (c.dt != DType::Float32 && ((c.D > 32 && c.D <= 64) || (c.D > 96 && c.D <= 128)) && c.mask == Mask::None) {
+      std::printf("  (wgmma forward)\n");
+      run_case(c);
+    }
+  unsetenv("PYFASTATTN_ATTN_FWD_WGMMA");
   // The head-dim-128 backward key pass takes 128-key blocks (8 warps) by default; run those
   // cases again with the 64-key blocks (4 warps) of PYFASTATTN_ATTN_BWD_KEY_BLOCK=64 (also the
   // fallback where shared memory is short).

@@ -47,6 +47,12 @@ inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* n
 }
 }
 template <class K> cudaError_t cudaFuncSetAttribute(K*, cudaFuncAttribute, int) { return cudaSuccess; }
+// Every kernel "loaded" as sm_90a code: the emulator runs the sm_90a paths (wgmma) too.
+template <class K> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, K*) {
+  *a = cudaFuncAttributes{};
+  a->binaryVersion = a->ptxVersion = 90;
+  return cudaSuccess;
+}
 
 inline thread_local uint3 threadIdx, blockIdx;
 inline thread_local dim3 blockDim, gridDim;

@@ -1,6 +1,6 @@
 // Warp-level tensor-core instructions emulated from the PTX fragment layouts: mma.sync
-// m16n8k16 (row.col, f32 accumulate) and ldmatrix x4. Each lane passes its part; the warp
-// meets at its barrier (emu_cuda.h) to exchange them.
+// m16n8k16 (row.col, f32 accumulate) and ldmatrix x4 (wgmma: common/wgmma.cuh next to this
+// file). Each lane passes its part; the warp meets at its barrier (emu_cuda.h) to exchange them.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -9,13 +9,9 @@ inline float emu_elem(uint32_t r, int half, bool bf) {
   if (bf) { __nv_bfloat16 v; std::memcpy(&v, &bits, 2); return __bfloat162float(v); }
   __half v; std::memcpy(&v, &bits, 2); return __half2float(v);
 }
-inline void emu_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf) {
-  const int lane = emu_lane;
-  EmuWarp& w = *emu_warp;
-  for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i];
-  for (int i = 0; i < 2; ++i) w.b[lane][i] = b[i];
-  __syncwarp();
-  float A[16][16], B[16][8];
+// The warp's 16 x 16 A operand from the lanes' fragments in w.a (the m16n8k16 A layout, which
+// wgmma's register A shares per warp).
+inline void emu_a_operand(float (&A)[16][16], const EmuWarp& w, bool bf) {
   for (int l = 0; l < 32; ++l) {
     const int g = l >> 2, q = l & 3;
     for (int h = 0; h < 2; ++h) {
@@ -23,6 +19,20 @@ inline void emu_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2
       A[g + 8][2 * q + h] = emu_elem(w.a[l][1], h, bf);
       A[g][2 * q + 8 + h] = emu_elem(w.a[l][2], h, bf);
       A[g + 8][2 * q + 8 + h] = emu_elem(w.a[l][3], h, bf);
+    }
+  }
+}
+inline void emu_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf) {
+  const int lane = emu_lane;
+  EmuWarp& w = *emu_warp;
+  for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i];
+  for (int i = 0; i < 2; ++i) w.b[lane][i] = b[i];
+  __syncwarp();
+  float A[16][16], B[16][8];
+  emu_a_operand(A, w, bf);
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, q = l & 3;
+    for (int h = 0; h < 2; ++h) {
       B[2 * q + h][g] = emu_elem(w.b[l][0], h, bf);
       B[2 * q + 8 + h][g] = emu_elem(w.b[l][1], h, bf);
     }

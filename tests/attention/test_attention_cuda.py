@@ -131,6 +131,23 @@ def test_cuda_forward_key_tiles(dtype, d, key_tile, monkeypatch):
     run_case(1, 2, 1, 257, 257, d, dtype, is_causal=True, seed=12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("d", [40, 64, 128])
+def test_cuda_forward_wgmma(dtype, d, monkeypatch):
+    """The sm_90a warpgroup-MMA forward, opt-in with PYFASTATTN_ATTN_FWD_WGMMA=1 (read at every
+    launch; on other GPUs, or a build without sm_90a code, the request runs the mma.sync forward,
+    which this then checks again): whole and partial 128-key tiles, causal diagonals inside
+    128-row blocks, GQA, a padded head dim (40 -> 64), the lazy max moving, (B, L, H, D) views
+    and varlen."""
+    monkeypatch.setenv("PYFASTATTN_ATTN_FWD_WGMMA", "1")
+    run_case(2, 2, 2, 200, 333, d, dtype, key_ramp=0.05, seed=21)
+    run_case(1, 4, 2, 257, 257, d, dtype, is_causal=True, seed=22)
+    if d == 64:
+        test_cuda_noncontiguous_views(dtype)
+        for is_causal in (False, True):
+            test_cuda_varlen(dtype, is_causal)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_cuda_large_logits(dtype):
     g = torch.Generator().manual_seed(5)
