@@ -35,6 +35,7 @@ def _gpus() -> list[str]:
 def cmd_info(args) -> int:
     import torch
     import pyfastattn
+    from pyfastattn import _C
     from pyfastattn._C import cuda_device_count
     info = dict(pyfastattn.BUILD_INFO)
     gpus = _gpus()
@@ -59,6 +60,10 @@ def cmd_info(args) -> int:
     print(f"CPU threads: {torch.get_num_threads()}")
     if gpus:
         print("GPUs: " + "; ".join(gpus))
+        if "attention" in families and info["cuda"]:
+            ok = _C.attention.forward_wgmma_available()
+            print("attention forward with warpgroup MMA (PYFASTATTN_ATTN_FWD_WGMMA=1): "
+                  + ("available on this GPU" if ok else "not on this GPU or build (needs sm_90 and sm_90a code)"))
     else:
         print(f"GPUs: none visible (runtime sees {cuda_device_count()})")
     print("ops:")

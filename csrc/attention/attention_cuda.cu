@@ -280,23 +280,33 @@ __device__ __forceinline__ void bound_scores(float (&sc)[MT][NJ][4], float scale
 // head_dim are zero-filled on load and never stored. `aligned`: every operand's base and
 // row strides are 16-byte aligned (cp.async and vector stores), otherwise scalar copies.
 
-// K and V rows [kb BK, kb BK + BK) of one (batch, kv head) into their shared tiles (the caller
-// commits the cp.async group): whole tiles without per-chunk bookkeeping (load_whole_tile) when
-// `whole_rows` (aligned, head_dim == D; the masked kernels pass false: no registers to spare)
-// and the tile lies inside the keys, else load_tile's bounds and zero fill.
-template <class T, int BK, int D, int NT = kThreads, class Layout = mma::PaddedRows<D>>
-__device__ __forceinline__ void load_key_tiles(T* kd, T* vd, const T* kg, const T* vg, const ForwardParams& p,
-                                               const Seq& s, int kb, bool aligned, bool whole_rows) {
+// Rows [kb BK, kb BK + BK) of K and / or V into shared tiles (the caller commits the cp.async
+// group), each operand a KeyRows: its tile, its (batch, kv head) base and strides. Whole tiles
+// without per-chunk bookkeeping (load_whole_tile) when `whole_rows` (aligned, head_dim == D; the
+// masked kernels pass false: no registers to spare) and the tile lies inside the keys, else
+// load_tile's bounds and zero fill; one test for all operands.
+template <class T>
+struct KeyRows {
+  T* dst;
+  const T* g;
+  const Strided& t;
+};
+template <class T, int BK, int D, int NT = kThreads, class Layout = mma::PaddedRows<D>, class... Ops>
+__device__ __forceinline__ void load_key_rows(const ForwardParams& p, const Seq& s, int kb, bool aligned,
+                                              bool whole_rows, const Ops&... ops) {
   const int64_t r0 = int64_t(kb) * BK;
   if (whole_rows && r0 + BK <= s.lk) {
-    mma::load_whole_tile<T, BK, D, NT, Layout>(kd, kg + r0 * p.k.stride_l, p.k.stride_l);
-    mma::load_whole_tile<T, BK, D, NT, Layout>(vd, vg + r0 * p.v.stride_l, p.v.stride_l);
+    (mma::load_whole_tile<T, BK, D, NT, Layout>(ops.dst, ops.g + r0 * ops.t.stride_l, ops.t.stride_l), ...);
   } else {
-    mma::load_tile<T, BK, D, NT, Layout>(kd, kg + r0 * p.k.stride_l, p.k.stride_l, s.lk - kb * BK, p.head_dim,
-                                         aligned, p.k.ptr);
-    mma::load_tile<T, BK, D, NT, Layout>(vd, vg + r0 * p.v.stride_l, p.v.stride_l, s.lk - kb * BK, p.head_dim,
-                                         aligned, p.v.ptr);
+    (mma::load_tile<T, BK, D, NT, Layout>(ops.dst, ops.g + r0 * ops.t.stride_l, ops.t.stride_l, s.lk - kb * BK,
+                                          p.head_dim, aligned, ops.t.ptr),
+     ...);
   }
+}
+template <class T, int BK, int D>
+__device__ __forceinline__ void load_key_tiles(T* kd, T* vd, const T* kg, const T* vg, const ForwardParams& p,
+                                               const Seq& s, int kb, bool aligned, bool whole_rows) {
+  load_key_rows<T, BK, D>(p, s, kb, aligned, whole_rows, KeyRows<T>{kd, kg, p.k}, KeyRows<T>{vd, vg, p.v});
 }
 
 // One key tile of the forward's online softmax for a warp's MT m-tiles: sc holds the tile's
@@ -306,12 +316,14 @@ __device__ __forceinline__ void load_key_tiles(T* kd, T* vd, const T* kg, const 
 //   P = exp2(s2 - m_new) in place of the scores; l += rowsum P.
 // `mask` / `mask_row0`: the MASKED kernel's mask tile and the warp's first row in it.
 // load_state() runs just before the state is first read (fwd_mma keeps it in shared memory at
-// MT = 2 and reloads it there; registers are short before).
-template <class T, int D, bool MASKED, int MT, int NJ, class Load>
+// MT = 2 and reloads it there; registers are short before). O is rescaled before P is formed,
+// or with LATE_RESCALE after it, once o_ready() has returned (fwd_wgmma: the previous tile's
+// O += P V runs on the tensor cores meanwhile).
+template <class T, int D, bool MASKED, bool LATE_RESCALE = false, int MT, int NJ, class Load, class Ready>
 __device__ __forceinline__ void softmax_tile(float (&sc)[MT][NJ][4], float (&o)[MT][D / 8][4],
                                              SoftmaxState<float> (&st)[2 * MT], const ForwardParams& p, const Seq& s,
                                              float scale_log2, int k0, int wrow, int row, const unsigned char* mask,
-                                             int mask_row0, Load load_state) {
+                                             int mask_row0, Load load_state, Ready o_ready) {
   constexpr int BK = 8 * NJ;
   // A bounded tile crosses the end of the keys or this warp's causal diagonal. An interior
   // tile with a positive scale (the usual case) keeps q.k unscaled: its row max scales after
@@ -350,15 +362,19 @@ __device__ __forceinline__ void softmax_tile(float (&sc)[MT][NJ][4], float (&o)[
     alpha[r] = softmax_rescale(st[r], softmax_new_max(st[r], quad_max(tmax[r]) * max_scale));
     moved |= alpha[r] != 1.f;
   }
-  if (__any_sync(0xffffffffu, moved)) {
+  auto rescale_o = [&] {
+    o_ready();
+    if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
-    for (int r = 0; r < 2 * MT; ++r)
+      for (int r = 0; r < 2 * MT; ++r)
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        o[r / 2][j][2 * (r % 2)] *= alpha[r];
-        o[r / 2][j][2 * (r % 2) + 1] *= alpha[r];
-      }
-  }
+        for (int j = 0; j < D / 8; ++j) {
+          o[r / 2][j][2 * (r % 2)] *= alpha[r];
+          o[r / 2][j][2 * (r % 2) + 1] *= alpha[r];
+        }
+    }
+  };
+  if constexpr (!LATE_RESCALE) rescale_o();
   // P = p_of(score, m) elementwise; l += rowsum(P)
   auto exponentiate = [&](auto p_of) {
 #pragma unroll
@@ -376,6 +392,7 @@ __device__ __forceinline__ void softmax_tile(float (&sc)[MT][NJ][4], float (&o)[
     exponentiate([&](float qk, float m) { return mma::Exp2Approx{}(fmaf(qk, scale_log2, -m)); });
   else
     exponentiate([](float s2, float m) { return masked_exp2(s2, m, mma::Exp2Approx{}); });
+  if constexpr (LATE_RESCALE) rescale_o();
 }
 
 // The forward's end for the BQ rows from q0 (NT threads; this warp's rows from wrow, this
@@ -509,7 +526,7 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
     mma::warp_mma_abt<T, MT, BK, D, LD>(sc, qw, kt);
 
     softmax_tile<T, D, MASKED>(sc, o, st, p, s, scale_log2, k0, wrow, row, ms + (kb & 1) * kMaskBytes, warp * WR,
-                               state_from_smem);
+                               state_from_smem, [] {});
     state_to_smem();
     mma::warp_mma_rb<T, MT, D, BK, LD>(o, sc, vt);
   }
@@ -555,57 +572,75 @@ __global__ void __launch_bounds__(kWgThreads, 1) fwd_wgmma(const ForwardParams p
   const ForwardBlock<T> fb = forward_block<T, BQ, BK>(p, s, b, h, q0);
   const int nkb = fb.key_tiles;
   const bool whole_rows = aligned && p.head_dim == D;
-  auto load_kv = [&](int kb) {
-    load_key_tiles<T, BK, D, kWgThreads, mma::SwizzledRows>(ks + (kb & 1) * BK * D, vs + (kb & 1) * BK * D,
-                                                             fb.kg, fb.vg, p, s, kb, aligned, whole_rows);
-  };
   mma::load_tile<T, BQ, D, kWgThreads, mma::SwizzledRows>(qs, fb.qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned,
                                                           p.q.ptr);
-  if (nkb > 0) load_kv(0);
+  if (nkb > 0)
+    load_key_rows<T, BK, D, kWgThreads, mma::SwizzledRows>(p, s, 0, aligned, whole_rows, KeyRows<T>{ks, fb.kg, p.k});
   cp_async_commit();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp / 4;
   const int wrow = q0 + warp * WR, row = wrow + (lane >> 2);  // rows row, row + 8
-  const int wg_last_row = q0 + 64 * wg + 63;
   const uint32_t q_wg = smem_addr(qs) + uint32_t(64 * wg * 128);  // the warpgroup's rows of each panel
   const float scale_log2 = p.scale * kLog2eF;
   float o[1][D / 8][4] = {};
   SoftmaxState<float> st[2] = {softmax_init<float>(), softmax_init<float>()};
+  // P of the previous tile, the A operand of its O += P V: that product is issued with the
+  // next tile's S = Q K^T and runs during the next softmax. Every wgmma sits outside branches
+  // (ptxas serializes wgmma on paths it cannot prove warpgroup-uniform), so tile 0 also adds
+  // its "previous" P V: P = 0 times V buffer 1, zeroed here (garbage could hold NaN).
+  uint32_t pf[BK / 16][4] = {};
+  for (int i = threadIdx.x; i < BK * D / 8; i += kWgThreads) reinterpret_cast<uint4*>(vs + BK * D)[i] = uint4{};
+  auto issue_pv = [&](int kb) {  // O += P V, V tile kb (buffer kb & 1)
+    const uint32_t vt = smem_addr(vs + (kb & 1) * BK * D);
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) wgmma::mma_rs<T, D>(o[0], pf[kk], wgmma::mn_major_desc(vt, kk, BK), true);
+    wgmma::commit_group();
+  };
+  // O and P are rewritten only once their O += P V has completed
+  auto pv_done = [&] {
+    wgmma::wait_group<0>();
+    wgmma::fence_operand(o[0]);
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(pf[kk][e]));
+  };
 
+  // Tile kb loads K tile kb + 1 and V tile kb: S = Q K^T runs a tile ahead of O += P V. Under
+  // causal masking no tile lies wholly above a warpgroup's diagonal (BK = BQ: the block's last
+  // tile starts at or before its first row), so both warpgroups take every tile.
+  static_assert(BK == BQ, "fwd_wgmma: a warpgroup would skip tiles above its diagonal");
   for (int kb = 0; kb < nkb; ++kb) {
-    __syncthreads();  // tile kb - 1's MMAs have completed (waited for): its buffer takes tile kb + 1
-    if (kb + 1 < nkb) load_kv(kb + 1);
+    __syncthreads();  // K tile kb - 1 and V tile kb - 2 are read (waited for): their buffers are free
+    if (kb + 1 < nkb)
+      load_key_rows<T, BK, D, kWgThreads, mma::SwizzledRows>(p, s, kb + 1, aligned, whole_rows,
+                                                              KeyRows<T>{ks + ((kb + 1) & 1) * BK * D, fb.kg, p.k});
+    load_key_rows<T, BK, D, kWgThreads, mma::SwizzledRows>(p, s, kb, aligned, whole_rows,
+                                                            KeyRows<T>{vs + (kb & 1) * BK * D, fb.vg, p.v});
     cp_async_commit();
-    cp_async_wait<1>();
-    wgmma::fence_async_shared();  // this thread's landed copies, visible to the tensor cores
+    cp_async_wait<1>();           // K tile kb and V tile kb - 1 have landed
+    wgmma::fence_async_shared();  // this thread's copies and stores, visible to the tensor cores
     __syncthreads();
-    const int k0 = kb * BK;
-    // the whole tile is above the warpgroup's diagonal (uniform over its warps, as wgmma needs)
-    if (p.causal && k0 > wg_last_row) continue;
-    const uint32_t kt = smem_addr(ks + (kb & 1) * BK * D), vt = smem_addr(vs + (kb & 1) * BK * D);
-    // S = Q K^T
     float sc[1][BK / 8][4];
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      wgmma::mma_ss<T, BK>(sc[0], wgmma::k_major_desc(q_wg, kk, BQ), wgmma::k_major_desc(kt, kk, BK), kk > 0);
+      wgmma::mma_ss<T, BK>(sc[0], wgmma::k_major_desc(q_wg, kk, BQ),
+                           wgmma::k_major_desc(smem_addr(ks + (kb & 1) * BK * D), kk, BK), kk > 0);
     wgmma::commit_group();
-    wgmma::wait_group<0>();
+    issue_pv(kb - 1);
+    wgmma::wait_group<1>();  // S = Q K^T, not O += P V
     wgmma::fence_operand(sc[0]);
-
-    softmax_tile<T, D, false>(sc, o, st, p, s, scale_log2, k0, wrow, row, nullptr, 0, [] {});
-    // O += P V
-    uint32_t pf[BK / 16][4];
+    softmax_tile<T, D, false, true>(sc, o, st, p, s, scale_log2, kb * BK, wrow, row, nullptr, 0, [] {}, pv_done);
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk) mma::a_fragment<T>(pf[kk], sc[0], kk);
-    wgmma::fence();
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk) wgmma::mma_rs<T, D>(o[0], pf[kk], wgmma::mn_major_desc(vt, kk, BK), true);
-    wgmma::commit_group();
-    wgmma::wait_group<0>();
-    wgmma::fence_operand(o[0]);
   }
-  cp_async_wait<0>();
+  cp_async_wait<0>();  // V of the last tile
+  wgmma::fence_async_shared();
+  __syncthreads();
+  wgmma::fence();
+  issue_pv(nkb - 1);
+  pv_done();
   store_output<T, D, BQ, kWgThreads>(p, b, h, q0, wrow, row, o, st, ks, aligned);
 #endif
 }
@@ -1387,6 +1422,15 @@ void check_params(const ForwardParams& p) {
 }
 
 }  // namespace
+
+bool forward_wgmma_available() {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    (void)cudaGetLastError();  // no device or driver: clear the error, answer no
+    return false;
+  }
+  return runs_sm90a(fwd_wgmma<__half, 128, 128>);
+}
 
 void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
   check_params(p);

@@ -149,6 +149,8 @@ int main() {
       {"D=64 causal, Lq > Lk", F16, 1, 2, 2, 130, 97, 64, true},
       {"D=128 whole tiles, rising logits", BF16, 1, 1, 1, 64, 256, 128, false, Mask::None, false, 0.3f},
       {"D=128 causal GQA 4/2", F16, 1, 4, 2, 100, 100, 128, true},
+      {"D=128 causal, three 128-key tiles", BF16, 1, 2, 1, 260, 260, 128, true},
+      {"D=64 three 128-key tiles, partial last", F16, 1, 2, 2, 90, 300, 64},
       {"D=128 (B,L,H,D) view", BF16, 2, 2, 2, 40, 72, 128, false, Mask::None, true},
       {"D=80 (pads to 96)", BF16, 1, 2, 1, 33, 65, 80},
       {"D=96 whole tiles, rising logits", F16, 1, 2, 1, 70, 192, 96, false, Mask::None, false, 0.2f},

@@ -37,6 +37,7 @@ extern "C" {
 inline const char* cudaGetErrorString(cudaError_t) { return "emu error"; }
 inline cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
   *v = attr == cudaDevAttrMultiProcessorCount ? 2 : 227 * 1024;
   return cudaSuccess;
@@ -133,7 +134,8 @@ inline void emu_launch(dim3 g, dim3 b, size_t smem, cudaStream_t, const std::fun
       for (long i = 0; i < blocks; ++i) {
         gate.arrive_and_wait();  // every thread is done with block i - 1
         if (t == 0) {
-          std::memset(emu_dyn_smem, 0xCD, smem);  // garbage: catches reads before writes
+          std::memset(emu_dyn_smem, 0xFF, smem);  // garbage: NaN in every float format, so a read
+                                                  // before a write shows even times zero
           bar = std::make_unique<std::barrier<>>(nt);
           warps = std::make_unique<EmuWarp[]>(size_t(nt / 32));
         }

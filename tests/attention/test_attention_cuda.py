@@ -139,6 +139,8 @@ def test_cuda_forward_wgmma(dtype, d, monkeypatch):
     which this then checks again): whole and partial 128-key tiles, causal diagonals inside
     128-row blocks, GQA, a padded head dim (40 -> 64), the lazy max moving, (B, L, H, D) views
     and varlen."""
+    if torch.cuda.get_device_capability() == (9, 0) and "90a" in pyfastattn.BUILD_INFO["cuda_archs"]:
+        assert pyfastattn._C.attention.forward_wgmma_available(), "sm_90a build on an sm_90 GPU: wgmma expected"
     monkeypatch.setenv("PYFASTATTN_ATTN_FWD_WGMMA", "1")
     run_case(2, 2, 2, 200, 333, d, dtype, key_ramp=0.05, seed=21)
     run_case(1, 4, 2, 257, 257, d, dtype, is_causal=True, seed=22)
