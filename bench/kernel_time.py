@@ -127,9 +127,9 @@ def norm_staged_rows():
 
 def attention_tile_rows():
     """Our bf16 attention two ways each: the unmasked forward at D = 96 / 128 with 64-key tiles
-    (the default) and 32-key tiles (PYFASTATTN_ATTN_FWD_KEY_TILE=32), and at D = 64 / 128 the
-    sm_90a warpgroup-MMA forward (PYFASTATTN_ATTN_FWD_WGMMA=1; the mma.sync one again where the
-    device or build has no sm_90a code); forward+backward with the
+    (the default) and 32-key tiles (PYFASTATTN_ATTN_FWD_KEY_TILE=32), and at D = 64 / 128, with
+    and without a bias, the sm_90a warpgroup-MMA forward (PYFASTATTN_ATTN_FWD_WGMMA=1; the
+    mma.sync one again where the device or build has no sm_90a code); forward+backward with the
     one-pass backward (dQ by atomics; with a bias, dMask from the same pass) and the two-pass
     one (PYFASTATTN_ATTN_BWD_DQ), at D = 128 each with the key pass's 128-key blocks (8 warps,
     the default) and 64-key blocks (PYFASTATTN_ATTN_BWD_KEY_BLOCK=64)."""
@@ -144,15 +144,19 @@ def attention_tile_rows():
         ins = [q, k, v] + ([m] if bias else [])
         flops = 4.0 * b * h * l * l * d / (2 if causal else 1)
         name = f"B={b} H={h} L={l} D={d}{' causal' if causal else ''}{' bias+grad' if bias else ''}"
-        fwd = lambda: pyfastattn.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(), is_causal=causal)
+        fwd = lambda: pyfastattn.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(),
+                                                              attn_mask=None if m is None else m.detach(),
+                                                              is_causal=causal)
         fwd_bwd = lambda: torch.autograd.grad(
             pyfastattn.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal), ins, do)
-        if not bias:  # mma.sync with 64-key tiles (the default) or 32 (D > 64); the sm_90a wgmma kernel
-            settings = {"64-key tiles (default)": (None, None), "32-key tiles": ("32", None), "wgmma": (None, "1")}
-            if d not in (64, 128):
-                settings.pop("wgmma")
-            if d <= 64:
-                settings.pop("32-key tiles")
+        # the forward: mma.sync (unmasked D > 64: 64-key tiles, the default, or 32), and the
+        # sm_90a wgmma kernel at D = 64 / 128
+        settings = {"mma.sync (default)": (None, None)}
+        if d > 64 and not bias:
+            settings = {"64-key tiles (default)": (None, None), "32-key tiles": ("32", None)}
+        if d in (64, 128):
+            settings["wgmma"] = (None, "1")
+        if len(settings) > 1:
             rows += setting_rows(f"fwd {name}", fwd,
                                  env_setter("PYFASTATTN_ATTN_FWD_KEY_TILE", "PYFASTATTN_ATTN_FWD_WGMMA"), settings,
                                  "TFLOP/s", flops / 1e12)

@@ -52,7 +52,9 @@ def attention_cases(dev):
             for lq, lk, d in ((130, 70, 128), (37, 200, 64)):
                 q = torch.randn(2, 4, lq, d, device=dev, dtype=dt)
                 k, v = (torch.randn(2, 2, lk, d, device=dev, dtype=dt) for _ in range(2))
+                bias = torch.randn(2, 1, lq, lk, device=dev, dtype=dt)
                 f(q, k, v, enable_gqa=True), f(q, k, v, is_causal=True, enable_gqa=True)
+                f(q, k, v, attn_mask=bias, is_causal=True, enable_gqa=True)  # the masked variant (64-key tiles)
             del os.environ["PYFASTATTN_ATTN_FWD_WGMMA"]
         lens = torch.tensor([0, 0, 1, 38, 38, 131], device=dev, dtype=torch.int32)  # lengths 0, 1, 37, 0, 93
         tq = torch.randn(131, 4, 64, device=dev, dtype=dt, requires_grad=True)

@@ -546,25 +546,27 @@ __global__ void __launch_bounds__(kThreads) fwd_mma(const ForwardParams p, bool 
 // fwd_mma's (softmax_tile, store_output) on the same fragment layout. Unmasked, head dims 64
 // and 128; launched only where the loaded binary is sm_90a code (fwd_wgmma_runs).
 constexpr int kWgThreads = 256;
-template <class T, int D, int BK>
-constexpr size_t fwd_wgmma_smem() {  // Q, two K and two V tiles, and slack to align them
-  return size_t(128 + 4 * BK) * D * sizeof(T) + wgmma::kSwizzleBytes;
+template <class T, int D, int BK, bool MASKED>
+constexpr size_t fwd_wgmma_smem() {  // Q, two K, two V (and two mask) tiles, and slack to align them
+  return size_t(128 + 4 * BK) * D * sizeof(T) + (MASKED ? 2 * mask_tile_bytes<128, BK>() : 0) +
+         wgmma::kSwizzleBytes;
 }
 
-template <class T, int D, int BK>
-__global__ void __launch_bounds__(kWgThreads, 1) fwd_wgmma(const ForwardParams p, bool aligned) {
+template <class T, int D, int BK, bool MASKED>
+__global__ void __launch_bounds__(kWgThreads, 1) fwd_wgmma(const ForwardParams p, bool aligned, bool mask_vec) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // not sm_90a code: never launched (runs_sm90a)
 #else
-  constexpr int BQ = 128, WR = 16;
+  constexpr int BQ = 128, WR = 16, kMaskBytes = mask_tile_bytes<BQ, BK>();
   static_assert(D % wgmma::kPanelCols == 0 && (BK == 64 || BK == 128), "fwd_wgmma: head dim 64 or 128");
-  static_assert(BQ * mma::padded_ld<D>() <= 2 * BK * D, "fwd_wgmma: the output is staged in the K tiles");
+  static_assert(BQ * mma::padded_ld<D>() <= 4 * BK * D, "fwd_wgmma: the output is staged in the K/V tiles");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   // the tiles start on the swizzle's 1024-byte period (the launch adds the slack)
   const uint32_t pad = (wgmma::kSwizzleBytes - smem_addr(smem_raw) % wgmma::kSwizzleBytes) % wgmma::kSwizzleBytes;
   T* qs = reinterpret_cast<T*>(smem_raw + pad);  // [BQ][D] swizzled
   T* ks = qs + BQ * D;                           // [2][BK][D] swizzled
   T* vs = ks + 2 * BK * D;                       // [2][BK][D] swizzled
+  unsigned char* ms = reinterpret_cast<unsigned char*>(vs + 2 * BK * D);  // [2][kMaskBytes] if MASKED
 
   const int b = blockIdx.z, h = blockIdx.y, q0 = query_block() * BQ;
   const Seq s = sequence_of(p, b);
@@ -572,10 +574,16 @@ __global__ void __launch_bounds__(kWgThreads, 1) fwd_wgmma(const ForwardParams p
   const ForwardBlock<T> fb = forward_block<T, BQ, BK>(p, s, b, h, q0);
   const int nkb = fb.key_tiles;
   const bool whole_rows = aligned && p.head_dim == D;
+  auto load_mask = [&](int kb) {
+    if constexpr (MASKED) load_mask_tile<T, BQ, BK, kWgThreads>(ms + (kb & 1) * kMaskBytes, p, b, h, s, q0, kb * BK,
+                                                                  mask_vec);
+  };
   mma::load_tile<T, BQ, D, kWgThreads, mma::SwizzledRows>(qs, fb.qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned,
                                                           p.q.ptr);
-  if (nkb > 0)
+  if (nkb > 0) {
     load_key_rows<T, BK, D, kWgThreads, mma::SwizzledRows>(p, s, 0, aligned, whole_rows, KeyRows<T>{ks, fb.kg, p.k});
+    load_mask(0);
+  }
   cp_async_commit();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp / 4;
@@ -606,19 +614,21 @@ __global__ void __launch_bounds__(kWgThreads, 1) fwd_wgmma(const ForwardParams p
       for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(pf[kk][e]));
   };
 
-  // Tile kb loads K tile kb + 1 and V tile kb: S = Q K^T runs a tile ahead of O += P V. Under
-  // causal masking no tile lies wholly above a warpgroup's diagonal (BK = BQ: the block's last
-  // tile starts at or before its first row), so both warpgroups take every tile.
-  static_assert(BK == BQ, "fwd_wgmma: a warpgroup would skip tiles above its diagonal");
+  // Tile kb loads K (and mask) tile kb + 1 and V tile kb: S = Q K^T runs a tile ahead of
+  // O += P V. Both warpgroups take every tile: one wholly above a warpgroup's causal diagonal
+  // (64-key tiles only) has every score masked and adds nothing, and skipping it would put the
+  // wgmma on a branch.
   for (int kb = 0; kb < nkb; ++kb) {
     __syncthreads();  // K tile kb - 1 and V tile kb - 2 are read (waited for): their buffers are free
-    if (kb + 1 < nkb)
+    if (kb + 1 < nkb) {
       load_key_rows<T, BK, D, kWgThreads, mma::SwizzledRows>(p, s, kb + 1, aligned, whole_rows,
                                                               KeyRows<T>{ks + ((kb + 1) & 1) * BK * D, fb.kg, p.k});
+      load_mask(kb + 1);
+    }
     load_key_rows<T, BK, D, kWgThreads, mma::SwizzledRows>(p, s, kb, aligned, whole_rows,
                                                             KeyRows<T>{vs + (kb & 1) * BK * D, fb.vg, p.v});
     cp_async_commit();
-    cp_async_wait<1>();           // K tile kb and V tile kb - 1 have landed
+    cp_async_wait<1>();           // K (and mask) tile kb and V tile kb - 1 have landed
     wgmma::fence_async_shared();  // this thread's copies and stores, visible to the tensor cores
     __syncthreads();
     float sc[1][BK / 8][4];
@@ -631,7 +641,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) fwd_wgmma(const ForwardParams p
     issue_pv(kb - 1);
     wgmma::wait_group<1>();  // S = Q K^T, not O += P V
     wgmma::fence_operand(sc[0]);
-    softmax_tile<T, D, false, true>(sc, o, st, p, s, scale_log2, kb * BK, wrow, row, nullptr, 0, [] {}, pv_done);
+    softmax_tile<T, D, MASKED, true>(sc, o, st, p, s, scale_log2, kb * BK, wrow, row, ms + (kb & 1) * kMaskBytes,
+                                     warp * WR, [] {}, pv_done);
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk) mma::a_fragment<T>(pf[kk], sc[0], kk);
   }
@@ -1429,7 +1440,7 @@ bool forward_wgmma_available() {
     (void)cudaGetLastError();  // no device or driver: clear the error, answer no
     return false;
   }
-  return runs_sm90a(fwd_wgmma<__half, 128, 128>);
+  return runs_sm90a(fwd_wgmma<__half, 128, 128, false>);
 }
 
 void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
@@ -1460,10 +1471,19 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
           const size_t smem = fwd_mma_smem<T, D, MT, BK>() + (MASKED ? 2 * mask_tile_bytes<64 * MT, BK>() : 0);
           launch(fwd_mma<T, D, MT, BK, MASKED>, grid, smem, stream, p, aligned, mask_vec);
         };
+        // the sm_90a forward: 128-key tiles, or 64 with a mask (its tiles in shared memory)
+        auto run_wgmma = [&](auto key_tile, auto masked) {
+          constexpr int BK = decltype(key_tile)::value;
+          constexpr bool MASKED = decltype(masked)::value;
+          launch<kWgThreads>(fwd_wgmma<T, D, BK, MASKED>, grid_for(p.len_q, 128, p.heads_q, p.batch),
+                             fwd_wgmma_smem<T, D, BK, MASKED>(), stream, p, aligned, mask_vec);
+        };
         if constexpr (D == 64 || D == 128) {
-          if (p.mask_kind == MaskKind::None && fwd_wgmma_requested() && runs_sm90a(fwd_wgmma<T, D, 128>)) {
-            launch<kWgThreads>(fwd_wgmma<T, D, 128>, grid_for(p.len_q, 128, p.heads_q, p.batch),
-                               fwd_wgmma_smem<T, D, 128>(), stream, p, aligned);
+          if (fwd_wgmma_requested() && runs_sm90a(fwd_wgmma<T, D, 128, false>)) {
+            if (p.mask_kind == MaskKind::None)
+              run_wgmma(Int<128>{}, std::false_type{});
+            else
+              run_wgmma(Int<64>{}, std::true_type{});
             return;
           }
         }
