@@ -347,8 +347,8 @@ __device__ __forceinline__ void softmax_tile(float (&sc)[MT][NJ][4], float (&o)[
     for (int j = 0; j < BK / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) tmax[2 * mt + (e >> 1)] = fmaxf(tmax[2 * mt + (e >> 1)], sc[mt][j][e]);
-  // The state moves to the new max before P exists: l *= alpha, O *= alpha; then
-  // l += rowsum(P) in place. (Moving first keeps neither m_new nor a tile sum live beside
+  // The state moves to the new max before P exists: l *= alpha, O *= alpha (with LATE_RESCALE
+  // O after P); then l += rowsum(P) in place. (Moving first keeps neither m_new nor a tile sum live beside
   // the scores: 8 registers at MT = 2, which BK = 64 needs.) With the lazy max
   // (attention_math.h) alpha is 1 on most tiles, and the warp skips the rescale of its D / 2
   // accumulators per thread unless one of its rows moved. l stays a per-thread partial sum
@@ -555,7 +555,7 @@ constexpr size_t fwd_wgmma_smem() {  // Q, two K, two V (and two mask) tiles, an
 template <class T, int D, int BK, bool MASKED>
 __global__ void __launch_bounds__(kWgThreads, 1) fwd_wgmma(const ForwardParams p, bool aligned, bool mask_vec) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  __trap();  // not sm_90a code: never launched (runs_sm90a)
+  __trap();  // not sm_90a code: never launched (forward_wgmma_available)
 #else
   constexpr int BQ = 128, WR = 16, kMaskBytes = mask_tile_bytes<BQ, BK>();
   static_assert(D % wgmma::kPanelCols == 0 && (BK == 64 || BK == 128), "fwd_wgmma: head dim 64 or 128");
@@ -1393,14 +1393,6 @@ bool fwd_wgmma_requested() {
   const char* v = std::getenv("PYFASTATTN_ATTN_FWD_WGMMA");
   return v && std::atoi(v) == 1;
 }
-// Does the binary the driver loaded for `kernel` hold its sm_90a body? Only sm_90 code built
-// from sm_90a PTX does: code JIT-compiled from an older PTX holds the trap.
-template <class K>
-bool runs_sm90a(K* kernel) {
-  cudaFuncAttributes a{};
-  PFA_CUDA_CHECK(cudaFuncGetAttributes(&a, kernel));
-  return a.binaryVersion == 90 && a.ptxVersion == 90;
-}
 
 // Keys per block of the head-dim-128 backward key pass: 128 (default; 8 warps, where the
 // device's shared memory allows) or 64 (4 warps) with PYFASTATTN_ATTN_BWD_KEY_BLOCK=64, read at
@@ -1434,13 +1426,18 @@ void check_params(const ForwardParams& p) {
 
 }  // namespace
 
+// Does the binary the driver loaded for fwd_wgmma (every instantiation comes from the same
+// one) hold its sm_90a body? Only sm_90 code built from sm_90a PTX does (binary and PTX
+// version 90): code JIT-compiled from an older PTX holds the trap.
 bool forward_wgmma_available() {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     (void)cudaGetLastError();  // no device or driver: clear the error, answer no
     return false;
   }
-  return runs_sm90a(fwd_wgmma<__half, 128, 128, false>);
+  cudaFuncAttributes a{};
+  PFA_CUDA_CHECK(cudaFuncGetAttributes(&a, fwd_wgmma<__half, 128, 128, false>));
+  return a.binaryVersion == 90 && a.ptxVersion == 90;
 }
 
 void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
@@ -1479,7 +1476,7 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
                              fwd_wgmma_smem<T, D, BK, MASKED>(), stream, p, aligned, mask_vec);
         };
         if constexpr (D == 64 || D == 128) {
-          if (fwd_wgmma_requested() && runs_sm90a(fwd_wgmma<T, D, 128, false>)) {
+          if (fwd_wgmma_requested() && forward_wgmma_available()) {
             if (p.mask_kind == MaskKind::None)
               run_wgmma(Int<128>{}, std::false_type{});
             else

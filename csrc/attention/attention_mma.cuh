@@ -230,7 +230,7 @@ __device__ __forceinline__ void load_whole_tile(T* s, const T* g, int64_t ld_g) 
     const int r = int(threadIdx.x) / CH, c = int(threadIdx.x) % CH;
     const T* src = g + r * ld_g + 8 * c;
     const uint32_t dst = s0 + uint32_t(Layout::at(r, c, ROWS) * sizeof(T));
-    const uint32_t step = uint32_t((Layout::at(r + kRowStep, c, ROWS) - Layout::at(r, c, ROWS)) * sizeof(T));
+    const uint32_t step = uint32_t(Layout::at(kRowStep, 0, ROWS) * sizeof(T));  // at(0, 0) is 0
 #pragma unroll
     for (int i = 0; i < ROWS / kRowStep; ++i) cp_async16_whole(dst + uint32_t(i) * step, src + i * kRowStep * ld_g);
   } else {

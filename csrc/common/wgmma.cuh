@@ -1,8 +1,9 @@
 // Warpgroup-level tensor-core MMA for sm_90a (wgmma.mma_async, m64nNk16, float32 accumulate):
 // a warpgroup (4 consecutive warps, 128 threads) multiplies a 64-row A by an N-column B in
 // one asynchronous instruction, B (and A, or A from registers) read straight from shared
-// memory through descriptors (common/wgmma_layout.h). The host emulator (dev/cuda_emu)
-// replaces this file with its own implementation of the same functions.
+// memory through descriptors (common/wgmma_layout.h). sm_90a only: callers compile their
+// wgmma code for that arch alone. The host emulator (dev/cuda_emu) replaces this file with its
+// own implementation of the same functions.
 //
 // Accumulator d[j][e] of warp w (of the warpgroup) holds row 16 w + g + 8 (e / 2), column
 // 8 j + 2 t + (e % 2), g = lane / 4, t = lane % 4: per warp the m16n8 layout of mma.sync, so
@@ -24,24 +25,16 @@
 
 #include "common/wgmma_layout.h"
 
-// wgmma exists on sm_90a only; elsewhere these compile to nothing and the kernels that use
-// them are never launched (the host checks the loaded binary).
-#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define PFA_WGMMA_ASM(...) asm volatile(__VA_ARGS__)
-#else
-#define PFA_WGMMA_ASM(...) __trap()
-#endif
-
 namespace pfa::wgmma {
 
-__device__ __forceinline__ void fence() { PFA_WGMMA_ASM("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void commit_group() { PFA_WGMMA_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void commit_group() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void wait_group() {
-  PFA_WGMMA_ASM("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 __device__ __forceinline__ void fence_async_shared() {
-  PFA_WGMMA_ASM("fence.proxy.async.shared::cta;\n" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 // The accumulators count as rewritten here: reads after a wait_group stay after it.
 template <int NJ>
@@ -62,14 +55,14 @@ __device__ __forceinline__ void fence_operand(float (&d)[NJ][4]) {
 // D (+)= A B, both K-major in shared memory. Operands after the N / 2 accumulators: descriptors
 // of A and B, then the accumulate flag (scale-d = 0 overwrites D).
 #define PFA_WGMMA_SS(SHAPE, TY, DLIST, IA, IB, ID, OUTS)                                               \
-  PFA_WGMMA_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, %" ID ", 0;\n"                                       \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" ID ", 0;\n"                                       \
                 "wgmma.mma_async.sync.aligned." SHAPE ".f32." TY "." TY " " DLIST ", %" IA ", %" IB       \
                 ", p, 1, 1, 0, 0;\n}\n"                                                                \
                 : OUTS                                                                                 \
                 : "l"(a_desc), "l"(b_desc), "r"(int(accumulate)))
 // D (+)= A B, A from registers (4 x 2 elements), B MN-major in shared memory (imm-trans-b = 1).
 #define PFA_WGMMA_RS(SHAPE, TY, DLIST, IA0, IA1, IA2, IA3, IB, ID, OUTS)                              \
-  PFA_WGMMA_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, %" ID ", 0;\n"                                       \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" ID ", 0;\n"                                       \
                 "wgmma.mma_async.sync.aligned." SHAPE ".f32." TY "." TY " " DLIST ", {%" IA0 ", %" IA1   \
                 ", %" IA2 ", %" IA3 "}, %" IB ", p, 1, 1, 1;\n}\n"                                     \
                 : OUTS                                                                                 \
