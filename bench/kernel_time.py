@@ -13,7 +13,7 @@ times our layer norm forward+backward with the staged backward at its default wi
 width from 1024, and nowhere; attention-tiles times our forward at D = 96 / 128 with 64- and
 32-key tiles and at D = 64 / 128 with the sm_90a wgmma kernel, and forward+backward (also with
 a bias that needs its gradient) with the one-pass (atomic dQ) and the two-pass backward, at
-D = 128 each with 128- and 64-key blocks.
+D = 128 each with 128- and 64-key blocks, and at D = 64 / 128 the sm_90a wgmma one pass.
 """
 from __future__ import annotations
 
@@ -132,7 +132,8 @@ def attention_tile_rows():
     mma.sync one again where the device or build has no sm_90a code); forward+backward with the
     one-pass backward (dQ by atomics; with a bias, dMask from the same pass) and the two-pass
     one (PYFASTATTN_ATTN_BWD_DQ), at D = 128 each with the key pass's 128-key blocks (8 warps,
-    the default) and 64-key blocks (PYFASTATTN_ATTN_BWD_KEY_BLOCK=64)."""
+    the default) and 64-key blocks (PYFASTATTN_ATTN_BWD_KEY_BLOCK=64), and at D = 64 / 128 the
+    sm_90a one pass on warpgroup MMA (PYFASTATTN_ATTN_BWD_WGMMA=1)."""
     rows, dt = [], torch.bfloat16
     for b, h, l, d, causal, bias in [(4, 16, 4096, 128, False, False), (4, 16, 4096, 128, True, False),
                                      (16, 16, 1024, 128, False, False), (4, 16, 4096, 96, False, False),
@@ -160,12 +161,15 @@ def attention_tile_rows():
             rows += setting_rows(f"fwd {name}", fwd,
                                  env_setter("PYFASTATTN_ATTN_FWD_KEY_TILE", "PYFASTATTN_ATTN_FWD_WGMMA"), settings,
                                  "TFLOP/s", flops / 1e12)
-        modes = {"one pass (atomic dQ)": ("atomic", None), "two pass": ("pass", None)}
+        modes = {"one pass (atomic dQ)": ("atomic", None, None), "two pass": ("pass", None, None)}
         if d == 128:  # key blocks of 128 keys (8 warps, the default) and of 64 (4 warps)
-            modes = {f"{mode}, {keys}-key blocks": (dq, block) for mode, (dq, _) in modes.items()
+            modes = {f"{mode}, {keys}-key blocks": (dq, block, None) for mode, (dq, _, _) in modes.items()
                      for keys, block in (("128", None), ("64", "64"))}
+        if d in (64, 128):  # the sm_90a one pass (the mma.sync one where there is no sm_90a code)
+            modes["wgmma one pass"] = ("atomic", None, "1")
         rows += setting_rows(f"fwd+bwd {name}", fwd_bwd,
-                             env_setter("PYFASTATTN_ATTN_BWD_DQ", "PYFASTATTN_ATTN_BWD_KEY_BLOCK"), modes,
+                             env_setter("PYFASTATTN_ATTN_BWD_DQ", "PYFASTATTN_ATTN_BWD_KEY_BLOCK",
+                                        "PYFASTATTN_ATTN_BWD_WGMMA"), modes,
                              "TFLOP/s", 3.5 * flops / 1e12)
     return rows
 

@@ -48,14 +48,17 @@ def attention_cases(dev):
             (f(q, k, v, is_causal=True).float().sum() +
              f(q, k, v, attn_mask=bias, is_causal=True).float().sum()).backward()  # dMask from the key pass
             del os.environ["PYFASTATTN_ATTN_BWD_DQ"]
-            os.environ["PYFASTATTN_ATTN_FWD_WGMMA"] = "1"  # the sm_90a forward (mma.sync elsewhere)
+            # the sm_90a forward and one-pass backward (mma.sync elsewhere)
+            os.environ["PYFASTATTN_ATTN_FWD_WGMMA"] = os.environ["PYFASTATTN_ATTN_BWD_WGMMA"] = "1"
             for lq, lk, d in ((130, 70, 128), (37, 200, 64)):
-                q = torch.randn(2, 4, lq, d, device=dev, dtype=dt)
-                k, v = (torch.randn(2, 2, lk, d, device=dev, dtype=dt) for _ in range(2))
-                bias = torch.randn(2, 1, lq, lk, device=dev, dtype=dt)
-                f(q, k, v, enable_gqa=True), f(q, k, v, is_causal=True, enable_gqa=True)
-                f(q, k, v, attn_mask=bias, is_causal=True, enable_gqa=True)  # the masked variant (64-key tiles)
-            del os.environ["PYFASTATTN_ATTN_FWD_WGMMA"]
+                q = torch.randn(2, 4, lq, d, device=dev, dtype=dt, requires_grad=True)
+                k, v = (torch.randn(2, 2, lk, d, device=dev, dtype=dt, requires_grad=True) for _ in range(2))
+                bias = torch.randn(2, 4, lq, lk, device=dev, dtype=dt, requires_grad=True)
+                (f(q, k, v, enable_gqa=True).float().sum() +
+                 f(q, k, v, is_causal=True, enable_gqa=True).float().sum() +
+                 # the masked variants (64-key forward tiles; dMask from the key pass)
+                 f(q, k, v, attn_mask=bias, is_causal=True, enable_gqa=True).float().sum()).backward()
+            del os.environ["PYFASTATTN_ATTN_FWD_WGMMA"], os.environ["PYFASTATTN_ATTN_BWD_WGMMA"]
         lens = torch.tensor([0, 0, 1, 38, 38, 131], device=dev, dtype=torch.int32)  # lengths 0, 1, 37, 0, 93
         tq = torch.randn(131, 4, 64, device=dev, dtype=dt, requires_grad=True)
         tk = torch.randn(131, 2, 64, device=dev, dtype=dt, requires_grad=True)

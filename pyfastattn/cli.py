@@ -61,8 +61,8 @@ def cmd_info(args) -> int:
     if gpus:
         print("GPUs: " + "; ".join(gpus))
         if "attention" in families and info["cuda"]:
-            ok = _C.attention.forward_wgmma_available()
-            print("attention forward with warpgroup MMA (PYFASTATTN_ATTN_FWD_WGMMA=1): "
+            ok = _C.attention.wgmma_available()
+            print("attention with warpgroup MMA (PYFASTATTN_ATTN_FWD_WGMMA=1, PYFASTATTN_ATTN_BWD_WGMMA=1): "
                   + ("available on this GPU" if ok else "not on this GPU or build (needs sm_90 and sm_90a code)"))
     else:
         print(f"GPUs: none visible (runtime sees {cuda_device_count()})")

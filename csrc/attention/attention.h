@@ -70,9 +70,9 @@ void backward_cpu(const BackwardParams& p);
 #ifdef PFA_WITH_CUDA
 void forward_cuda(const ForwardParams& p, uintptr_t stream);
 void backward_cuda(const BackwardParams& p, uintptr_t stream);
-// Does the current device run the sm_90a forward (PYFASTATTN_ATTN_FWD_WGMMA=1)? An sm_90 GPU
-// and a build with sm_90a code.
-bool forward_wgmma_available();
+// Does the current device run the sm_90a warpgroup-MMA kernels (PYFASTATTN_ATTN_FWD_WGMMA=1,
+// PYFASTATTN_ATTN_BWD_WGMMA=1)? An sm_90 GPU and a build with sm_90a code.
+bool wgmma_available();
 #endif
 
 }  // namespace pfa::attention

@@ -151,9 +151,9 @@ void backward(bool cuda, int dtype, int batch, int heads_q, int heads_kv, int le
   }
 }
 
-bool forward_wgmma_available() {
+bool wgmma_available() {
 #ifdef PFA_WITH_CUDA
-  return A::forward_wgmma_available();
+  return A::wgmma_available();
 #else
   return false;
 #endif
@@ -162,7 +162,7 @@ bool forward_wgmma_available() {
 void bind_attention(py::module_& m) {
   m.def("forward", &forward);
   m.def("backward", &backward);
-  m.def("forward_wgmma_available", &forward_wgmma_available);
+  m.def("wgmma_available", &wgmma_available);
 }
 
 }  // namespace

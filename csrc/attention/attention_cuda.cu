@@ -416,7 +416,7 @@ __device__ __forceinline__ void store_output(const ForwardParams& p, int b, int 
   __syncthreads();
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
-    mma::fragment_to_smem<T, D, LD>(stage + (wrow - q0 + 16 * mt) * LD, o[mt], mul[2 * mt], mul[2 * mt + 1]);
+    mma::fragment_to_smem<T, D, mma::PaddedRows<D>>(stage, wrow - q0 + 16 * mt, o[mt], mul[2 * mt], mul[2 * mt + 1]);
   __syncthreads();
   T* og = static_cast<T*>(p.out.ptr) + token_offset(p.out, p, b, h, se.q_tok + q0);
   mma::store_tile<T, BQ, D, NT>(og, p.out.stride_l, stage, se.lq - q0, p.head_dim, aligned);
@@ -555,7 +555,7 @@ constexpr size_t fwd_wgmma_smem() {  // Q, two K, two V (and two mask) tiles, an
 template <class T, int D, int BK, bool MASKED>
 __global__ void __launch_bounds__(kWgThreads, 1) fwd_wgmma(const ForwardParams p, bool aligned, bool mask_vec) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  __trap();  // not sm_90a code: never launched (forward_wgmma_available)
+  __trap();  // not sm_90a code: never launched (wgmma_available)
 #else
   constexpr int BQ = 128, WR = 16, kMaskBytes = mask_tile_bytes<BQ, BK>();
   static_assert(D % wgmma::kPanelCols == 0 && (BK == 64 || BK == 128), "fwd_wgmma: head dim 64 or 128");
@@ -667,27 +667,14 @@ __device__ __forceinline__ void atomic_add_pair(float* p, float a, float b) {
 #endif
 }
 
-// The fused key pass's dQ contribution of one (key block, query tile) pair: dQ[q0 + i][c] +=
-// sum over the block's keys of dS[i][key] K[key][c], from dS^T ([BKEY][LDS], every warp's rows
-// written) and the block's K tile. The WARPS warps split the BQ x D product into BQ / 16 row
-// m-tiles x the rest of WARPS column parts; each adds its fragment to bp.dq_accum (float32, one
-// row of head_dim per query, laid out as the lse) with atomics, skipping rows past the
-// sequence and padded columns. Barriers on both sides: every warp's dS^T rows are in before
-// the product, and the product has read them before the next tile overwrites them.
-// `with_dss()` runs between the barriers, while dS^T is complete (the dMask copy).
-template <class T, int D, int BQ, int BKEY, int LD, int LDS, int WARPS, class F>
-__device__ __forceinline__ void add_tile_dq(const BackwardParams& bp, int b, int hq, const Seq& s, int q0, const T* dss,
-                                            const T* kst, F&& with_dss) {
-  constexpr int kRowParts = BQ / 16, kCols = D / (WARPS / kRowParts);
-  static_assert(WARPS % kRowParts == 0 && kCols % 16 == 0, "add_tile_dq: the warps split BQ x D in 16 x 16 blocks");
+// Adds a warp's dQ fragment (rows q0 + r0 + g (+ 8), columns c0 + 8 j + 2 t (+ 1) of query head
+// hq) to bp.dq_accum (float32, one row of head_dim per query, laid out as the lse) with
+// atomics, skipping rows past the sequence and padded columns.
+template <int D, int NJ>
+__device__ __forceinline__ void add_dq_fragment(const BackwardParams& bp, int b, int hq, const Seq& s, int q0, int r0,
+                                                int c0, const float (&dq)[NJ][4]) {
   const ForwardParams& p = bp.fwd;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int r0 = 16 * (warp % kRowParts), c0 = (warp / kRowParts) * kCols;
-  __syncthreads();
-  float dq[1][kCols / 8][4] = {};
-  mma::warp_mma_tt<T, 1, kCols, BKEY, LDS, LD>(dq, dss + r0, kst + c0);
-  with_dss();
-  __syncthreads();
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   // dq_accum rows are consecutive along the sequence (stat_index); a head dim of D needs no
   // column test (a separate loop: ptxas wraps every conditional atomic in a branch) and adds
   // each fragment pair at once
@@ -700,26 +687,47 @@ __device__ __forceinline__ void add_tile_dq(const BackwardParams& bp, int b, int
     float* row = tile_rows + int64_t(r) * p.head_dim;
     if (whole_cols) {
 #pragma unroll
-      for (int j = 0; j < kCols / 8; ++j)
-        atomic_add_pair(row + c0 + 8 * j + 2 * t, dq[0][j][2 * hr], dq[0][j][2 * hr + 1]);
+      for (int j = 0; j < NJ; ++j) atomic_add_pair(row + c0 + 8 * j + 2 * t, dq[j][2 * hr], dq[j][2 * hr + 1]);
     } else {
 #pragma unroll
-      for (int j = 0; j < kCols / 8; ++j)
+      for (int j = 0; j < NJ; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int c = c0 + 8 * j + 2 * t + e;
-          if (c < p.head_dim) atomicAdd(row + c, dq[0][j][2 * hr + e]);
+          if (c < p.head_dim) atomicAdd(row + c, dq[j][2 * hr + e]);
         }
     }
   }
 }
 
+// The fused key pass's dQ contribution of one (key block, query tile) pair: dQ[q0 + i][c] +=
+// sum over the block's keys of dS[i][key] K[key][c], from dS^T ([BKEY][LDS], every warp's rows
+// written) and the block's K tile. The WARPS warps split the BQ x D product into BQ / 16 row
+// m-tiles x the rest of WARPS column parts; each adds its fragment with add_dq_fragment.
+// Barriers on both sides: every warp's dS^T rows are in before the product, and the product
+// has read them before the next tile overwrites them. `with_dss()` runs between the barriers,
+// while dS^T is complete (the dMask copy).
+template <class T, int D, int BQ, int BKEY, int LD, int LDS, int WARPS, class F>
+__device__ __forceinline__ void add_tile_dq(const BackwardParams& bp, int b, int hq, const Seq& s, int q0, const T* dss,
+                                            const T* kst, F&& with_dss) {
+  constexpr int kRowParts = BQ / 16, kCols = D / (WARPS / kRowParts);
+  static_assert(WARPS % kRowParts == 0 && kCols % 16 == 0, "add_tile_dq: the warps split BQ x D in 16 x 16 blocks");
+  const int warp = threadIdx.x >> 5;
+  const int r0 = 16 * (warp % kRowParts), c0 = (warp / kRowParts) * kCols;
+  __syncthreads();
+  float dq[1][kCols / 8][4] = {};
+  mma::warp_mma_tt<T, 1, kCols, BKEY, LDS, LD>(dq, dss + r0, kst + c0);
+  with_dss();
+  __syncthreads();
+  add_dq_fragment<D>(bp, b, hq, s, q0, r0, c0, dq[0]);
+}
+
 // dMask[q0 + i][k0 + j] = dS^T[j][i] for the (query tile, key block) pair staged in dss
-// ([BKEY][LDS], rounded to T): the dMask tile is written along its keys. Each warp takes
-// units of 8 queries x 32 keys; one ldmatrix.x4.trans gives lane (g, t) query g's keys
-// 8 t .. 8 t + 7 (matrix m, row 2 t + e = key 8 t + 2 m + e), one 16-byte store when `vec`
-// (dMask rows 16-byte aligned) and the 8 keys are inside the sequence, else element stores.
-template <class T, int BQ, int BKEY, int LDS, int WARPS>
+// (BKEY rows of BQ queries in Layout, rounded to T): the dMask tile is written along its keys.
+// Each warp takes units of 8 queries x 32 keys; one ldmatrix.x4.trans gives lane (g, t) query
+// g's keys 8 t .. 8 t + 7 (matrix m, row 2 t + e = key 8 t + 2 m + e), one 16-byte store when
+// `vec` (dMask rows 16-byte aligned) and the 8 keys are inside the sequence, else element stores.
+template <class T, int BQ, int BKEY, class Layout, int WARPS>
 __device__ __forceinline__ void store_dmask_tile(const BackwardParams& bp, int b, int h, const Seq& s, int q0, int k0,
                                                  const T* dss, bool vec) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -727,7 +735,7 @@ __device__ __forceinline__ void store_dmask_tile(const BackwardParams& bp, int b
   for (int u = warp; u < (BQ / 8) * (BKEY / 32); u += WARPS) {
     const int qb = 8 * (u % (BQ / 8)), kb = 32 * (u / (BQ / 8));
     uint32_t keys8[4];
-    mma::ldmatrix_x4_trans(keys8, dss + (kb + 8 * (r >> 1) + 2 * m + (r & 1)) * LDS + qb);
+    mma::ldmatrix_x4_trans(keys8, dss + Layout::at(kb + 8 * (r >> 1) + 2 * m + (r & 1), qb / 8, BKEY));
     const int i = q0 + qb + g, j = k0 + kb + 8 * t;
     if (i >= s.lq || j >= s.lk) continue;
     T* out = static_cast<T*>(bp.dmask) + dmask_offset(bp, b, h, i, j);
@@ -739,6 +747,127 @@ __device__ __forceinline__ void store_dmask_tile(const BackwardParams& bp, int b
         if (j + x < s.lk) reinterpret_cast<uint16_t*>(out)[x] = uint16_t(keys8[x / 2] >> (16 * (x % 2)));
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Pieces of the backward key passes (bwd_dkdv_mma, bwd_wgmma).
+
+// The query tiles a key block [k0, k0 + BKEY) visits, in (head, tile) order: tiles of BQ rows
+// from qb0 (causal: earlier queries see none of these keys) for each of the nh query heads
+// from h_first (the GQA group summed here, or one head when dK/dV have Hq heads).
+struct KeyBlockTiles {
+  int h_first, nh, hk, qb0, tiles, total;
+};
+template <int BQ>
+__device__ __forceinline__ KeyBlockTiles key_block_tiles(const BackwardParams& bp, const Seq& s, int hout, int k0) {
+  const ForwardParams& p = bp.fwd;
+  const int group = p.heads_q / p.heads_kv;
+  const bool reduce = bp.dkv_heads == p.heads_kv;  // sum the group here, else one query head
+  KeyBlockTiles kt;
+  kt.h_first = reduce ? hout * group : hout;
+  kt.nh = reduce ? group : 1;
+  kt.hk = kt.h_first / group;
+  kt.qb0 = p.causal ? k0 / BQ : 0;
+  kt.tiles = max(0, (s.lq + BQ - 1) / BQ - kt.qb0);
+  kt.total = kt.nh * kt.tiles;
+  return kt;
+}
+// `hq` and `q0` step along without a division per tile.
+struct QueryTile {
+  int hq, q0;
+};
+template <int BQ>
+__device__ __forceinline__ QueryTile next_query_tile(QueryTile c, const KeyBlockTiles& kt) {
+  c.q0 += BQ;
+  if (c.q0 >= (kt.qb0 + kt.tiles) * BQ) c.q0 = kt.qb0 * BQ, ++c.hq;
+  return c;
+}
+
+// The key block's K (and V where `with_v`) rows into shared tiles laid out as Layout.
+template <class T, int BKEY, int D, int NT, class Layout = mma::PaddedRows<D>>
+__device__ __forceinline__ void load_key_block(const ForwardParams& p, const Seq& s, int b, int hk, int k0, T* kst,
+                                               T* vst, bool with_v, bool aligned) {
+  mma::load_tile<T, BKEY, D, NT, Layout>(kst, static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok + k0),
+                                         p.k.stride_l, s.lk - k0, p.head_dim, aligned, p.k.ptr);
+  if (with_v)
+    mma::load_tile<T, BKEY, D, NT, Layout>(vst, static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok + k0),
+                                           p.v.stride_l, s.lk - k0, p.head_dim, aligned, p.v.ptr);
+}
+
+// Query tile c of a key block into one buffer: Q and dO rows (Layout; whole tiles without
+// per-chunk bounds when `whole_rows` and the tile lies inside the queries), the mask tile
+// (MASKED), and the rows' lse (threads [0, BQ)) and delta (threads [BQ, 2 BQ)), one 4-byte
+// cp.async each like the tiles (0 for rows past the end, which bound_scores masks; lse stays in
+// natural log until it is used). Two warps share those: one alone delayed every tile's barrier
+// by its loop. The caller commits.
+template <class T, int BQ, int BKEY, int D, int NT, bool MASKED, class Layout = mma::PaddedRows<D>>
+__device__ __forceinline__ void load_query_tile(const BackwardParams& bp, const Seq& s, int b, int k0, QueryTile c,
+                                                T* q_dst, T* do_dst, float* lse_dst, float* dl_dst,
+                                                unsigned char* mask_dst, bool whole_rows, bool aligned, bool mask_vec) {
+  static_assert(NT >= 2 * BQ, "one thread per lse / delta element");
+  const ForwardParams& p = bp.fwd;
+  const int hq = c.hq, q0 = c.q0;
+  const T* qg = static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, hq, s.q_tok + q0);
+  const T* dog = static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, hq, s.q_tok + q0);
+  if (whole_rows && q0 + BQ <= s.lq) {
+    mma::load_whole_tile<T, BQ, D, NT, Layout>(q_dst, qg, p.q.stride_l);
+    mma::load_whole_tile<T, BQ, D, NT, Layout>(do_dst, dog, bp.dout.stride_l);
+  } else {
+    mma::load_tile<T, BQ, D, NT, Layout>(q_dst, qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned, p.q.ptr);
+    mma::load_tile<T, BQ, D, NT, Layout>(do_dst, dog, bp.dout.stride_l, s.lq - q0, p.head_dim, aligned, bp.dout.ptr);
+  }
+  if constexpr (MASKED) load_mask_tile<T, BQ, BKEY, NT>(mask_dst, p, b, hq, s, q0, k0, mask_vec);
+  if (threadIdx.x < 2 * BQ) {
+    const int i = threadIdx.x % BQ;
+    const bool ok = q0 + i < s.lq, is_lse = threadIdx.x < BQ;
+    const int64_t idx = ok ? stat_index(p, s, b, hq, q0 + i) : 0;
+    cp_async4((is_lse ? lse_dst : dl_dst) + i, (is_lse ? p.lse : bp.delta) + idx, ok ? 4 : 0);
+  }
+}
+
+// dMask = 0 for the query rows [0, qb0 BQ) that causal masking hides from the key block (the
+// one-pass backward writes dMask; its tiles start at qb0).
+template <class T, int BQ, int BKEY, int NT>
+__device__ __forceinline__ void zero_hidden_dmask(const BackwardParams& bp, int b, const Seq& s, int k0,
+                                                  const KeyBlockTiles& kt) {
+  const int rows = min(kt.qb0 * BQ, s.lq);
+  for (int hq = kt.h_first; hq < kt.h_first + kt.nh; ++hq)
+    for (int idx = threadIdx.x; idx < rows * BKEY; idx += NT) {
+      const int kj = k0 + idx % BKEY;
+      if (kj < s.lk) store_dmask<T>(bp, b, hq, idx / BKEY, kj, 0.f);
+    }
+}
+
+// The key block's dK (times the scale; DK) and dV (DV) from each warp's MT m-tiles of 16 keys
+// from block row wk0, staged through `stage` (2 BKEY padded rows, free once the barrier here
+// has passed) for coalesced stores.
+template <class T, int D, int BKEY, int NT, int MT, bool DK, bool DV>
+__device__ __forceinline__ void store_key_grads(const BackwardParams& bp, int b, int hout, const Seq& s, int k0,
+                                                int wk0, T* stage, const float (&dk)[MT][D / 8][4],
+                                                const float (&dv)[MT][D / 8][4], bool aligned) {
+  const ForwardParams& p = bp.fwd;
+  using Padded = mma::PaddedRows<D>;
+  T* dk_stage = stage;
+  T* dv_stage = stage + BKEY * mma::padded_ld<D>();
+  __syncthreads();
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    if (DK) mma::fragment_to_smem<T, D, Padded>(dk_stage, wk0 + 16 * mt, dk[mt], p.scale, p.scale);
+    if (DV) mma::fragment_to_smem<T, D, Padded>(dv_stage, wk0 + 16 * mt, dv[mt], 1.f, 1.f);
+  }
+  __syncthreads();
+  if (DK)
+    mma::store_tile<T, BKEY, D, NT>(static_cast<T*>(bp.dk.ptr) + token_offset(bp.dk, p, b, hout, s.k_tok + k0),
+                                    bp.dk.stride_l, dk_stage, s.lk - k0, p.head_dim, aligned);
+  if (DV)
+    mma::store_tile<T, BKEY, D, NT>(static_cast<T*>(bp.dv.ptr) + token_offset(bp.dv, p, b, hout, s.k_tok + k0),
+                                    bp.dv.stride_l, dv_stage, s.lk - k0, p.head_dim, aligned);
+}
+
+// Whether dMask rows start 16-byte aligned (store_dmask_tile's vector stores).
+__device__ __forceinline__ bool dmask_rows_aligned(const BackwardParams& bp) {
+  return ((bp.dmask_stride_b | bp.dmask_stride_h | bp.dmask_stride_q) % 8) == 0 &&
+         reinterpret_cast<uintptr_t>(bp.dmask) % 16 == 0;
 }
 
 // Backward key-block pass: grid (key blocks of 16 MT WARPS, dkv_heads, B); rows = keys, each
@@ -777,73 +906,22 @@ __global__ void __launch_bounds__(32 * WARPS, 1) bwd_dkdv_mma(const BackwardPara
   const int b = blockIdx.z, hout = blockIdx.y, k0 = blockIdx.x * BKEY;
   const Seq s = sequence_of(p, b);
   if (k0 >= s.lk) return;
-  const int group = p.heads_q / p.heads_kv;
-  const bool reduce = bp.dkv_heads == p.heads_kv;  // sum the group here, else one query head
-  const int h_first = reduce ? hout * group : hout, nh = reduce ? group : 1;
-  const int hk = h_first / group;
-  const int qb0 = p.causal ? k0 / BQ : 0;  // earlier queries see none of these keys
-  const int tiles = max(0, (s.lq + BQ - 1) / BQ - qb0);
-  const int total = nh * tiles;
+  const KeyBlockTiles kt = key_block_tiles<BQ>(bp, s, hout, k0);
   const bool whole_rows = !MASKED && aligned && p.head_dim == D;
   // FUSED_DQ writes dMask (in T: the launch keeps float32 dMask on the two-pass path)
   const bool dmask_here = FUSED_DQ && MASKED && bp.dmask != nullptr;
-  const bool dmask_vec = ((bp.dmask_stride_b | bp.dmask_stride_h | bp.dmask_stride_q) % 8) == 0 &&
-                         reinterpret_cast<uintptr_t>(bp.dmask) % 16 == 0;
+  const bool dmask_vec = dmask_rows_aligned(bp);
 
-  mma::load_tile<T, BKEY, D, NT>(
-      kst, static_cast<const T*>(p.k.ptr) + token_offset(p.k, p, b, hk, s.k_tok + k0), p.k.stride_l,
-      s.lk - k0, p.head_dim, aligned, p.k.ptr);
-  if (DK)
-    mma::load_tile<T, BKEY, D, NT>(
-        vst, static_cast<const T*>(p.v.ptr) + token_offset(p.v, p, b, hk, s.k_tok + k0), p.v.stride_l,
-        s.lk - k0, p.head_dim, aligned, p.v.ptr);
-  // Query tiles in (head, tile) order: `hq` and `q0` step along without a division per tile.
-  struct QueryTile {
-    int hq, q0;
-  };
-  const auto next_tile = [&](QueryTile c) {
-    c.q0 += BQ;
-    if (c.q0 >= (qb0 + tiles) * BQ) c.q0 = qb0 * BQ, ++c.hq;
-    return c;
-  };
+  load_key_block<T, BKEY, D, NT>(p, s, b, kt.hk, k0, kst, vst, DK, aligned);
   auto load_q = [&](QueryTile c, int buf) {
-    const int hq = c.hq, q0 = c.q0;
-    const T* qg = static_cast<const T*>(p.q.ptr) + token_offset(p.q, p, b, hq, s.q_tok + q0);
-    const T* dog = static_cast<const T*>(bp.dout.ptr) + token_offset(bp.dout, p, b, hq, s.q_tok + q0);
-    if (whole_rows && q0 + BQ <= s.lq) {
-      mma::load_whole_tile<T, BQ, D, NT>(qs + buf * BQ * LD, qg, p.q.stride_l);
-      mma::load_whole_tile<T, BQ, D, NT>(dos + buf * BQ * LD, dog, bp.dout.stride_l);
-    } else {
-      mma::load_tile<T, BQ, D, NT>(qs + buf * BQ * LD, qg, p.q.stride_l, s.lq - q0, p.head_dim, aligned,
-                                         p.q.ptr);
-      mma::load_tile<T, BQ, D, NT>(dos + buf * BQ * LD, dog, bp.dout.stride_l, s.lq - q0, p.head_dim, aligned,
-                                         bp.dout.ptr);
-    }
-    if constexpr (MASKED) load_mask_tile<T, BQ, BKEY, NT>(ms + buf * kMaskBytes, p, b, hq, s, q0, k0, mask_vec);
-    // lse (threads [0, BQ)) and delta (threads [BQ, 2 BQ)) of the tile's rows, one 4-byte
-    // cp.async each, like the tiles (0 for rows past the end, which bound_scores masks); lse
-    // stays in natural log until it is used. Two warps share it: one alone delayed every
-    // tile's barrier by its loop.
-    static_assert(NT >= 2 * BQ, "one thread per lse / delta element");
-    if (threadIdx.x < 2 * BQ) {
-      const int i = threadIdx.x % BQ;
-      const bool ok = q0 + i < s.lq, is_lse = threadIdx.x < BQ;
-      const int64_t idx = ok ? stat_index(p, s, b, hq, q0 + i) : 0;
-      cp_async4((is_lse ? lse_s : dl_s) + buf * BQ + i, (is_lse ? p.lse : bp.delta) + idx, ok ? 4 : 0);
-    }
+    load_query_tile<T, BQ, BKEY, D, NT, MASKED>(bp, s, b, k0, c, qs + buf * BQ * LD, dos + buf * BQ * LD,
+                                                lse_s + buf * BQ, dl_s + buf * BQ, ms + buf * kMaskBytes, whole_rows,
+                                                aligned, mask_vec);
   };
-  QueryTile tile{h_first, qb0 * BQ};
-  if (total > 0) load_q(tile, 0);
+  QueryTile tile{kt.h_first, kt.qb0 * BQ};
+  if (kt.total > 0) load_q(tile, 0);
   cp_async_commit();
-  if (dmask_here && qb0 > 0) {
-    // dMask = 0 for the query rows [0, qb0 BQ) that causal masking hides from these keys
-    const int rows = min(qb0 * BQ, s.lq);
-    for (int hq = h_first; hq < h_first + nh; ++hq)
-      for (int idx = threadIdx.x; idx < rows * BKEY; idx += NT) {
-        const int kj = k0 + idx % BKEY;
-        if (kj < s.lk) store_dmask<T>(bp, b, hq, idx / BKEY, kj, 0.f);
-      }
-  }
+  if (dmask_here) zero_hidden_dmask<T, BQ, BKEY, NT>(bp, b, s, k0, kt);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
   const int wkey = k0 + warp * WK, key = wkey + (lane >> 2);  // keys key + 8 r, r < 2 MT
@@ -852,12 +930,13 @@ __global__ void __launch_bounds__(32 * WARPS, 1) bwd_dkdv_mma(const BackwardPara
   // FUSED_DQ: this warp's rows of dS^T (its keys x the tile's queries) into dss, rounded to T
   auto stage_ds = [&](const float (&ds)[MT][BQ / 8][4]) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) mma::fragment_to_smem<T, BQ, LDS>(dss + (warp * WK + 16 * mt) * LDS, ds[mt], 1.f, 1.f);
+    for (int mt = 0; mt < MT; ++mt)
+      mma::fragment_to_smem<T, BQ, mma::PaddedRows<BQ>>(dss, warp * WK + 16 * mt, ds[mt], 1.f, 1.f);
   };
 
-  for (int it = 0; it < total; ++it, tile = next_tile(tile)) {
+  for (int it = 0; it < kt.total; ++it, tile = next_query_tile<BQ>(tile, kt)) {
     __syncthreads();
-    if (it + 1 < total) load_q(next_tile(tile), (it + 1) & 1);
+    if (it + 1 < kt.total) load_q(next_query_tile<BQ>(tile, kt), (it + 1) & 1);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -907,27 +986,174 @@ __global__ void __launch_bounds__(32 * WARPS, 1) bwd_dkdv_mma(const BackwardPara
     }
     if constexpr (FUSED_DQ)  // every warp: barriers
       add_tile_dq<T, D, BQ, BKEY, LD, LDS, WARPS>(bp, b, tile.hq, s, q0, dss, kst, [&] {
-        if (dmask_here) store_dmask_tile<T, BQ, BKEY, LDS, WARPS>(bp, b, tile.hq, s, q0, k0, dss, dmask_vec);
+        if (dmask_here) store_dmask_tile<T, BQ, BKEY, mma::PaddedRows<BQ>, WARPS>(bp, b, tile.hq, s, q0, k0, dss, dmask_vec);
       });
   }
   cp_async_wait<0>();
+  store_key_grads<T, D, BKEY, NT, MT, DK, DV>(bp, b, hout, s, k0, warp * WK, kst, dk, dv, aligned);
+}
 
-  // Each warp stages its own rows (only it read them as the A operand).
-  __syncthreads();
+// sm_90a backward in one pass with warpgroup MMA (common/wgmma.cuh), bwd_dkdv_mma<FUSED_DQ>'s
+// algorithm: grid (key blocks of 128, dkv_heads, B), two warpgroups of 64 keys (a warp's 16
+// keys as there at MT = 1). K, V and the double-buffered tiles of 64 queries (Q, dO) sit in
+// 128-byte-swizzled shared memory. Per query tile, each warpgroup:
+//   S^T = K Q^T; dP^T = V dO^T          m64 n64 k16, both operands from shared memory, two groups
+//   P^T = exp2(score - lse2); dV += P^T dO        P^T from registers, dO read transposed
+//   dS^T = P^T (dP^T - delta); dK += dS^T Q       likewise (P^T is exponentiated while dP^T runs)
+//   dQ += dS K                           dS^T staged in shared memory and read transposed (A
+//                                        MN-major); the warpgroup's D / 2 columns of the 64 x D
+//                                        product, added to bp.dq_accum with atomics
+// Score bounds, mask and dS math are bwd_dkdv_mma's on the same fragment layout; dMask (when
+// asked) is copied from the staged dS^T. No wgmma sits on a branch: causal tiles are computed
+// whole (masked scores give P = dS = 0). Head dims 64 and 128; launched only where
+// wgmma_available().
+template <class T, int D, bool MASKED>
+constexpr size_t bwd_wgmma_smem() {  // K, V, two Q, two dO, dS^T, lse / delta, two mask tiles, alignment slack
+  return size_t(2 * 128 * D + 4 * 64 * D + 128 * 64) * sizeof(T) + 4 * 64 * sizeof(float) +
+         (MASKED ? 2 * mask_tile_bytes<64, 128>() : 0) + wgmma::kSwizzleBytes;
+}
+
+template <class T, int D, bool MASKED>
+__global__ void __launch_bounds__(kWgThreads, 1) bwd_wgmma(const BackwardParams bp, bool aligned, bool mask_vec) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // not sm_90a code: never launched (wgmma_available)
+#else
+  constexpr int NT = kWgThreads, BKEY = 128, BQ = 64, DQC = D / 2, kMaskBytes = mask_tile_bytes<BQ, BKEY>();
+  static_assert(D == 64 || D == 128, "bwd_wgmma: head dim 64 or 128");
+  static_assert(2 * BKEY * mma::padded_ld<D>() <= 2 * BKEY * D + 4 * BQ * D, "bwd_wgmma: dK / dV staged in the tiles");
+  const ForwardParams& p = bp.fwd;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t pad = (wgmma::kSwizzleBytes - smem_addr(smem_raw) % wgmma::kSwizzleBytes) % wgmma::kSwizzleBytes;
+  T* kst = reinterpret_cast<T*>(smem_raw + pad);  // [BKEY][D] swizzled, as every tile here
+  T* vst = kst + BKEY * D;                         // [BKEY][D]
+  T* qs = vst + BKEY * D;                          // [2][BQ][D]
+  T* dos = qs + 2 * BQ * D;                        // [2][BQ][D]
+  T* dss = dos + 2 * BQ * D;                       // [BKEY][BQ] dS^T
+  float* lse_s = reinterpret_cast<float*>(dss + BKEY * BQ);             // [2][BQ]
+  float* dl_s = lse_s + 2 * BQ;                                         // [2][BQ]
+  unsigned char* ms = reinterpret_cast<unsigned char*>(dl_s + 2 * BQ);  // [2][kMaskBytes] if MASKED
+
+  const int b = blockIdx.z, hout = blockIdx.y, k0 = blockIdx.x * BKEY;
+  const Seq s = sequence_of(p, b);
+  if (k0 >= s.lk) return;
+  const KeyBlockTiles kt = key_block_tiles<BQ>(bp, s, hout, k0);
+  const bool whole_rows = !MASKED && aligned && p.head_dim == D;
+  const bool dmask_here = MASKED && bp.dmask != nullptr;
+  const bool dmask_vec = dmask_rows_aligned(bp);
+
+  load_key_block<T, BKEY, D, NT, mma::SwizzledRows>(p, s, b, kt.hk, k0, kst, vst, true, aligned);
+  auto load_q = [&](QueryTile c, int buf) {
+    load_query_tile<T, BQ, BKEY, D, NT, MASKED, mma::SwizzledRows>(bp, s, b, k0, c, qs + buf * BQ * D,
+                                                                   dos + buf * BQ * D, lse_s + buf * BQ,
+                                                                   dl_s + buf * BQ, ms + buf * kMaskBytes,
+                                                                   whole_rows, aligned, mask_vec);
+  };
+  QueryTile tile{kt.h_first, kt.qb0 * BQ};
+  if (kt.total > 0) load_q(tile, 0);
+  cp_async_commit();
+  if (dmask_here) zero_hidden_dmask<T, BQ, BKEY, NT>(bp, b, s, k0, kt);
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3, wg = warp / 4;
+  const int wkey = k0 + warp * 16, key = wkey + (lane >> 2);  // keys key, key + 8
+  // the warpgroup's 64 key rows of each K / V panel, and its dQ columns [wg DQC, + DQC) of K
+  const uint32_t k_wg = smem_addr(kst) + uint32_t(64 * wg * 128), v_wg = smem_addr(vst) + uint32_t(64 * wg * 128);
+  const uint32_t k_cols = smem_addr(kst) + uint32_t((wg * DQC / 64) * BKEY * 128 + (wg * DQC % 64) * 2);
+  const float scale_log2 = p.scale * kLog2eF;
+  float dk[1][D / 8][4] = {}, dv[1][D / 8][4] = {};
+  uint32_t pf[BQ / 16][4], dsf[BQ / 16][4];  // P^T and dS^T, the A operands of dV and dK
+  // registers a wgmma reads or writes stay put until it has completed
+  auto operands_done = [&](float (&dq)[1][DQC / 8][4]) {
+    wgmma::fence_operand(dq[0]);
+    wgmma::fence_operand(dk[0]);
+    wgmma::fence_operand(dv[0]);
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    if (DK) mma::fragment_to_smem<T, D, LD>(kst + (warp * WK + 16 * mt) * LD, dk[mt], p.scale, p.scale);
-    if (DV) mma::fragment_to_smem<T, D, LD>(vst + (warp * WK + 16 * mt) * LD, dv[mt], 1.f, 1.f);
+    for (int kk = 0; kk < BQ / 16; ++kk)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(pf[kk][e]), "+r"(dsf[kk][e]));
+  };
+
+  for (int it = 0; it < kt.total; ++it, tile = next_query_tile<BQ>(tile, kt)) {
+    __syncthreads();  // tile it - 1's wgmma are complete: its Q / dO buffer and dS^T are free
+    if (it + 1 < kt.total) load_q(next_query_tile<BQ>(tile, kt), (it + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    wgmma::fence_async_shared();  // this thread's copies, visible to the tensor cores
+    __syncthreads();
+    const int q0 = tile.q0, buf = it & 1;
+    const uint32_t qt = smem_addr(qs + buf * BQ * D), dot = smem_addr(dos + buf * BQ * D);
+    const float* lt = lse_s + buf * BQ;
+    const float* dlt = dl_s + buf * BQ;
+
+    // S^T = K Q^T, then dP^T = V dO^T as a second group
+    float sc[1][BQ / 8][4], dp[1][BQ / 8][4];
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma::mma_ss<T, BQ>(sc[0], wgmma::k_major_desc(k_wg, kk, BKEY), wgmma::k_major_desc(qt, kk, BQ), kk > 0);
+    wgmma::commit_group();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      wgmma::mma_ss<T, BQ>(dp[0], wgmma::k_major_desc(v_wg, kk, BKEY), wgmma::k_major_desc(dot, kk, BQ), kk > 0);
+    wgmma::commit_group();
+    wgmma::wait_group<1>();  // S^T
+    wgmma::fence_operand(sc[0]);
+
+    // P^T = exp2(score - lse2); a bounded tile crosses the end of the queries or keys, or this
+    // warp's causal diagonal (key j is seen by queries [j or 0, lq); by none past lk)
+    const bool bounded = q0 + BQ > s.lq || wkey + 16 > s.lk || (p.causal && q0 < wkey + 15);
+    if (MASKED || bounded) {
+      int lo[2], hi[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int j = key + 8 * r;
+        lo[r] = p.causal ? j : 0;
+        hi[r] = j < s.lk ? s.lq : 0;
+      }
+      bound_scores<T, MASKED, true, BKEY>(sc, scale_log2, lo, hi, q0, p.mask_kind, ms + buf * kMaskBytes, warp * 16);
+    }
+    backward_probabilities(sc, !MASKED && !bounded, scale_log2,
+                           [&](int, int j, int e) { return lse_log2(lt[8 * j + 2 * t + (e & 1)]); });
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) mma::a_fragment<T>(pf[kk], sc[0], kk);
+    // dV += P^T dO
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) wgmma::mma_rs<T, D>(dv[0], pf[kk], wgmma::mn_major_desc(dot, kk, BQ), true);
+    wgmma::commit_group();
+    wgmma::wait_group<1>();  // dP^T (dV += P^T dO may still run)
+    wgmma::fence_operand(dp[0]);
+
+    // dS^T = P^T (dP^T - delta), into registers (dK's A) and shared memory (dQ's A, dMask)
+#pragma unroll
+    for (int j = 0; j < BQ / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[0][j][e] = softmax_grad(sc[0][j][e], dp[0][j][e], dlt[8 * j + 2 * t + (e & 1)]);
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) mma::a_fragment<T>(dsf[kk], dp[0], kk);
+    mma::fragment_to_smem<T, BQ, mma::SwizzledRows, BKEY>(dss, warp * 16, dp[0], 1.f, 1.f);
+    // dK += dS^T Q
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) wgmma::mma_rs<T, D>(dk[0], dsf[kk], wgmma::mn_major_desc(qt, kk, BQ), true);
+    wgmma::commit_group();
+
+    // dQ = dS K over the block's 128 keys, once every warp's dS^T rows are in
+    wgmma::fence_async_shared();
+    __syncthreads();
+    float dq[1][DQC / 8][4];
+#pragma unroll
+    for (int kk = 0; kk < BKEY / 16; ++kk)
+      wgmma::mma_ss<T, DQC, true, true>(dq[0], wgmma::mn_major_desc(smem_addr(dss), kk, BKEY),
+                                        wgmma::mn_major_desc(k_cols, kk, BKEY), kk > 0);
+    wgmma::commit_group();
+    if (dmask_here) store_dmask_tile<T, BQ, BKEY, mma::SwizzledRows, NT / 32>(bp, b, tile.hq, s, q0, k0, dss, dmask_vec);
+    wgmma::wait_group<0>();
+    operands_done(dq);
+    add_dq_fragment<D>(bp, b, tile.hq, s, q0, 16 * (warp % 4), wg * DQC, dq[0]);
   }
-  __syncthreads();
-  if (DK)
-    mma::store_tile<T, BKEY, D, NT>(
-        static_cast<T*>(bp.dk.ptr) + token_offset(bp.dk, p, b, hout, s.k_tok + k0), bp.dk.stride_l, kst,
-        s.lk - k0, p.head_dim, aligned);
-  if (DV)
-    mma::store_tile<T, BKEY, D, NT>(
-        static_cast<T*>(bp.dv.ptr) + token_offset(bp.dv, p, b, hout, s.k_tok + k0), bp.dv.stride_l, vst,
-        s.lk - k0, p.head_dim, aligned);
+  cp_async_wait<0>();
+  store_key_grads<T, D, BKEY, NT, 1, true, true>(bp, b, hout, s, k0, warp * 16, kst, dk, dv, aligned);
+#endif
 }
 
 // Backward query-block pass: grid (q blocks of 64 MT, Hq, B); rows = queries, MT m-tiles per
@@ -1031,7 +1257,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_mma(const BackwardParams b
   __syncthreads();
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
-    mma::fragment_to_smem<T, D, LD>(qs + (warp * WR + 16 * mt) * LD, dq[mt], p.scale, p.scale);
+    mma::fragment_to_smem<T, D, mma::PaddedRows<D>>(qs, warp * WR + 16 * mt, dq[mt], p.scale, p.scale);
   __syncthreads();
   mma::store_tile<T, BQ, D, kThreads>(static_cast<T*>(bp.dq.ptr) + token_offset(bp.dq, p, b, h, s.q_tok + q0),
                                       bp.dq.stride_l, qs, s.lq - q0, p.head_dim, aligned);
@@ -1393,6 +1619,13 @@ bool fwd_wgmma_requested() {
   const char* v = std::getenv("PYFASTATTN_ATTN_FWD_WGMMA");
   return v && std::atoi(v) == 1;
 }
+// Likewise the sm_90a one-pass backward (bwd_wgmma), PYFASTATTN_ATTN_BWD_WGMMA=1; it needs the
+// dQ workspace of the one-pass backward, which the Python layer then allocates at head dims up
+// to 128 (pyfastattn/attention.py, _one_pass_backward).
+bool bwd_wgmma_requested() {
+  const char* v = std::getenv("PYFASTATTN_ATTN_BWD_WGMMA");
+  return v && std::atoi(v) == 1;
+}
 
 // Keys per block of the head-dim-128 backward key pass: 128 (default; 8 warps, where the
 // device's shared memory allows) or 64 (4 warps) with PYFASTATTN_ATTN_BWD_KEY_BLOCK=64, read at
@@ -1426,10 +1659,10 @@ void check_params(const ForwardParams& p) {
 
 }  // namespace
 
-// Does the binary the driver loaded for fwd_wgmma (every instantiation comes from the same
+// Does the binary the driver loaded for fwd_wgmma (every wgmma kernel comes from the same
 // one) hold its sm_90a body? Only sm_90 code built from sm_90a PTX does (binary and PTX
 // version 90): code JIT-compiled from an older PTX holds the trap.
-bool forward_wgmma_available() {
+bool wgmma_available() {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     (void)cudaGetLastError();  // no device or driver: clear the error, answer no
@@ -1476,7 +1709,7 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
                              fwd_wgmma_smem<T, D, BK, MASKED>(), stream, p, aligned, mask_vec);
         };
         if constexpr (D == 64 || D == 128) {
-          if (fwd_wgmma_requested() && forward_wgmma_available()) {
+          if (fwd_wgmma_requested() && wgmma_available()) {
             if (p.mask_kind == MaskKind::None)
               run_wgmma(Int<128>{}, std::false_type{});
             else
@@ -1562,7 +1795,15 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
           };
           if constexpr (D <= 128) {
             if (bp.dq_accum) {
-              key_passes(std::true_type{});
+              bool wgmma_pass = false;
+              if constexpr (D == 64 || D == 128) {
+                if (bwd_wgmma_requested() && wgmma_available()) {
+                  launch<kWgThreads>(bwd_wgmma<T, D, M>, grid_for(p.len_k, 128, bp.dkv_heads, p.batch),
+                                     bwd_wgmma_smem<T, D, M>(), stream, bp, aligned, mask_vec);
+                  wgmma_pass = true;
+                }
+              }
+              if (!wgmma_pass) key_passes(std::true_type{});
               launch(bwd_dq_convert<T>, grid_for(p.len_q, kThreads / 32, p.heads_q, p.batch), 0, stream, bp);
               return;
             }

@@ -264,15 +264,17 @@ __device__ __forceinline__ void store_tile(T* g, int64_t ld_g, const T* s, int v
 }
 
 // A warp's float fragment (16 x N), rows g scaled by mul_lo and rows g + 8 by mul_hi, rounded
-// to T into the warp's 16 smem rows at `s` (staging for coalesced stores).
-template <class T, int N, int LD>
-__device__ __forceinline__ void fragment_to_smem(T* s, const float (&c)[N / 8][4], float mul_lo,
+// to T into rows row0 .. row0 + 15 of a shared tile of ROWS rows laid out as Layout (staging
+// for coalesced stores, or an MMA operand).
+template <class T, int N, class Layout, int ROWS = 0>
+__device__ __forceinline__ void fragment_to_smem(T* s, int row0, const float (&c)[N / 8][4], float mul_lo,
                                                  float mul_hi) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int j = 0; j < N / 8; ++j) {
-    *reinterpret_cast<uint32_t*>(s + g * LD + 8 * j + 2 * t) = pack2<T>(c[j][0] * mul_lo, c[j][1] * mul_lo);
-    *reinterpret_cast<uint32_t*>(s + (g + 8) * LD + 8 * j + 2 * t) =
+    *reinterpret_cast<uint32_t*>(s + Layout::at(row0 + g, j, ROWS) + 2 * t) =
+        pack2<T>(c[j][0] * mul_lo, c[j][1] * mul_lo);
+    *reinterpret_cast<uint32_t*>(s + Layout::at(row0 + g + 8, j, ROWS) + 2 * t) =
         pack2<T>(c[j][2] * mul_hi, c[j][3] * mul_hi);
   }
 }

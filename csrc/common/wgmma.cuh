@@ -46,20 +46,22 @@ __device__ __forceinline__ void fence_operand(float (&d)[NJ][4]) {
 }
 
 #define PFA_WG_D4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
-#define PFA_WG_OUT32 PFA_WG_D4(0), PFA_WG_D4(1), PFA_WG_D4(2), PFA_WG_D4(3), PFA_WG_D4(4), PFA_WG_D4(5), \
-                     PFA_WG_D4(6), PFA_WG_D4(7)
+#define PFA_WG_OUT16 PFA_WG_D4(0), PFA_WG_D4(1), PFA_WG_D4(2), PFA_WG_D4(3)
+#define PFA_WG_OUT32 PFA_WG_OUT16, PFA_WG_D4(4), PFA_WG_D4(5), PFA_WG_D4(6), PFA_WG_D4(7)
 #define PFA_WG_OUT64 PFA_WG_OUT32, PFA_WG_D4(8), PFA_WG_D4(9), PFA_WG_D4(10), PFA_WG_D4(11), PFA_WG_D4(12), \
                      PFA_WG_D4(13), PFA_WG_D4(14), PFA_WG_D4(15)
+#define PFA_WG_D16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
 #define PFA_WG_D32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
 #define PFA_WG_D64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
-// D (+)= A B, both K-major in shared memory. Operands after the N / 2 accumulators: descriptors
-// of A and B, then the accumulate flag (scale-d = 0 overwrites D).
-#define PFA_WGMMA_SS(SHAPE, TY, DLIST, IA, IB, ID, OUTS)                                               \
+// D (+)= A B, both in shared memory. Operands after the N / 2 accumulators: descriptors of A
+// and B, the accumulate flag (scale-d = 0 overwrites D), then imm-trans-a / imm-trans-b
+// (1: the operand is MN-major).
+#define PFA_WGMMA_SS(SHAPE, TY, DLIST, IA, IB, ID, ITA, ITB, OUTS)                                    \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" ID ", 0;\n"                                       \
                 "wgmma.mma_async.sync.aligned." SHAPE ".f32." TY "." TY " " DLIST ", %" IA ", %" IB       \
-                ", p, 1, 1, 0, 0;\n}\n"                                                                \
+                ", p, 1, 1, %" ITA ", %" ITB ";\n}\n"                                                  \
                 : OUTS                                                                                 \
-                : "l"(a_desc), "l"(b_desc), "r"(int(accumulate)))
+                : "l"(a_desc), "l"(b_desc), "r"(int(accumulate)), "n"(int(A_MN_MAJOR)), "n"(int(B_MN_MAJOR)))
 // D (+)= A B, A from registers (4 x 2 elements), B MN-major in shared memory (imm-trans-b = 1).
 #define PFA_WGMMA_RS(SHAPE, TY, DLIST, IA0, IA1, IA2, IA3, IB, ID, OUTS)                              \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" ID ", 0;\n"                                       \
@@ -71,14 +73,17 @@ __device__ __forceinline__ void fence_operand(float (&d)[NJ][4]) {
 template <class T>
 constexpr bool kIsBf16 = std::is_same_v<T, __nv_bfloat16>;
 
-// D(64 x N) = A B (+ D where `accumulate`): A (64 x 16) and B (N x 16) K-major.
-template <class T, int N>
+// D(64 x N) = A B (+ D where `accumulate`): A (64 x 16) and B (16 x N) in shared memory, each
+// K-major (A stored [m][k], B [n][k]) or, where its flag says, MN-major (A [k][m], B [k][n]).
+template <class T, int N, bool A_MN_MAJOR = false, bool B_MN_MAJOR = false>
 __device__ __forceinline__ void mma_ss(float (&d)[N / 8][4], uint64_t a_desc, uint64_t b_desc, bool accumulate) {
-  static_assert(N == 64 || N == 128, "wgmma::mma_ss: N is 64 or 128");
-  if constexpr (N == 64 && kIsBf16<T>) PFA_WGMMA_SS("m64n64k16", "bf16", PFA_WG_D32, "32", "33", "34", PFA_WG_OUT32);
-  else if constexpr (N == 64) PFA_WGMMA_SS("m64n64k16", "f16", PFA_WG_D32, "32", "33", "34", PFA_WG_OUT32);
-  else if constexpr (kIsBf16<T>) PFA_WGMMA_SS("m64n128k16", "bf16", PFA_WG_D64, "64", "65", "66", PFA_WG_OUT64);
-  else PFA_WGMMA_SS("m64n128k16", "f16", PFA_WG_D64, "64", "65", "66", PFA_WG_OUT64);
+  static_assert(N == 32 || N == 64 || N == 128, "wgmma::mma_ss: N is 32, 64 or 128");
+  if constexpr (N == 32 && kIsBf16<T>) PFA_WGMMA_SS("m64n32k16", "bf16", PFA_WG_D16, "16", "17", "18", "19", "20", PFA_WG_OUT16);
+  else if constexpr (N == 32) PFA_WGMMA_SS("m64n32k16", "f16", PFA_WG_D16, "16", "17", "18", "19", "20", PFA_WG_OUT16);
+  else if constexpr (N == 64 && kIsBf16<T>) PFA_WGMMA_SS("m64n64k16", "bf16", PFA_WG_D32, "32", "33", "34", "35", "36", PFA_WG_OUT32);
+  else if constexpr (N == 64) PFA_WGMMA_SS("m64n64k16", "f16", PFA_WG_D32, "32", "33", "34", "35", "36", PFA_WG_OUT32);
+  else if constexpr (kIsBf16<T>) PFA_WGMMA_SS("m64n128k16", "bf16", PFA_WG_D64, "64", "65", "66", "67", "68", PFA_WG_OUT64);
+  else PFA_WGMMA_SS("m64n128k16", "f16", PFA_WG_D64, "64", "65", "66", "67", "68", PFA_WG_OUT64);
 }
 
 // D(64 x N) = A B (+ D): A (64 x 16) the warps' register fragments, B (16 x N) MN-major.
@@ -95,6 +100,8 @@ __device__ __forceinline__ void mma_rs(float (&d)[N / 8][4], const uint32_t (&a)
 #undef PFA_WGMMA_SS
 #undef PFA_WGMMA_RS
 #undef PFA_WG_D4
+#undef PFA_WG_OUT16
+#undef PFA_WG_D16
 #undef PFA_WG_OUT32
 #undef PFA_WG_OUT64
 #undef PFA_WG_D32

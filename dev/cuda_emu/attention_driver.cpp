@@ -178,15 +178,18 @@ int main() {
       run_case(c);
     }
   unsetenv("PYFASTATTN_ATTN_FWD_KEY_TILE");
-  // The sm_90a forward (fwd_wgmma, PYFASTATTN_ATTN_FWD_WGMMA=1): fp16/bf16 cases that pad to
-  // head dim 64 or 128 (a mask: 64-key tiles).
+  // The sm_90a kernels (fwd_wgmma, PYFASTATTN_ATTN_FWD_WGMMA=1; the one-pass bwd_wgmma,
+  // PYFASTATTN_ATTN_BWD_WGMMA=1): fp16/bf16 cases that pad to head dim 64 or 128 (forward with
+  // a mask: 64-key tiles).
   setenv("PYFASTATTN_ATTN_FWD_WGMMA", "1", 1);
+  setenv("PYFASTATTN_ATTN_BWD_WGMMA", "1", 1);
   for (const Case& c : cases)
     if (c.dt != DType::Float32 && ((c.D > 32 && c.D <= 64) || (c.D > 96 && c.D <= 128))) {
-      std::printf("  (wgmma forward)\n");
+      std::printf("  (wgmma forward and one-pass backward)\n");
       run_case(c);
     }
   unsetenv("PYFASTATTN_ATTN_FWD_WGMMA");
+  unsetenv("PYFASTATTN_ATTN_BWD_WGMMA");
   // The head-dim-128 backward key pass takes 128-key blocks (8 warps) by default; run those
   // cases again with the 64-key blocks (4 warps) of PYFASTATTN_ATTN_BWD_KEY_BLOCK=64 (also the
   // fallback where shared memory is short).

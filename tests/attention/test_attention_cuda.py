@@ -133,15 +133,17 @@ def test_cuda_forward_key_tiles(dtype, d, key_tile, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("d", [40, 64, 128])
-def test_cuda_forward_wgmma(dtype, d, monkeypatch):
-    """The sm_90a warpgroup-MMA forward, opt-in with PYFASTATTN_ATTN_FWD_WGMMA=1 (read at every
-    launch; on other GPUs, or a build without sm_90a code, the request runs the mma.sync forward,
-    which this then checks again): whole and partial 128-key tiles, causal diagonals inside
-    128-row blocks, GQA, a padded head dim (40 -> 64), the lazy max moving, float and bool masks
-    (64-key tiles), (B, L, H, D) views and varlen."""
+def test_cuda_wgmma(dtype, d, monkeypatch):
+    """The sm_90a warpgroup-MMA forward and one-pass backward, opt-in with
+    PYFASTATTN_ATTN_FWD_WGMMA=1 and PYFASTATTN_ATTN_BWD_WGMMA=1 (read at every launch; on other
+    GPUs, or a build without sm_90a code, the request runs the mma.sync kernels, which this then
+    checks again): whole and partial 128-row / 128-key blocks, causal diagonals inside them,
+    GQA, a padded head dim (40 -> 64), the lazy max moving, float (with its gradient, dMask from
+    the key pass) and bool masks, (B, L, H, D) views and varlen."""
     if torch.cuda.get_device_capability() == (9, 0) and "90a" in pyfastattn.BUILD_INFO["cuda_archs"]:
-        assert pyfastattn._C.attention.forward_wgmma_available(), "sm_90a build on an sm_90 GPU: wgmma expected"
+        assert pyfastattn._C.attention.wgmma_available(), "sm_90a build on an sm_90 GPU: wgmma expected"
     monkeypatch.setenv("PYFASTATTN_ATTN_FWD_WGMMA", "1")
+    monkeypatch.setenv("PYFASTATTN_ATTN_BWD_WGMMA", "1")
     run_case(2, 2, 2, 200, 333, d, dtype, key_ramp=0.05, seed=21)
     run_case(1, 4, 2, 257, 257, d, dtype, is_causal=True, seed=22)
     # with a mask: 64-key tiles, a tile above the first warpgroup's causal diagonal

@@ -168,3 +168,28 @@ def test_cuda_tensors_without_cuda_build_raise_clearly():
     q = torch.empty(1, 1, 1, 8, device="meta")
     with pytest.raises(RuntimeError):
         sdpa(q, q, q)
+
+
+@pytest.mark.parametrize("dq_mode,wgmma,expected", [
+    (None, None, {64: True, 96: False, 128: False, 256: False}),
+    ("atomic", None, {64: True, 96: True, 128: True, 256: False}),
+    ("pass", None, {64: False, 96: False, 128: False, 256: False}),
+    (None, "1", {64: True, 96: True, 128: True, 256: False}),  # the wgmma one pass needs dq_accum
+    ("pass", "1", {64: False, 96: False, 128: False, 256: False}),
+])
+def test_one_pass_backward_selection(dq_mode, wgmma, expected, monkeypatch):
+    """Which CUDA backward the Python layer asks for (it allocates the one pass's dQ workspace):
+    PYFASTATTN_ATTN_BWD_DQ, PYFASTATTN_ATTN_BWD_WGMMA, and deterministic mode over both."""
+    from pyfastattn.attention import _one_pass_backward
+    for name, value in (("PYFASTATTN_ATTN_BWD_DQ", dq_mode), ("PYFASTATTN_ATTN_BWD_WGMMA", wgmma)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert {d: _one_pass_backward(d) for d in expected} == expected
+    prior = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not any(_one_pass_backward(d) for d in expected)
+    finally:
+        torch.use_deterministic_algorithms(prior)

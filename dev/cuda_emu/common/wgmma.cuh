@@ -54,10 +54,12 @@ inline void emu_wgmma(float (&d)[N / 8][4], A a_at, uint64_t b_desc, bool b_mn_m
     }
 }
 
-template <class T, int N>
+template <class T, int N, bool A_MN_MAJOR = false, bool B_MN_MAJOR = false>
 inline void mma_ss(float (&d)[N / 8][4], uint64_t a_desc, uint64_t b_desc, bool accumulate) {
+  static_assert(N == 32 || N == 64 || N == 128, "wgmma::mma_ss: N is 32, 64 or 128");
   constexpr bool bf = std::is_same_v<T, __nv_bfloat16>;
-  emu_wgmma<N>(d, [&](int row, int k) { return emu_operand(a_desc, row, k, false, bf); }, b_desc, false, accumulate, bf);
+  emu_wgmma<N>(d, [&](int row, int k) { return emu_operand(a_desc, row, k, A_MN_MAJOR, bf); }, b_desc, B_MN_MAJOR,
+               accumulate, bf);
 }
 
 // A from the warp's registers: mma.sync's m16k16 A fragment (emu_mma.h) of the warp's 16 rows.
