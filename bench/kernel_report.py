@@ -32,7 +32,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_MATMUL = ("bwd_delta", "bwd_dq_convert")
-SM90A_ONLY = ("fwd_wgmma", "bwd_wgmma")  # warpgroup MMA: a trap stub on other archs, never launched there
+SM90A_ONLY = ("fwd_wgmma", "bwd_wgmma", "wgmma_selftest")  # warpgroup MMA: a trap stub on other archs, never launched there
 SASS_OPS = {"mma": r"\b(HMMA|HGMMA)\b", "ldsm": r"\bLDSM\b", "ldgsts": r"\bLDGSTS\b",
             "local": r"\b(LDL|STL)\b"}
 

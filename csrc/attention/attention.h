@@ -75,4 +75,33 @@ void backward_cuda(const BackwardParams& p, uintptr_t stream);
 bool wgmma_available();
 #endif
 
+// The warpgroup-MMA operand forms the sm_90a kernels use, each checked alone on the device
+// (wgmma_selftest_cuda: tests/attention test_cuda_wgmma_primitives, and the host emulator): C
+// (64 x n, float32, row-major) from dense row-major A (a_rows x a_cols) and B (b_rows x b_cols)
+// in float16 / bfloat16, which the kernel writes into shared memory in the swizzled layout of
+// common/wgmma_layout.h. The shapes are the kernels' own:
+//   KMajor:    C = A[a_rows - 64 :] B^T     both K-major, A the second warpgroup's rows (S = Q K^T)
+//   Registers: C = A B                      A from registers, B MN-major (O += P V, dV, dK)
+//   MNMajor:   C = A^T B[:, b_cols - n :]   both MN-major, B the second warpgroup's columns (dQ = dS K)
+enum class WgmmaForm : int { KMajor, Registers, MNMajor };
+struct WgmmaSelftestCase {
+  const char* name;
+  WgmmaForm form;
+  int a_rows, a_cols, b_rows, b_cols, n;
+};
+inline constexpr WgmmaSelftestCase kWgmmaSelftestCases[] = {
+    {"S^T = K Q^T (backward, D = 128)", WgmmaForm::KMajor, 128, 128, 64, 128, 64},
+    {"S = Q K^T (forward, D = 64)", WgmmaForm::KMajor, 128, 64, 128, 64, 128},
+    {"dV += P^T dO (backward, D = 128)", WgmmaForm::Registers, 64, 64, 64, 128, 128},
+    {"O += P V (forward, D = 64)", WgmmaForm::Registers, 64, 128, 128, 64, 64},
+    {"dQ = dS K (backward, D = 128)", WgmmaForm::MNMajor, 128, 64, 128, 128, 64},
+    {"dQ = dS K (backward, D = 64)", WgmmaForm::MNMajor, 128, 64, 128, 64, 32},
+};
+inline constexpr int kWgmmaSelftestCount = int(sizeof(kWgmmaSelftestCases) / sizeof(kWgmmaSelftestCases[0]));
+#ifdef PFA_WITH_CUDA
+// Case `index` of kWgmmaSelftestCases (a, b of `dtype`, c float32, device pointers); throws
+// where wgmma_available() is false.
+void wgmma_selftest_cuda(int index, DType dtype, const void* a, const void* b, float* c, uintptr_t stream);
+#endif
+
 }  // namespace pfa::attention

@@ -159,10 +159,40 @@ bool wgmma_available() {
 #endif
 }
 
+// The wgmma self-test cases (attention.h): name, form, A and B shapes, n.
+py::list wgmma_selftest_cases() {
+  py::list cases;
+  for (const A::WgmmaSelftestCase& c : A::kWgmmaSelftestCases) {
+    py::dict d;
+    d["name"] = c.name;
+    d["form"] = c.form == A::WgmmaForm::KMajor ? "k_major" : c.form == A::WgmmaForm::Registers ? "registers" : "mn_major";
+    d["a_shape"] = py::make_tuple(c.a_rows, c.a_cols);
+    d["b_shape"] = py::make_tuple(c.b_rows, c.b_cols);
+    d["n"] = c.n;
+    cases.append(d);
+  }
+  return cases;
+}
+
+void wgmma_selftest(int index, int dtype, uintptr_t a, uintptr_t b, uintptr_t c, [[maybe_unused]] uintptr_t stream) {
+  pfa::check(index >= 0 && index < A::kWgmmaSelftestCount, "wgmma_selftest: index out of range");
+  [[maybe_unused]] const void* ap = pfa::nonnull_ptr<const void>(a, "a");
+  [[maybe_unused]] const void* bp = pfa::nonnull_ptr<const void>(b, "b");
+  [[maybe_unused]] float* cp = pfa::nonnull_ptr<float>(c, "c");
+#ifdef PFA_WITH_CUDA
+  py::gil_scoped_release nogil;
+  A::wgmma_selftest_cuda(index, pfa::DType(dtype), ap, bp, cp, stream);
+#else
+  throw std::runtime_error("pyfastattn was built without CUDA");
+#endif
+}
+
 void bind_attention(py::module_& m) {
   m.def("forward", &forward);
   m.def("backward", &backward);
   m.def("wgmma_available", &wgmma_available);
+  m.def("wgmma_selftest_cases", &wgmma_selftest_cases);
+  m.def("wgmma_selftest", &wgmma_selftest);
 }
 
 }  // namespace

@@ -1541,6 +1541,67 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq_ffma(const BackwardParams 
 }
 
 // ---------------------------------------------------------------------------------------
+// sm_90a self-test of the warpgroup-MMA operand forms (attention.h, kWgmmaSelftestCases), one
+// warpgroup, one product: the descriptors, swizzled layouts, register fragments and transpose
+// flags the kernels above rely on, one at a time, so that a failing kernel on a GPU can be
+// traced to the form that fails.
+template <class T, int I>
+__global__ void __launch_bounds__(128, 1) wgmma_selftest(const T* a, const T* b, float* c) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // not sm_90a code: never launched (wgmma_available)
+#else
+  constexpr WgmmaSelftestCase cs = kWgmmaSelftestCases[I];
+  constexpr int N = cs.n, K = cs.form == WgmmaForm::KMajor ? cs.a_cols : cs.b_rows;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t pad = (wgmma::kSwizzleBytes - smem_addr(smem_raw) % wgmma::kSwizzleBytes) % wgmma::kSwizzleBytes;
+  T* as = reinterpret_cast<T*>(smem_raw + pad);
+  T* bs = as + cs.a_rows * cs.a_cols;  // both on 1024-byte boundaries
+  if constexpr (cs.form != WgmmaForm::Registers)
+    mma::load_tile<T, cs.a_rows, cs.a_cols, 128, mma::SwizzledRows>(as, a, cs.a_cols, cs.a_rows, cs.a_cols, false, a);
+  mma::load_tile<T, cs.b_rows, cs.b_cols, 128, mma::SwizzledRows>(bs, b, cs.b_cols, cs.b_rows, cs.b_cols, false, b);
+  wgmma::fence_async_shared();
+  __syncthreads();
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  // element (j, e) of a warp's accumulator-layout fragment: row 16 w + g + 8 (e / 2), column 8 j + 2 t + e % 2
+  auto at = [&](int j, int e, int cols) { return (16 * w + g + 8 * (e >> 1)) * cols + 8 * j + 2 * t + (e & 1); };
+  uint32_t af[K / 16][4];
+  if constexpr (cs.form == WgmmaForm::Registers) {  // A as the softmax leaves P: accumulator layout, then a_fragment
+    float sc[K / 8][4];
+#pragma unroll
+    for (int j = 0; j < K / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sc[j][e] = to_f32(a[at(j, e, cs.a_cols)]);
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) mma::a_fragment<T>(af[kk], sc, kk);
+  }
+  const uint32_t a0 = smem_addr(as), b0 = smem_addr(bs);
+  constexpr int c0 = cs.b_cols - N;  // MNMajor: the first column of B taken
+  float d[N / 8][4];
+  wgmma::fence();
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    if constexpr (cs.form == WgmmaForm::KMajor)
+      wgmma::mma_ss<T, N>(d, wgmma::k_major_desc(a0 + uint32_t((cs.a_rows - 64) * 128), kk, cs.a_rows),
+                          wgmma::k_major_desc(b0, kk, cs.b_rows), kk > 0);
+    else if constexpr (cs.form == WgmmaForm::Registers)
+      wgmma::mma_rs<T, N>(d, af[kk], wgmma::mn_major_desc(b0, kk, cs.b_rows), kk > 0);
+    else
+      wgmma::mma_ss<T, N, true, true>(d, wgmma::mn_major_desc(a0, kk, cs.a_rows),
+                                      wgmma::mn_major_desc(b0 + uint32_t((c0 / 64) * cs.b_rows * 128 + (c0 % 64) * 2),
+                                                           kk, cs.b_rows),
+                                      kk > 0);
+  }
+  wgmma::commit_group();
+  wgmma::wait_group<0>();
+  wgmma::fence_operand(d);
+#pragma unroll
+  for (int j = 0; j < N / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) c[at(j, e, N)] = d[j][e];
+#endif
+}
+
+// ---------------------------------------------------------------------------------------
 // Host side.
 
 template <int V>
@@ -1671,6 +1732,33 @@ bool wgmma_available() {
   cudaFuncAttributes a{};
   PFA_CUDA_CHECK(cudaFuncGetAttributes(&a, fwd_wgmma<__half, 128, 128, false>));
   return a.binaryVersion == 90 && a.ptxVersion == 90;
+}
+
+// f(Int<index>{}) for a run-time index below kWgmmaSelftestCount.
+template <int I = 0, class F>
+void with_selftest_index(int index, F&& f) {
+  if constexpr (I < kWgmmaSelftestCount) {
+    if (index == I) return f(Int<I>{});
+    with_selftest_index<I + 1>(index, f);
+  }
+}
+
+void wgmma_selftest_cuda(int index, DType dtype, const void* a, const void* b, float* c, uintptr_t stream_handle) {
+  check(index >= 0 && index < kWgmmaSelftestCount, "wgmma_selftest: index out of range");
+  check(dtype == DType::Float16 || dtype == DType::BFloat16, "wgmma_selftest: dtype must be float16 or bfloat16");
+  check(wgmma_available(), "wgmma_selftest: needs an sm_90 GPU and a build with sm_90a code");
+  const cudaStream_t stream = as_stream(stream_handle);
+  auto run = [&](auto tag, auto ic) {
+    using T = decltype(tag);
+    constexpr WgmmaSelftestCase cs = kWgmmaSelftestCases[decltype(ic)::value];
+    const size_t smem = size_t(cs.a_rows * cs.a_cols + cs.b_rows * cs.b_cols) * sizeof(T) + wgmma::kSwizzleBytes;
+    launch<128>(wgmma_selftest<T, decltype(ic)::value>, dim3(1), smem, stream, static_cast<const T*>(a),
+                static_cast<const T*>(b), c);
+  };
+  if (dtype == DType::Float16)
+    with_selftest_index(index, [&](auto ic) { run(__half{}, ic); });
+  else
+    with_selftest_index(index, [&](auto ic) { run(__nv_bfloat16{}, ic); });
 }
 
 void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {

@@ -142,6 +142,35 @@ static void run_case(const Case& c) {
   }
 }
 
+// The wgmma self-test (attention.h, kWgmmaSelftestCases) against the products it states, on
+// small integers (exact in float32): the emulator agrees with the statement of each form, so a
+// device that fails a form disagrees with the PTX layouts the emulator decodes.
+static void run_wgmma_selftest(DType dt) {
+  std::uniform_int_distribution<int> small(-4, 4);
+  for (int i = 0; i < kWgmmaSelftestCount; ++i) {
+    const WgmmaSelftestCase& cs = kWgmmaSelftestCases[i];
+    Buf a(dt, size_t(cs.a_rows) * cs.a_cols), b(dt, size_t(cs.b_rows) * cs.b_cols);
+    for (size_t x = 0; x < a.n; ++x) a.set(x, float(small(rng)));
+    for (size_t x = 0; x < b.n; ++x) b.set(x, float(small(rng)));
+    Buf c(DType::Float32, size_t(64) * cs.n), want(DType::Float32, size_t(64) * cs.n);
+    c.fill_nan();
+    const int c0 = cs.b_cols - cs.n;
+    for (int m = 0; m < 64; ++m)
+      for (int n = 0; n < cs.n; ++n) {
+        float acc = 0.f;
+        if (cs.form == WgmmaForm::KMajor)
+          for (int k = 0; k < cs.a_cols; ++k) acc += a.get(size_t(cs.a_rows - 64 + m) * cs.a_cols + k) * b.get(size_t(n) * cs.b_cols + k);
+        else if (cs.form == WgmmaForm::Registers)
+          for (int k = 0; k < cs.b_rows; ++k) acc += a.get(size_t(m) * cs.a_cols + k) * b.get(size_t(k) * cs.b_cols + n);
+        else
+          for (int k = 0; k < cs.b_rows; ++k) acc += a.get(size_t(k) * cs.a_cols + m) * b.get(size_t(k) * cs.b_cols + c0 + n);
+        want.set(size_t(m) * cs.n + n, acc);
+      }
+    wgmma_selftest_cuda(i, dt, a.p(), b.p(), c.f.data(), 0);
+    compare((std::string("wgmma self-test ") + cs.name + (dt == DType::Float16 ? " f16" : " bf16")).c_str(), c, want);
+  }
+}
+
 int main() {
   const DType F32 = DType::Float32, F16 = DType::Float16, BF16 = DType::BFloat16;
   const Case cases[] = {
@@ -167,6 +196,8 @@ int main() {
       {"fp32 D=64 causal", F32, 1, 2, 2, 50, 60, 64, true},
       {"fp32 D=40 float bias with grad", F32, 1, 2, 1, 30, 35, 40, false, Mask::FloatGrad},
   };
+  run_wgmma_selftest(F16);
+  run_wgmma_selftest(BF16);
   for (const Case& c : cases) run_case(c);
   // The unmasked forward at D = 96 / 128 takes 64-key tiles by default; run its cases again
   // with the 32-key tiles the launch code falls back to (too little shared memory) or is told
