@@ -64,6 +64,10 @@ def cmd_info(args) -> int:
             ok = _C.attention.wgmma_available()
             print("attention with warpgroup MMA (PYFASTATTN_ATTN_FWD_WGMMA=1, PYFASTATTN_ATTN_BWD_WGMMA=1): "
                   + ("available on this GPU" if ok else "not on this GPU or build (needs sm_90 and sm_90a code)"))
+            if ok:
+                from .testing import wgmma_selftest
+                wrong = {name: n for name, n in wgmma_selftest().items() if n}
+                print("  operand self-test (bf16): " + (f"FAILED {wrong}" if wrong else "every form exact"))
     else:
         print(f"GPUs: none visible (runtime sees {cuda_device_count()})")
     print("ops:")

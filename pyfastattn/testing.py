@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["assert_matches_reference", "error_report"]
+__all__ = ["assert_matches_reference", "error_report", "wgmma_selftest"]
 
 
 def _finite_pattern_check(out: torch.Tensor, ref: torch.Tensor, what: str) -> None:
@@ -81,3 +81,29 @@ def assert_matches_reference(out: torch.Tensor, ref: torch.Tensor,
     if not ok:
         raise AssertionError(f"{what} ({str(dt).replace('torch.', '')}): max_abs={rep['max_abs']:.3g}, "
                              f"rel_l2={rep['rel_l2']:.3g}, scale={rep['scale']:.3g}; needs {rule}")
+
+
+def wgmma_selftest(dtype: torch.dtype = torch.bfloat16, seed: int = 31) -> dict:
+    """Runs each warpgroup-MMA operand form of the sm_90a attention kernels alone (the cases of
+    csrc/attention/attention.h, kWgmmaSelftestCases: swizzled tiles, K-major and MN-major
+    descriptors, register A, transpose flags) on small random integers, whose float32 products
+    are exact, on the current CUDA device. Returns {case name: elements that differ from the
+    exact product}, all 0 on a device that reads the operands as the kernels lay them out.
+    Needs an sm_90 GPU and a build with sm_90a code (`pyfastattn._C.attention.wgmma_available()`)."""
+    from . import _backend as B
+    from ._C import attention as attn
+    if not attn.wgmma_available():
+        raise RuntimeError("wgmma_selftest: needs an sm_90 GPU and a build with sm_90a code")
+    g = torch.Generator().manual_seed(seed)
+    wrong = {}
+    for i, case in enumerate(attn.wgmma_selftest_cases()):
+        a = torch.randint(-4, 5, case["a_shape"], generator=g).to("cuda", dtype)
+        b = torch.randint(-4, 5, case["b_shape"], generator=g).to("cuda", dtype)
+        c = torch.full((64, case["n"]), float("nan"), device="cuda")
+        attn.wgmma_selftest(i, B.dtype_code(a), a.data_ptr(), b.data_ptr(), c.data_ptr(), B.stream_of(a))
+        a64, b64, n = a.double(), b.double(), case["n"]
+        want = {"k_major": lambda: a64[-64:] @ b64.T,  # the second warpgroup's rows of A
+                "registers": lambda: a64 @ b64,
+                "mn_major": lambda: a64.T @ b64[:, -n:]}[case["form"]]()  # its columns of B
+        wrong[case["name"]] = int((c.double() != want).sum())
+    return wrong

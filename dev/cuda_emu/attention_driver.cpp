@@ -219,6 +219,16 @@ int main() {
       std::printf("  (wgmma forward and one-pass backward)\n");
       run_case(c);
     }
+  // Again with every wgmma run as late as the hardware may (EMU_WGMMA_LATE=1): when the wait
+  // that retires it returns, reading its operands and writing its accumulators then.
+  setenv("EMU_WGMMA_LATE", "1", 1);
+  run_wgmma_selftest(F16);
+  for (const Case& c : cases)
+    if (c.dt != DType::Float32 && ((c.D > 32 && c.D <= 64) || (c.D > 96 && c.D <= 128))) {
+      std::printf("  (wgmma forward and one-pass backward, each wgmma run late)\n");
+      run_case(c);
+    }
+  unsetenv("EMU_WGMMA_LATE");
   unsetenv("PYFASTATTN_ATTN_FWD_WGMMA");
   unsetenv("PYFASTATTN_ATTN_BWD_WGMMA");
   // The head-dim-128 backward key pass takes 128-key blocks (8 warps) by default; run those

@@ -72,6 +72,10 @@ struct EmuWarp {
 };
 inline thread_local EmuWarp* emu_warp = nullptr;
 inline thread_local int emu_lane = 0;
+// The wgmma a thread has committed in groups, and issued since its last commit, that have not
+// run yet (common/wgmma.cuh: with EMU_WGMMA_LATE=1 they run when a wait retires them).
+inline thread_local std::vector<std::vector<std::function<void()>>> emu_wgmma_groups;
+inline thread_local std::vector<std::function<void()>> emu_wgmma_open;
 inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp->bar.arrive_and_wait(); }
 template <class V>
 V __shfl_xor_sync(unsigned, V v, int lane_mask) {
@@ -148,6 +152,8 @@ inline void emu_launch(dim3 g, dim3 b, size_t smem, cudaStream_t, const std::fun
         emu_warp = &warps[size_t(t / 32)];
         emu_lane = t % 32;
         fn();
+        if (!emu_wgmma_groups.empty() || !emu_wgmma_open.empty())
+          throw std::runtime_error("emu: " + name + " ended with wgmma it never waited for");
         emu_warp->bar.arrive_and_drop();
         emu_bar->arrive_and_drop();
       }

@@ -6,8 +6,9 @@
 # memory starts as garbage, and cp.async copies at once. <family>_driver.cpp runs every CUDA
 # entry point on cases that reach each kernel path and compares with the CPU kernels.
 # Exit status 1 on any mismatch. It checks the kernels' index maths, tiling, tails and fragment
-# bookkeeping; not speed, not the hardware memory model, not the real fragment layout (the
-# PTX manual's is assumed).
+# bookkeeping, and the data side of wgmma's asynchrony (the attention cases run once with every
+# wgmma completing when issued and once when its wait retires it); not speed, not the hardware
+# memory model, not the real fragment layout (the PTX manual's is assumed).
 #   dev/cuda_emu/run.sh [TREE] [FAMILY...]   (TREE: a checkout, default this one; families:
 #                                             conv attention norm, default all; needs g++ and the CUDA headers)
 set -euo pipefail

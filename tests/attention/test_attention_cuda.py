@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import pyfastattn
-from pyfastattn.testing import assert_matches_reference
+from pyfastattn.testing import assert_matches_reference, wgmma_selftest
 from _attention_reference import attention_ref, varlen_ref
 
 pytestmark = [
@@ -157,28 +157,14 @@ def test_cuda_wgmma(dtype, d, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_cuda_wgmma_primitives(dtype):
-    """Each warpgroup-MMA operand form the sm_90a kernels use (swizzled tiles, K-major and
-    MN-major descriptors, register A, transpose flags), alone: one product of small integers,
-    exact in float32, per form. When test_cuda_wgmma fails, this names the form at fault."""
-    from pyfastattn import _backend as B
-    from pyfastattn._C import attention as attn
-    if not attn.wgmma_available():
+    """Each warpgroup-MMA operand form the sm_90a kernels use, alone: one exact product of small
+    integers per form (pyfastattn.testing.wgmma_selftest). When test_cuda_wgmma fails, this
+    names the form at fault."""
+    if not pyfastattn._C.attention.wgmma_available():
         pytest.skip("needs an sm_90 GPU and a build with sm_90a code")
-    g = torch.Generator().manual_seed(31)
-    wrong = {}
-    for i, case in enumerate(attn.wgmma_selftest_cases()):
-        a = torch.randint(-4, 5, case["a_shape"], generator=g).to("cuda", dtype)
-        b = torch.randint(-4, 5, case["b_shape"], generator=g).to("cuda", dtype)
-        c = torch.full((64, case["n"]), float("nan"), device="cuda")
-        attn.wgmma_selftest(i, B.dtype_code(a), a.data_ptr(), b.data_ptr(), c.data_ptr(), B.stream_of(a))
-        a64, b64, n = a.double(), b.double(), case["n"]
-        want = {"k_major": lambda: a64[-64:] @ b64.T,
-                "registers": lambda: a64 @ b64,
-                "mn_major": lambda: a64.T @ b64[:, -n:]}[case["form"]]()
-        bad = int((c.double() != want).sum())
-        if bad:
-            wrong[case["name"]] = f"{bad} of {c.numel()} elements wrong"
-    assert not wrong, wrong
+    wrong = wgmma_selftest(dtype)
+    assert len(wrong) == len(pyfastattn._C.attention.wgmma_selftest_cases())
+    assert not any(wrong.values()), {name: f"{n} of the products' elements wrong" for name, n in wrong.items() if n}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -1,6 +1,9 @@
 // Emulation of csrc/common/wgmma.cuh (found first on the emulator's include path). A wgmma
-// completes when issued, the earliest a real one may, so fences and waits are no-ops: the
-// emulator checks the operands, layouts and descriptors, not the asynchrony rules.
+// runs when issued, the earliest a real one may; with EMU_WGMMA_LATE=1 it runs when a
+// wait_group retires its commit group, the latest: it reads its shared-memory and register A
+// operands and writes its accumulators only then. A kernel must be right both ways, which
+// checks the asynchrony rules as far as data goes: no accumulator read before its wait, no
+// operand overwritten before it. Fences are no-ops (the emulator has one memory).
 //
 // Operands in shared memory are read through the descriptor alone, decoded from the PTX ISA's
 // canonical 128-byte-swizzle layouts (in 16-bit elements, T = 8 per 16 bytes):
@@ -10,6 +13,8 @@
 // common/wgmma_layout.h's swizzled_chunk, which the kernels use to write the tiles.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
+#include <functional>
 #include <stdexcept>
 
 #include "common/wgmma_layout.h"
@@ -18,10 +23,29 @@
 namespace pfa::wgmma {
 
 inline void fence() {}
-inline void commit_group() {}
-template <int N>
-inline void wait_group() {}
 inline void fence_async_shared() {}
+inline bool emu_wgmma_late() {
+  const char* v = std::getenv("EMU_WGMMA_LATE");
+  return v && std::atoi(v) == 1;
+}
+inline void emu_wgmma_issue(std::function<void()> op) {
+  if (emu_wgmma_late())
+    emu_wgmma_open.push_back(std::move(op));
+  else
+    op();
+}
+inline void commit_group() {  // a group, possibly empty, as in PTX
+  emu_wgmma_groups.push_back(std::move(emu_wgmma_open));
+  emu_wgmma_open.clear();
+}
+template <int N>
+inline void wait_group() {
+  if (!emu_wgmma_open.empty()) throw std::runtime_error("emu: wait_group with uncommitted wgmma");
+  while (emu_wgmma_groups.size() > size_t(N)) {
+    for (auto& op : emu_wgmma_groups.front()) op();
+    emu_wgmma_groups.erase(emu_wgmma_groups.begin());
+  }
+}
 template <int NJ>
 inline void fence_operand(float (&)[NJ][4]) {}
 
@@ -58,21 +82,25 @@ template <class T, int N, bool A_MN_MAJOR = false, bool B_MN_MAJOR = false>
 inline void mma_ss(float (&d)[N / 8][4], uint64_t a_desc, uint64_t b_desc, bool accumulate) {
   static_assert(N == 32 || N == 64 || N == 128, "wgmma::mma_ss: N is 32, 64 or 128");
   constexpr bool bf = std::is_same_v<T, __nv_bfloat16>;
-  emu_wgmma<N>(d, [&](int row, int k) { return emu_operand(a_desc, row, k, A_MN_MAJOR, bf); }, b_desc, B_MN_MAJOR,
-               accumulate, bf);
+  emu_wgmma_issue([&d, a_desc, b_desc, accumulate] {
+    emu_wgmma<N>(d, [&](int row, int k) { return emu_operand(a_desc, row, k, A_MN_MAJOR, bf); }, b_desc, B_MN_MAJOR,
+                 accumulate, bf);
+  });
 }
 
 // A from the warp's registers: mma.sync's m16k16 A fragment (emu_mma.h) of the warp's 16 rows.
 template <class T, int N>
 inline void mma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b_desc, bool accumulate) {
   constexpr bool bf = std::is_same_v<T, __nv_bfloat16>;
-  EmuWarp& w = *emu_warp;
-  for (int i = 0; i < 4; ++i) w.a[emu_lane][i] = a[i];
-  __syncwarp();
-  float A[16][16];
-  emu_a_operand(A, w, bf);
-  __syncwarp();
-  emu_wgmma<N>(d, [&](int row, int k) { return A[row % 16][k]; }, b_desc, true, accumulate, bf);
+  emu_wgmma_issue([&d, &a, b_desc, accumulate] {  // every lane runs it at the same point: the exchange works
+    EmuWarp& w = *emu_warp;
+    for (int i = 0; i < 4; ++i) w.a[emu_lane][i] = a[i];
+    __syncwarp();
+    float A[16][16];
+    emu_a_operand(A, w, bf);
+    __syncwarp();
+    emu_wgmma<N>(d, [&](int row, int k) { return A[row % 16][k]; }, b_desc, true, accumulate, bf);
+  });
 }
 
 }  // namespace pfa::wgmma
