@@ -403,7 +403,6 @@ template <class T, int D, int BQ, int NT, int MT>
 __device__ __forceinline__ void store_output(const ForwardParams& p, int b, int h, int q0, int wrow, int row,
                                              const float (&o)[MT][D / 8][4], SoftmaxState<float> (&st)[2 * MT],
                                              T* stage, bool aligned) {
-  constexpr int LD = mma::padded_ld<D>();
   const Seq se = sequence_of(p, b);
   float mul[2 * MT];
 #pragma unroll
