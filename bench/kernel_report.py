@@ -9,7 +9,10 @@ Dynamic shared memory is chosen at launch; bench/attention_gpu_notes.md tables i
 Exit status 1 when a rule fails:
   - an attention kernel for float16/bfloat16 has no MMA (other than NO_MATMUL: the backward's
     rowsum preprocess and its dQ conversion, elementwise work; and SM90A_ONLY below sm_90a);
-  - an attention kernel spills registers (spill stores/loads or LDL/STL in its SASS).
+  - an attention kernel spills registers (spill stores/loads or LDL/STL in its SASS);
+  - a warpgroup MMA (HGMMA) has a register hazard in the SASS: until the WARPGROUP.DEPBAR that
+    retires its group, another instruction writes its register A or accumulators, or reads the
+    accumulators (a linear scan in program order; see hgmma_hazards).
 Spills in other families are reported as warnings.
 
   python bench/kernel_report.py                     # sm_80 and sm_90a, every family
@@ -98,12 +101,57 @@ def parse_ptxas(log: str) -> dict[str, dict]:
     return kernels
 
 
+def _register(operand: str) -> int | None:
+    m = re.fullmatch(r"-?\|?R(\d+)\|?(\.\w+)*", operand)
+    return int(m.group(1)) if m else None
+
+
+def hgmma_hazards(sass: str) -> list[str]:
+    """The instructions of one kernel's SASS that touch a warpgroup MMA's registers while it
+    may still run: between an HGMMA and the WARPGROUP.DEPBAR.LE gsb0, N that retires its
+    group (the HGMMA carrying gsb0 closes a group), a write to its register A or accumulators,
+    or a read of the accumulators. Program order, branches ignored: the kernels keep every
+    wgmma and its wait in straight-line code."""
+    pending, group, hazards = [], [], []
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(.*?)\s*;", line)
+        if not m:
+            continue
+        body = re.sub(r"^@!?U?P\w+\s+", "", m.group(1))
+        op = body.split()[0]
+        operands = [o.strip() for o in body[len(op):].split(",")]
+        if op.startswith("HGMMA"):
+            n = int(re.search(r"64x(\d+)x16", op).group(1))
+            acc, a = _register(operands[0]), _register(operands[1])
+            group.append((set(range(acc, acc + n // 2)), set(range(a, a + 4)) if a is not None else set()))
+            if "gsb0" in body:
+                pending.append(group)
+                group = []
+            continue
+        if op.startswith("WARPGROUP.DEPBAR"):
+            del pending[:max(0, len(pending) - int(operands[-1], 0))]
+            continue
+        if not pending:
+            continue
+        accs = set().union(*(acc for g in pending for acc, _ in g))
+        a_regs = set().union(*(a for g in pending for _, a in g))
+        width = 4 if ".128" in op else 2 if (".64" in op or "WIDE" in op) else 1
+        dst = {r + i for r in map(_register, operands[:1]) if r is not None for i in range(width)}
+        src = {r for r in map(_register, operands[1:]) if r is not None}
+        if op.startswith(("ST", "RED", "ATOM")):  # memory writes read their register operands
+            src, dst = src | dst, set()
+        if dst & (accs | a_regs) or src & accs:
+            hazards.append(m.group(1))
+    return hazards
+
+
 def parse_sass(obj: str, env: dict) -> dict[str, dict]:
     res = subprocess.run(["cuobjdump", "-sass", obj], capture_output=True, text=True, env=env)
     if res.returncode != 0:
         sys.exit("cuobjdump -sass failed (is nvdisasm on PATH? see --tools):\n" + res.stderr[-2000:])
     parts = re.split(r"\n\s*Function : (\S+)\n", res.stdout)
-    return {parts[i]: {op: len(re.findall(rx, parts[i + 1])) for op, rx in SASS_OPS.items()}
+    return {parts[i]: {**{op: len(re.findall(rx, parts[i + 1])) for op, rx in SASS_OPS.items()},
+                       "hgmma_hazards": hgmma_hazards(parts[i + 1])}
             for i in range(1, len(parts), 2)}
 
 
@@ -136,7 +184,7 @@ def main() -> int:
                 names = demangle(sorted(ptxas))
                 for mangled, res in sorted(ptxas.items(), key=lambda kv: names[kv[0]]):
                     row = {"family": family, "arch": f"sm_{arch}", "kernel": names[mangled], **res,
-                           **sass.get(mangled, {op: 0 for op in SASS_OPS})}
+                           **sass.get(mangled, {**{op: 0 for op in SASS_OPS}, "hgmma_hazards": []})}
                     rows.append(row)
                     spills = row["spill_stores"] + row["spill_loads"] + row["local"]
                     half = re.search(r"<(__half|__nv_bfloat16)\b", row["kernel"]) is not None
@@ -145,6 +193,8 @@ def main() -> int:
                         arch != "90a" and any(n in row["kernel"] for n in SM90A_ONLY))
                     if family == "attention" and half and row["mma"] == 0 and not no_matmul:
                         failures.append(f"no tensor-core MMA: {where}")
+                    for hazard in row["hgmma_hazards"][:5]:
+                        failures.append(f"wgmma register hazard: {where}: {hazard}")
                     if spills and family == "attention":
                         failures.append(f"spills: {where}")
                     elif spills:
