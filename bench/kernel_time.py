@@ -11,9 +11,9 @@ a model sees, host overhead included. Ratios are torch / ours (> 1: ours is fast
 conv also lists the kernels that take the time in our forward+backward, per case; norm-staged
 times our layer norm forward+backward with the staged backward at its default widths, at every
 width from 1024, and nowhere; attention-tiles times our forward at D = 96 / 128 with 64- and
-32-key tiles and at D = 64 / 128 with the sm_90a wgmma kernel, and forward+backward (also with
+32-key tiles and at D = 64 / 96 / 128 with the sm_90a wgmma kernel, and forward+backward (also with
 a bias that needs its gradient) with the one-pass (atomic dQ) and the two-pass backward, at
-D = 128 each with 128- and 64-key blocks, and at D = 64 / 128 the sm_90a wgmma one pass.
+D = 128 each with 128- and 64-key blocks, and at D = 64 / 96 / 128 the sm_90a wgmma one pass.
 """
 from __future__ import annotations
 
@@ -127,12 +127,12 @@ def norm_staged_rows():
 
 def attention_tile_rows():
     """Our bf16 attention two ways each: the unmasked forward at D = 96 / 128 with 64-key tiles
-    (the default) and 32-key tiles (PYFASTATTN_ATTN_FWD_KEY_TILE=32), and at D = 64 / 128, with
+    (the default) and 32-key tiles (PYFASTATTN_ATTN_FWD_KEY_TILE=32), and at D = 64 / 96 / 128, with
     and without a bias, the sm_90a warpgroup-MMA forward (PYFASTATTN_ATTN_FWD_WGMMA=1; the
     mma.sync one again where the device or build has no sm_90a code); forward+backward with the
     one-pass backward (dQ by atomics; with a bias, dMask from the same pass) and the two-pass
     one (PYFASTATTN_ATTN_BWD_DQ), at D = 128 each with the key pass's 128-key blocks (8 warps,
-    the default) and 64-key blocks (PYFASTATTN_ATTN_BWD_KEY_BLOCK=64), and at D = 64 / 128 the
+    the default) and 64-key blocks (PYFASTATTN_ATTN_BWD_KEY_BLOCK=64), and at D = 64 / 96 / 128 the
     sm_90a one pass on warpgroup MMA (PYFASTATTN_ATTN_BWD_WGMMA=1)."""
     rows, dt = [], torch.bfloat16
     for b, h, l, d, causal, bias in [(4, 16, 4096, 128, False, False), (4, 16, 4096, 128, True, False),
@@ -151,11 +151,11 @@ def attention_tile_rows():
         fwd_bwd = lambda: torch.autograd.grad(
             pyfastattn.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal), ins, do)
         # the forward: mma.sync (unmasked D > 64: 64-key tiles, the default, or 32), and the
-        # sm_90a wgmma kernel at D = 64 / 128
+        # sm_90a wgmma kernel at D = 64 / 96 / 128
         settings = {"mma.sync (default)": (None, None)}
         if d > 64 and not bias:
             settings = {"64-key tiles (default)": (None, None), "32-key tiles": ("32", None)}
-        if d in (64, 128):
+        if d in (64, 96, 128):  # 96 runs at 128 there
             settings["wgmma"] = (None, "1")
         if len(settings) > 1:
             rows += setting_rows(f"fwd {name}", fwd,
@@ -165,7 +165,7 @@ def attention_tile_rows():
         if d == 128:  # key blocks of 128 keys (8 warps, the default) and of 64 (4 warps)
             modes = {f"{mode}, {keys}-key blocks": (dq, block, None) for mode, (dq, _, _) in modes.items()
                      for keys, block in (("128", None), ("64", "64"))}
-        if d in (64, 128):  # the sm_90a one pass (the mma.sync one where there is no sm_90a code)
+        if d in (64, 96, 128):  # the sm_90a one pass (the mma.sync one where there is no sm_90a code)
             modes["wgmma one pass"] = ("atomic", None, "1")
         rows += setting_rows(f"fwd+bwd {name}", fwd_bwd,
                              env_setter("PYFASTATTN_ATTN_BWD_DQ", "PYFASTATTN_ATTN_BWD_KEY_BLOCK",

@@ -73,7 +73,7 @@ def _one_pass_backward(head_dim):
     128 where shared memory allows. Which path is faster there is not measured yet.
     PYFASTATTN_ATTN_BWD_DQ=atomic (head dims up to 128) or =pass forces either.
     PYFASTATTN_ATTN_BWD_WGMMA=1 (the experimental sm_90a one pass on warpgroup MMA, head dims
-    33-64 and 97-128; others run the mma.sync one pass) implies atomic unless pass is forced."""
+    33-128; others run the mma.sync one pass) implies atomic unless pass is forced."""
     if torch.are_deterministic_algorithms_enabled():
         return False
     mode = os.environ.get("PYFASTATTN_ATTN_BWD_DQ")

@@ -1679,6 +1679,12 @@ bool fwd_wgmma_requested() {
   const char* v = std::getenv("PYFASTATTN_ATTN_FWD_WGMMA");
   return v && std::atoi(v) == 1;
 }
+// The head dim the wgmma kernels run a tensor-core head dim D at: 64 and 128 as they are, 96
+// padded to 128 (their swizzled tiles are whole 64-column panels); 0 (none) for 32 and 256.
+template <int D>
+constexpr int wgmma_dim() {
+  return D == 64 || D == 128 ? D : D == 96 ? 128 : 0;
+}
 // Likewise the sm_90a one-pass backward (bwd_wgmma), PYFASTATTN_ATTN_BWD_WGMMA=1; it needs the
 // dQ workspace of the one-pass backward, which the Python layer then allocates at head dims up
 // to 128 (pyfastattn/attention.py, _one_pass_backward).
@@ -1789,13 +1795,14 @@ void forward_cuda(const ForwardParams& p, uintptr_t stream_handle) {
           launch(fwd_mma<T, D, MT, BK, MASKED>, grid, smem, stream, p, aligned, mask_vec);
         };
         // the sm_90a forward: 128-key tiles, or 64 with a mask (its tiles in shared memory)
+        constexpr int DW = wgmma_dim<D>();
         auto run_wgmma = [&](auto key_tile, auto masked) {
           constexpr int BK = decltype(key_tile)::value;
           constexpr bool MASKED = decltype(masked)::value;
-          launch<kWgThreads>(fwd_wgmma<T, D, BK, MASKED>, grid_for(p.len_q, 128, p.heads_q, p.batch),
-                             fwd_wgmma_smem<T, D, BK, MASKED>(), stream, p, aligned, mask_vec);
+          launch<kWgThreads>(fwd_wgmma<T, DW, BK, MASKED>, grid_for(p.len_q, 128, p.heads_q, p.batch),
+                             fwd_wgmma_smem<T, DW, BK, MASKED>(), stream, p, aligned, mask_vec);
         };
-        if constexpr (D == 64 || D == 128) {
+        if constexpr (DW != 0) {
           if (fwd_wgmma_requested() && wgmma_available()) {
             if (p.mask_kind == MaskKind::None)
               run_wgmma(Int<128>{}, std::false_type{});
@@ -1883,10 +1890,11 @@ void backward_cuda(const BackwardParams& bp, uintptr_t stream_handle) {
           if constexpr (D <= 128) {
             if (bp.dq_accum) {
               bool wgmma_pass = false;
-              if constexpr (D == 64 || D == 128) {
+              constexpr int DW = wgmma_dim<D>();
+              if constexpr (DW != 0) {
                 if (bwd_wgmma_requested() && wgmma_available()) {
-                  launch<kWgThreads>(bwd_wgmma<T, D, M>, grid_for(p.len_k, 128, bp.dkv_heads, p.batch),
-                                     bwd_wgmma_smem<T, D, M>(), stream, bp, aligned, mask_vec);
+                  launch<kWgThreads>(bwd_wgmma<T, DW, M>, grid_for(p.len_k, 128, bp.dkv_heads, p.batch),
+                                     bwd_wgmma_smem<T, DW, M>(), stream, bp, aligned, mask_vec);
                   wgmma_pass = true;
                 }
               }

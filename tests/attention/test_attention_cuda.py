@@ -132,13 +132,13 @@ def test_cuda_forward_key_tiles(dtype, d, key_tile, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("d", [40, 64, 128])
+@pytest.mark.parametrize("d", [40, 64, 80, 128])
 def test_cuda_wgmma(dtype, d, monkeypatch):
     """The sm_90a warpgroup-MMA forward and one-pass backward, opt-in with
     PYFASTATTN_ATTN_FWD_WGMMA=1 and PYFASTATTN_ATTN_BWD_WGMMA=1 (read at every launch; on other
     GPUs, or a build without sm_90a code, the request runs the mma.sync kernels, which this then
     checks again): whole and partial 128-row / 128-key blocks, causal diagonals inside them,
-    GQA, a padded head dim (40 -> 64), the lazy max moving, float (with its gradient, dMask from
+    GQA, padded head dims (40 -> 64, 80 -> 96 -> 128), the lazy max moving, float (with its gradient, dMask from
     the key pass) and bool masks, (B, L, H, D) views and varlen."""
     if torch.cuda.get_device_capability() == (9, 0) and "90a" in pyfastattn.BUILD_INFO["cuda_archs"]:
         assert pyfastattn._C.attention.wgmma_available(), "sm_90a build on an sm_90 GPU: wgmma expected"
