@@ -13,10 +13,11 @@
 #                                 of the module (bench/ab_builds.py, bf16), on GPU_CHECK_AB_CASES
 #                                 (default "hex13 hex49 conv2d conv2d-k5s2 attn layer_norm-8192
 #                                 layer_norm-16384"): ab.txt
-#   GPU_CHECK_FOCUS=wgmma         only the sm_90a warpgroup-MMA attention kernels (about 3 minutes after
+#   GPU_CHECK_FOCUS=wgmma         only the sm_90a warpgroup-MMA attention kernels (3-5 minutes after
 #                                 the install, so that a fix can be rerun within one lease): their
 #                                 tests (operand self-test, parity), memcheck, kernel_time.py
-#                                 attention-tiles, and the attention benchmark with both of them on
+#                                 attention-tiles (against mma.sync), and kernel_time.py attention
+#                                 with both of them on (against torch's flash / efficient backends)
 #   GPU_CHECK_NCU=1               Nsight Compute on attention/norm (bench/ncu_profile.sh), plus the
 #                                 per-SASS-line summary (bench/ncu_sass_summary.py): ncu_details.txt,
 #                                 sass_summary.txt
@@ -66,16 +67,18 @@ if [ "${GPU_CHECK_FOCUS:-}" = wgmma ]; then
     timeout 80 "$SAN" --tool memcheck --error-exitcode 9 $PY bench/sanitize_cases.py attention > "$LOGS/memcheck.log" 2>&1
     log "memcheck rc=$? :: $(grep -E 'ERROR SUMMARY' "$LOGS/memcheck.log" | tail -1)"
   fi
-  (cd /tmp && timeout ${GPU_CHECK_KERNEL_TIME_TIMEOUT:-120} $PY "$OLDPWD/bench/kernel_time.py" attention-tiles \
-     --json "$OUT/kernel_time.json" > "$LOGS/kernel_time.txt" 2>&1)
+  # device time: the wgmma kernels against the mma.sync ones (attention-tiles), then with both
+  # on against torch's flash / efficient backends (attention)
+  (cd /tmp && timeout ${GPU_CHECK_KERNEL_TIME_TIMEOUT:-150} $PY "$OLDPWD/bench/kernel_time.py" attention-tiles \
+     --json "$OUT/kernel_time_tiles.json" > "$LOGS/kernel_time_tiles.txt" 2>&1)
   log "kernel time (attention-tiles) rc=$?"
-  (cd /tmp && PYFASTATTN_ATTN_FWD_WGMMA=1 PYFASTATTN_ATTN_BWD_WGMMA=1 timeout ${GPU_CHECK_BENCH_TIMEOUT:-120} \
-     $PY -m pyfastattn bench attention --device cuda --dtype bf16 --json "$OUT/bench_bf16_wgmma.json" \
-     > "$LOGS/bench_bf16_wgmma.txt" 2>&1)
-  log "bench attention bf16 (wgmma on) rc=$?"
+  (cd /tmp && PYFASTATTN_ATTN_FWD_WGMMA=1 PYFASTATTN_ATTN_BWD_WGMMA=1 timeout ${GPU_CHECK_KERNEL_TIME_TIMEOUT:-150} \
+     $PY "$OLDPWD/bench/kernel_time.py" attention --json "$OUT/kernel_time_wgmma.json" \
+     > "$LOGS/kernel_time_wgmma.txt" 2>&1)
+  log "kernel time (attention, both wgmma kernels on) rc=$?"
   log "done"
   echo; cat "$OUT/summary.txt"; echo; grep -E "^FAILED|^ERROR|^E  " "$LOGS/pytest_cuda.log" | head -30
-  for f in kernel_time bench_bf16_wgmma; do cat "$LOGS/$f.txt"; done
+  for f in kernel_time_tiles kernel_time_wgmma; do cat "$LOGS/$f.txt"; done
   exit 0
 fi
 
