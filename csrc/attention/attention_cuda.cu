@@ -607,10 +607,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) fwd_wgmma(const ForwardParams p
   auto pv_done = [&] {
     wgmma::wait_group<0>();
     wgmma::fence_operand(o[0]);
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(pf[kk][e]));
+    wgmma::fence_operand(pf);
   };
 
   // Tile kb loads K (and mask) tile kb + 1 and V tile kb: S = Q K^T runs a tile ahead of
@@ -863,6 +860,44 @@ __device__ __forceinline__ void store_key_grads(const BackwardParams& bp, int b,
                                     bp.dv.stride_l, dv_stage, s.lk - k0, p.head_dim, aligned);
 }
 
+// P^T = exp2(score(K Q^T) - lse2) in place of a warp's q.k tile sc (its MT m-tiles of keys from
+// wkey, this thread's keys key + 8 r, against the query tile at q0 whose lse sits in lt). A
+// bounded tile crosses the end of the queries or keys, or this warp's causal diagonal: key j is
+// seen by queries [j or 0, lq) (causal: i >= j), by none past lk. `mask` is the tile's mask
+// tile, `row0` the warp's first key in it.
+template <class T, bool MASKED, int BKEY, int MT, int NJ>
+__device__ __forceinline__ void key_pass_probabilities(float (&sc)[MT][NJ][4], const ForwardParams& p, const Seq& s,
+                                                       float scale_log2, int q0, int wkey, int key, const float* lt,
+                                                       const unsigned char* mask, int row0) {
+  constexpr int BQ = 8 * NJ;
+  const int t = threadIdx.x & 3;
+  const bool bounded = q0 + BQ > s.lq || wkey + 16 * MT > s.lk || (p.causal && q0 < wkey + 16 * MT - 1);
+  if (MASKED || bounded) {
+    int lo[2 * MT], hi[2 * MT];
+#pragma unroll
+    for (int r = 0; r < 2 * MT; ++r) {
+      const int j = key + 8 * r;
+      lo[r] = p.causal ? j : 0;
+      hi[r] = j < s.lk ? s.lq : 0;
+    }
+    bound_scores<T, MASKED, true, BKEY>(sc, scale_log2, lo, hi, q0, p.mask_kind, mask, row0);
+  }
+  backward_probabilities(sc, !MASKED && !bounded, scale_log2,
+                         [&](int, int j, int e) { return lse_log2(lt[8 * j + 2 * t + (e & 1)]); });
+}
+
+// dS^T = P^T (dP^T - delta) in place of dP^T, delta of the tile's queries in dlt.
+template <int MT, int NJ>
+__device__ __forceinline__ void key_pass_ds(float (&dp)[MT][NJ][4], const float (&pt)[MT][NJ][4], const float* dlt) {
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[mt][j][e] = softmax_grad(pt[mt][j][e], dp[mt][j][e], dlt[8 * j + 2 * t + (e & 1)]);
+}
+
 // Whether dMask rows start 16-byte aligned (store_dmask_tile's vector stores).
 __device__ __forceinline__ bool dmask_rows_aligned(const BackwardParams& bp) {
   return ((bp.dmask_stride_b | bp.dmask_stride_h | bp.dmask_stride_q) % 8) == 0 &&
@@ -922,7 +957,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) bwd_dkdv_mma(const BackwardPara
   cp_async_commit();
   if (dmask_here) zero_hidden_dmask<T, BQ, BKEY, NT>(bp, b, s, k0, kt);
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int wkey = k0 + warp * WK, key = wkey + (lane >> 2);  // keys key + 8 r, r < 2 MT
   const float scale_log2 = p.scale * kLog2eF;
   float dk[MT][D / 8][4] = {}, dv[MT][D / 8][4] = {};
@@ -950,32 +985,13 @@ __global__ void __launch_bounds__(32 * WARPS, 1) bwd_dkdv_mma(const BackwardPara
 
       float sc[MT][BQ / 8][4] = {};
       mma::warp_mma_abt<T, MT, BQ, D, LD>(sc, kst + warp * WK * LD, qt);
-      // A bounded tile crosses the end of the queries or keys, or this warp's causal diagonal.
-      const bool bounded = q0 + BQ > s.lq || wkey + WK > s.lk || (p.causal && q0 < wkey + WK - 1);
-      if (MASKED || bounded) {
-        // key j is seen by queries [j or 0, lq) (causal: i >= j); by none past lk
-        int lo[2 * MT], hi[2 * MT];
-#pragma unroll
-        for (int r = 0; r < 2 * MT; ++r) {
-          const int j = key + 8 * r;
-          lo[r] = p.causal ? j : 0;
-          hi[r] = j < s.lk ? s.lq : 0;
-        }
-        bound_scores<T, MASKED, true, BKEY>(sc, scale_log2, lo, hi, q0, p.mask_kind, ms + buf * kMaskBytes, warp * WK);
-      }
-      backward_probabilities(sc, !MASKED && !bounded, scale_log2,
-                             [&](int, int j, int e) { return lse_log2(lt[8 * j + 2 * t + (e & 1)]); });
+      key_pass_probabilities<T, MASKED, BKEY>(sc, p, s, scale_log2, q0, wkey, key, lt, ms + buf * kMaskBytes,
+                                              warp * WK);
       if (DV) mma::warp_mma_rb<T, MT, D, BQ, LD>(dv, sc, dot);
       if (DK) {
         float dp[MT][BQ / 8][4] = {};
         mma::warp_mma_abt<T, MT, BQ, D, LD>(dp, vst + warp * WK * LD, dot);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int j = 0; j < BQ / 8; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-              dp[mt][j][e] = softmax_grad(sc[mt][j][e], dp[mt][j][e], dlt[8 * j + 2 * t + (e & 1)]);
+        key_pass_ds(dp, sc, dlt);
         mma::warp_mma_rb<T, MT, D, BQ, LD>(dk, dp, qt);
         if constexpr (FUSED_DQ) stage_ds(dp);
       }
@@ -1052,7 +1068,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) bwd_wgmma(const BackwardParams 
   cp_async_commit();
   if (dmask_here) zero_hidden_dmask<T, BQ, BKEY, NT>(bp, b, s, k0, kt);
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3, wg = warp / 4;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = warp / 4;
   const int wkey = k0 + warp * 16, key = wkey + (lane >> 2);  // keys key, key + 8
   // the warpgroup's 64 key rows of each K / V panel, and its dQ columns [wg DQC, + DQC) of K
   const uint32_t k_wg = smem_addr(kst) + uint32_t(64 * wg * 128), v_wg = smem_addr(vst) + uint32_t(64 * wg * 128);
@@ -1065,10 +1081,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) bwd_wgmma(const BackwardParams 
     wgmma::fence_operand(dq[0]);
     wgmma::fence_operand(dk[0]);
     wgmma::fence_operand(dv[0]);
-#pragma unroll
-    for (int kk = 0; kk < BQ / 16; ++kk)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(pf[kk][e]), "+r"(dsf[kk][e]));
+    wgmma::fence_operand(pf);
+    wgmma::fence_operand(dsf);
   };
 
   for (int it = 0; it < kt.total; ++it, tile = next_query_tile<BQ>(tile, kt)) {
@@ -1097,21 +1111,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) bwd_wgmma(const BackwardParams 
     wgmma::wait_group<1>();  // S^T
     wgmma::fence_operand(sc[0]);
 
-    // P^T = exp2(score - lse2); a bounded tile crosses the end of the queries or keys, or this
-    // warp's causal diagonal (key j is seen by queries [j or 0, lq); by none past lk)
-    const bool bounded = q0 + BQ > s.lq || wkey + 16 > s.lk || (p.causal && q0 < wkey + 15);
-    if (MASKED || bounded) {
-      int lo[2], hi[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int j = key + 8 * r;
-        lo[r] = p.causal ? j : 0;
-        hi[r] = j < s.lk ? s.lq : 0;
-      }
-      bound_scores<T, MASKED, true, BKEY>(sc, scale_log2, lo, hi, q0, p.mask_kind, ms + buf * kMaskBytes, warp * 16);
-    }
-    backward_probabilities(sc, !MASKED && !bounded, scale_log2,
-                           [&](int, int j, int e) { return lse_log2(lt[8 * j + 2 * t + (e & 1)]); });
+    key_pass_probabilities<T, MASKED, BKEY>(sc, p, s, scale_log2, q0, wkey, key, lt, ms + buf * kMaskBytes, warp * 16);
 #pragma unroll
     for (int kk = 0; kk < BQ / 16; ++kk) mma::a_fragment<T>(pf[kk], sc[0], kk);
     // dV += P^T dO
@@ -1122,11 +1122,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) bwd_wgmma(const BackwardParams 
     wgmma::wait_group<1>();  // dP^T (dV += P^T dO may still run)
     wgmma::fence_operand(dp[0]);
 
-    // dS^T = P^T (dP^T - delta), into registers (dK's A) and shared memory (dQ's A, dMask)
-#pragma unroll
-    for (int j = 0; j < BQ / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dp[0][j][e] = softmax_grad(sc[0][j][e], dp[0][j][e], dlt[8 * j + 2 * t + (e & 1)]);
+    // dS^T, into registers (dK's A) and shared memory (dQ's A, dMask)
+    key_pass_ds(dp, sc, dlt);
 #pragma unroll
     for (int kk = 0; kk < BQ / 16; ++kk) mma::a_fragment<T>(dsf[kk], dp[0], kk);
     mma::fragment_to_smem<T, BQ, mma::SwizzledRows, BKEY>(dss, warp * 16, dp[0], 1.f, 1.f);

@@ -36,13 +36,21 @@ __device__ __forceinline__ void wait_group() {
 __device__ __forceinline__ void fence_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
-// The accumulators count as rewritten here: reads after a wait_group stay after it.
+// The accumulators (or register A fragments) count as rewritten here: reads after a wait_group
+// stay after it, and registers a wgmma still reads are not reused before it.
 template <int NJ>
 __device__ __forceinline__ void fence_operand(float (&d)[NJ][4]) {
 #pragma unroll
   for (int j = 0; j < NJ; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[j][e])::"memory");
+}
+template <int NK>
+__device__ __forceinline__ void fence_operand(uint32_t (&a)[NK][4]) {
+#pragma unroll
+  for (int k = 0; k < NK; ++k)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[k][e])::"memory");
 }
 
 #define PFA_WG_D4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])

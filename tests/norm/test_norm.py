@@ -102,14 +102,11 @@ def check_op(name, x, shape, weight=True, bias=True, device="cpu", dtype=torch.f
         xhat = _as_tuple(theirs(x, r, ones, None if b is None else torch.zeros(shape, dtype=torch.float64),
                                 shape))[0]
         dy = ref_gouts[0].reshape(rows, cols)
-        terms = [(dy * xhat.reshape(rows, cols)).abs() if w is not None else None,
-                 dy.abs() if b is not None else None]
-        first = 2 if r is not None else 1  # grads: x, (residual), weight, bias
-        for t in terms:
-            if t is None:
-                continue
-            floors[first] = max(1e-7, (rows + 8) * torch.finfo(dtype).eps / 2 * float(t.sum(0).max()))
-            first += 1
+        terms = [t for t, given in (((dy * xhat.reshape(rows, cols)).abs(), w is not None), (dy.abs(), b is not None))
+                 if given]
+        first = len(our_grad) - len(terms)  # grads: x, (residual), weight, bias
+        for i, t in enumerate(terms, first):
+            floors[i] = max(1e-7, (rows + 8) * torch.finfo(dtype).eps / 2 * float(t.sum(0).max()))
     for i, (g, rg) in enumerate(zip(our_grad, ref_grad)):
         assert_matches_reference(g, rg, same_grad[i] if same_grad else None, what=f"{name} grad{i}",
                                  atol=floors[i], relative_to_torch=loose)
