@@ -38,19 +38,18 @@ __device__ __forceinline__ void fence_async_shared() {
 }
 // The accumulators (or register A fragments) count as rewritten here: reads after a wait_group
 // stay after it, and registers a wgmma still reads are not reused before it.
-template <int NJ>
-__device__ __forceinline__ void fence_operand(float (&d)[NJ][4]) {
+template <class E, int N>
+__device__ __forceinline__ void fence_operand(E (&x)[N][4]) {
+  static_assert(std::is_same_v<E, float> || std::is_same_v<E, uint32_t>, "fence_operand: accumulators or A fragments");
 #pragma unroll
-  for (int j = 0; j < NJ; ++j)
+  for (int i = 0; i < N; ++i)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[j][e])::"memory");
-}
-template <int NK>
-__device__ __forceinline__ void fence_operand(uint32_t (&a)[NK][4]) {
-#pragma unroll
-  for (int k = 0; k < NK; ++k)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[k][e])::"memory");
+    for (int e = 0; e < 4; ++e) {
+      if constexpr (std::is_same_v<E, float>)
+        asm volatile("" : "+f"(x[i][e])::"memory");
+      else
+        asm volatile("" : "+r"(x[i][e])::"memory");
+    }
 }
 
 #define PFA_WG_D4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])

@@ -46,10 +46,8 @@ inline void wait_group() {
     emu_wgmma_groups.erase(emu_wgmma_groups.begin());
   }
 }
-template <int NJ>
-inline void fence_operand(float (&)[NJ][4]) {}
-template <int NK>
-inline void fence_operand(uint32_t (&)[NK][4]) {}
+template <class E, int N>
+inline void fence_operand(E (&)[N][4]) {}
 
 // Element (mn, k) of a 16-bit operand of one k-step (k < 16) in shared memory.
 inline float emu_operand(uint64_t desc, int mn, int k, bool mn_major, bool bf) {
